@@ -1,0 +1,5 @@
+"""Shared pytest setup: the rig's fixture modules are plugins, so every test folder sees them."""
+
+pytest_plugins: list[str] = [
+    # rig plugins (one line each)
+]
