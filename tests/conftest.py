@@ -2,4 +2,5 @@
 
 pytest_plugins: list[str] = [
     # rig plugins (one line each)
+    "tests.rig.kube",
 ]

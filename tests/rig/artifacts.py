@@ -1,4 +1,4 @@
-"""GitHub's own published artifacts (webhook examples, webhook schemas, REST OpenAPI), fetched pinned.
+"""GitHub's published artifacts (webhook examples and schemas, REST OpenAPI), fetched pinned.
 
 They are fetched with `npm pack` at test-setup time into a cache folder (never committed) and
 unpacked one file at a time: the OpenAPI tarball unpacks to 385 MB, we need one 13 MB file of it.
@@ -35,13 +35,15 @@ def _fetch(package: str, version: str, member: str) -> Path:
     if not tarball.exists():
         # npm checks the registry's integrity hash of the tarball for us.
         done = subprocess.run(
-            ["npm", "pack", "--silent", f"{package}@{version}", "--pack-destination", str(target.parent)],
+            ["npm", "pack", "--silent", f"{package}@{version}",
+             "--pack-destination", str(target.parent)],
             capture_output=True,
             text=True,
             check=False,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"npm pack {package}@{version} failed: {done.stderr.strip()[-2000:]}")
+            why = done.stderr.strip()[-2000:]
+            raise RuntimeError(f"npm pack {package}@{version} failed: {why}")
     with tarfile.open(tarball) as tar:
         extracted = tar.extractfile(member)
         if extracted is None:
@@ -86,3 +88,50 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def validate_webhook(event: str, payload: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError unless `payload` fits GitHub's schema for the event."""
+    import jsonschema
+
+    action = payload.get("action")
+    definitions = webhook_schema()["definitions"]
+    # Definitions are named `pull_request$labeled`, or `push$event` for events without actions.
+    name = f"{event}${action}" if action else f"{event}$event"
+    if name not in definitions:
+        raise LookupError(f"no schema for {event}.{action} in @octokit/webhooks-schemas")
+    schema = {"$ref": f"#/definitions/{name}", "definitions": definitions}
+    errors = sorted(
+        jsonschema.Draft7Validator(schema).iter_errors(payload), key=lambda e: list(e.path)
+    )
+    if errors:
+        raise errors[0]
+
+
+def official_example(event: str, action: str | None = None, *, installation: bool = True) -> (
+    dict[str, Any]
+):
+    """A deep copy of the first official example of `event`/`action`, checked against the schema.
+
+    With `installation`, prefer an example that carries installation.id (an App delivery).
+    """
+    candidates = [
+        ex for ex in webhook_examples()[event] if action is None or ex.get("action") == action
+    ]
+    if installation:
+        candidates.sort(key=lambda ex: "installation" not in ex)
+    if not candidates:
+        raise LookupError(f"no official example of {event}.{action}")
+    payload: dict[str, Any] = json.loads(json.dumps(candidates[0]))
+    validate_webhook(event, payload)
+    return payload
+
+
+def app_ping() -> dict[str, Any]:
+    """The official example of the ping a GitHub App's webhook sends (its hook has app_id)."""
+    for example in webhook_examples()["ping"]:
+        if "app_id" in example["hook"]:
+            payload: dict[str, Any] = json.loads(json.dumps(example))
+            validate_webhook("ping", payload)
+            return payload
+    raise LookupError("no App ping among the official ping examples")

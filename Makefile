@@ -1,0 +1,37 @@
+# preview-bot: `make run` sets up and starts the bot; `make test` sets up and runs every check.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: setup test lint typecheck unit run bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy --strict bot
+
+# Pinned GitHub artifacts (webhook examples, schemas, OpenAPI) are fetched into .cache/ here.
+test: lint typecheck
+	$(PY) -m tests.rig.artifacts
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+run: setup
+	$(VENV)/bin/preview-bot serve
+
+bench: setup
+	$(PY) bench/intake.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info

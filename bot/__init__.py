@@ -1,0 +1,1 @@
+"""preview-bot: per-pull-request preview environments on Kubernetes through Argo CD."""

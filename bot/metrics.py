@@ -1,0 +1,48 @@
+"""Prometheus metrics of the bot, in a registry of their own so tests can build many apps."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The bot's metrics; one instance per running app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter(
+            "preview_bot_deliveries",
+            "Webhook deliveries by event and outcome.",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "preview_bot_queue_depth", "PRs waiting for a sync.", registry=self.registry
+        )
+        self.syncs_running = Gauge(
+            "preview_bot_syncs_running", "Syncs running now.", registry=self.registry
+        )
+        self.intake_seconds = Histogram(
+            "preview_bot_intake_seconds",
+            "Time from request to response on POST /webhook.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.syncs = Counter(
+            "preview_bot_syncs",
+            "Finished syncs by result (ok, retry, failed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.sync_seconds = Histogram(
+            "preview_bot_sync_seconds",
+            "Duration of one sync of one PR.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.github_requests = Counter(
+            "preview_bot_github_requests",
+            "Requests sent to GitHub by method and status.",
+            ["method", "status"],
+            registry=self.registry,
+        )

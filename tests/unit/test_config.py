@@ -1,0 +1,128 @@
+"""Settings: defaults that fit DEX, env over file, one clear line per problem, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import MASK, SettingsError, load_settings
+
+KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"
+GOOD = {"GITHUB_APP_ID": "12345", "GITHUB_PRIVATE_KEY": KEY, "GITHUB_WEBHOOK_SECRET": "s3cret"}
+
+
+def problems(env: dict[str, str], config_file: Path | None = None) -> list[str]:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env, config_file)
+    return info.value.problems
+
+
+def test_defaults_fit_dex() -> None:
+    s = load_settings(GOOD)
+    assert s.github_app_id == 12345
+    assert s.github_api_url == "https://api.github.com"
+    assert s.trigger_label == "preview"
+    assert s.app_name_template.format(number=42) == "dex-pr-42"
+    assert s.namespace_template.format(number=42) == "dex-pr-42"
+    assert s.image_name == "ghcr.io/data-literate/dex"
+    assert s.image_tag_template.format(short_sha="1a2b3c4d") == "sha-1a2b3c4d"
+    assert s.preview_url_template.format(number=42) == "https://dex-pr-42.preview.example.com"
+
+
+def test_missing_required_settings_are_each_named() -> None:
+    lines = problems({})
+    assert len(lines) == 3
+    assert lines[0].startswith("GITHUB_APP_ID: missing")
+    assert lines[1].startswith("GITHUB_PRIVATE_KEY (or GITHUB_PRIVATE_KEY_FILE): missing")
+    assert lines[2].startswith("GITHUB_WEBHOOK_SECRET (or GITHUB_WEBHOOK_SECRET_FILE): missing")
+
+
+def test_unknown_placeholder_is_rejected_with_the_allowed_ones() -> None:
+    lines = problems({**GOOD, "PREVIEW_BOT_APP_NAME_TEMPLATE": "dex-pr-{numbr}"})
+    assert lines == [
+        "PREVIEW_BOT_APP_NAME_TEMPLATE: unknown placeholder {numbr}; "
+        "allowed: {number}, {owner}, {repo}"
+    ]
+
+
+def test_bad_values_each_get_a_line() -> None:
+    lines = problems({
+        **GOOD,
+        "GITHUB_APP_ID": "abc",
+        "GITHUB_API_URL": "api.github.com",
+        "PREVIEW_BOT_QUEUE_SIZE": "0",
+        "PREVIEW_BOT_IMAGE_TAG_TEMPLATE": "sha-{short_sha:>8}",
+    })
+    assert "GITHUB_APP_ID: expected an integer" in lines
+    assert any(line.startswith("GITHUB_API_URL: expected an http(s) URL") for line in lines)
+    assert "PREVIEW_BOT_QUEUE_SIZE: expected a positive integer" in lines
+    assert any("must not carry a format spec" in line for line in lines)
+
+
+def test_secret_files_and_the_yaml_file(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text(KEY)
+    cfg = tmp_path / "bot.yaml"
+    cfg.write_text("trigger_label: deploy-me\nargocd_namespace: gitops\ngithub_app_id: 7\n")
+    env = {"GITHUB_PRIVATE_KEY_FILE": str(key), "GITHUB_WEBHOOK_SECRET": "x",
+           "PREVIEW_BOT_ARGOCD_NAMESPACE": "argo"}
+    s = load_settings(env, cfg)
+    assert s.github_private_key == KEY
+    assert s.trigger_label == "deploy-me"
+    assert s.argocd_namespace == "argo"  # the environment wins over the file
+    assert s.github_app_id == 7
+    assert s.masked()["github_private_key"] == MASK
+    assert KEY not in repr(s)
+
+
+def test_unknown_key_in_file_and_unreadable_secret_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "bot.yaml"
+    cfg.write_text("trigger_lable: x\n")
+    lines = problems({**GOOD, "GITHUB_WEBHOOK_SECRET": "",
+                      "GITHUB_WEBHOOK_SECRET_FILE": str(tmp_path / "nope")}, cfg)
+    assert any("unknown setting 'trigger_lable'" in line for line in lines)
+    assert any(line.startswith("GITHUB_WEBHOOK_SECRET_FILE: cannot read file") for line in lines)
+
+
+def test_overlay_path_must_stay_inside_the_repository() -> None:
+    lines = problems({**GOOD, "PREVIEW_BOT_OVERLAY_PATH_TEMPLATE": "../x/{number}/k.yaml"})
+    assert any("inside the repository" in line for line in lines)
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args], env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_check_config_masks_secrets() -> None:
+    done = run_cli("check-config", env=GOOD)
+    assert done.returncode == 0, done.stderr
+    assert "github_webhook_secret: '********'" in done.stdout
+    assert "s3cret" not in done.stdout
+    assert "app_name_template: dex-pr-{number}" in done.stdout
+
+
+def test_check_config_exits_2_with_one_line_per_problem() -> None:
+    done = run_cli("check-config", env={**GOOD, "GITHUB_APP_ID": "x"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "preview-bot: setting GITHUB_APP_ID: expected an integer"
+    ]
+
+
+def test_serve_with_bad_settings_exits_2_before_binding() -> None:
+    done = run_cli("serve", "--port", "1", env={})
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 3
+
+
+def test_help_lists_the_commands() -> None:
+    done = run_cli("--help", env={})
+    assert done.returncode == 0
+    for command in ("serve", "check-config"):
+        assert command in done.stdout
