@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from urllib.parse import urlparse
 
 import uvicorn
 import yaml
-from starlette.applications import Starlette
 
-from bot.app import Intake, create_app
 from bot.config import Settings, SettingsError, load_settings
 from bot.logs import setup_logging
-from bot.metrics import Metrics
-from bot.queue import KeyedQueue, run_worker
-from bot.webhooks import Work
+from bot.model import SHA_RE, PullRequest, State
+from bot.render import names, render_application, render_comment, render_overlay
+from bot.service import build_app
 
 log = logging.getLogger("bot")
 
@@ -40,12 +38,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")  # noqa: S104
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     sub.add_parser("check-config", help="print the effective settings (secrets masked)")
+    render = sub.add_parser(
+        "render", help="print the overlay, Application and comment for a PR (no network)"
+    )
+    render.add_argument("--repo", required=True, metavar="OWNER/NAME")
+    render.add_argument("--pr", required=True, type=int, metavar="N")
+    render.add_argument("--sha", required=True, help="the PR's head commit (40 hex)")
+    render.add_argument("--branch", default=None,
+                        help="branch Argo CD reads (default: deploy_branch, else main)")
     return parser
 
 
-def _load(args: argparse.Namespace) -> Settings:
+def _load(args: argparse.Namespace, require_github: bool = True) -> Settings:
     try:
-        return load_settings(config_file=args.config)
+        return load_settings(config_file=args.config, require_github=require_github)
     except SettingsError as exc:
         for line in exc.problems:
             print(f"preview-bot: setting {line}", file=sys.stderr)
@@ -58,35 +64,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _log_only(work: Work) -> None:
-    log.info("sync requested", extra={"repo": work.key.repo, "pr": work.key.number,
-                                      "delivery": work.delivery})
-
-
-def build_app(settings: Settings) -> Starlette:
-    """The production app: intake + workers, started and stopped with the server."""
-    queue = KeyedQueue(settings.queue_size)
-    intake = Intake(settings, queue, Metrics())
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        workers = [
-            asyncio.create_task(run_worker(queue, _log_only)) for _ in range(settings.workers)
-        ]
-        intake.health.started = True
-        log.info("preview-bot ready", extra={"status": "started"})
-        try:
-            yield
-        finally:
-            intake.health.stopping = True
-            queue.close()
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-
-    return create_app(intake, lifespan)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load(args)
     setup_logging(settings.log_level)
@@ -95,9 +72,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def web_url(api_url: str) -> str:
+    """github.com for api.github.com; https://HOST for GitHub Enterprise's https://HOST/api/v3."""
+    parsed = urlparse(api_url)
+    if parsed.netloc == "api.github.com":
+        return "https://github.com"
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    settings = _load(args, require_github=False)
+    problems = []
+    if args.repo.count("/") != 1 or not all(args.repo.split("/")):
+        problems.append(f"--repo: expected OWNER/NAME, got {args.repo!r}")
+    if args.pr < 1:
+        problems.append(f"--pr: expected a positive PR number, got {args.pr}")
+    if not SHA_RE.match(args.sha):
+        problems.append(f"--sha: expected the 40-hex-digit commit SHA, got {args.sha!r}")
+    if problems:
+        for line in problems:
+            print(f"preview-bot: {line}", file=sys.stderr)
+        return EXIT_SETTINGS
+    repo_url = f"{web_url(settings.github_api_url)}/{args.repo}"
+    branch = args.branch or settings.deploy_branch or "main"
+    pr = PullRequest(
+        repo=args.repo, number=args.pr, state="open", merged=False,
+        labels=frozenset({settings.trigger_label}), head_sha=args.sha, head_repo=args.repo,
+        default_branch=branch, html_url=f"{repo_url}/pull/{args.pr}", repo_html_url=repo_url,
+    )
+    n = names(settings, pr.repo, pr.number)
+    app = render_application(settings, pr, branch, installation_id=0)
+    comment = render_comment(settings, pr, State.DEPLOYING, datetime.now(UTC))
+    print(f"# ---- overlay: {n.overlay_path} (branch {branch})")
+    print(render_overlay(settings, pr), end="")
+    print(f"# ---- Application {n.app} in namespace {settings.argocd_namespace}")
+    print(yaml.safe_dump(app, sort_keys=False), end="")
+    print("# ---- PR comment")
+    print(comment.body, end="")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "check-config": cmd_check_config}
+    commands = {"serve": cmd_serve, "check-config": cmd_check_config, "render": cmd_render}
     return commands[args.command](args)
 
 

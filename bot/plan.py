@@ -1,0 +1,225 @@
+"""The decision: observed state + settings -> the actions of one sync. Pure, no I/O.
+
+The rule: a preview exists for a PR exactly when the PR is open, carries the trigger label and
+comes from the repository itself (not a fork). Everything else follows from comparing that wish
+with what was observed: write only what differs, so a replayed or stale event plans nothing.
+Order matters and is chosen for safety: the overlay is committed before the Application points
+at it; on teardown the Application goes first so Argo CD prunes before its source disappears;
+the comment is written last, so it never claims more than was done.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bot.config import Settings
+from bot.model import (
+    A_COMMENT,
+    A_COMMENT_FP,
+    A_COMMENT_STATE,
+    A_DEPLOYED_SHA,
+    A_DEPLOYMENT,
+    A_HEAD_SHA,
+    A_OVERLAY_BLOB,
+    SHA_RE,
+    Action,
+    ApplyApplication,
+    CommentText,
+    CreateDeployment,
+    DeactivateDeployments,
+    DeleteApplication,
+    DeleteOverlay,
+    Observed,
+    ObservedApp,
+    Plan,
+    PullRequest,
+    PutOverlay,
+    RecordState,
+    SetDeploymentStatus,
+    State,
+    UpsertComment,
+    git_blob_sha,
+)
+from bot.render import (
+    FORK_REFUSAL,
+    argocd_app_url,
+    deployment_description,
+    names,
+    overlay_message,
+    render_application,
+    render_comment,
+    render_overlay,
+)
+
+# Comment states after which nothing is left to tear down.
+_FINAL = {State.DESTROYED.value, State.NOT_DEPLOYED.value}
+
+
+def wants_preview(pr: PullRequest, settings: Settings) -> bool:
+    """The rule's first half: open and labeled (the fork check comes after)."""
+    return pr.state == "open" and settings.trigger_label in pr.labels
+
+
+def app_state(app: ObservedApp | None, head_sha: str) -> State:
+    """What Argo CD's status says about the preview of `head_sha`."""
+    if app is None or app.annotations.get(A_HEAD_SHA) != head_sha:
+        return State.DEPLOYING
+    st = app.status
+    if st.health == "Degraded" or st.operation_phase in ("Failed", "Error"):
+        return State.FAILED
+    if st.sync == "Synced" and st.health == "Healthy":
+        return State.READY
+    return State.DEPLOYING
+
+
+def _comment(obs: Observed, text: CommentText, if_gone: CommentText | None = None) -> list[Action]:
+    """Write the comment only when what it shows changed."""
+    if obs.comment is not None and obs.comment.fingerprint == text.fingerprint:
+        return []
+    return [UpsertComment(obs.comment.id if obs.comment else None, text, if_gone)]
+
+
+def _refuse(obs: Observed, settings: Settings, now: datetime, detail: str, reason: str) -> Plan:
+    text = render_comment(settings, obs.pr, State.NOT_DEPLOYED, now, detail)
+    return Plan(State.NOT_DEPLOYED, tuple(_comment(obs, text)), reason)
+
+
+def plan_sync(obs: Observed, settings: Settings, now: datetime) -> Plan:
+    """The actions that make the world match the rule for this PR."""
+    pr = obs.pr
+    n = names(settings, pr.repo, pr.number)
+    app = obs.app
+    want = wants_preview(pr, settings)
+
+    # Never touch an Application the bot does not own, or one owned for another repository
+    # (two repositories with the same name template would otherwise fight over dex-pr-42).
+    if app is not None and (not app.managed or (app.repo is not None and app.repo != pr.repo)):
+        if not want:
+            return Plan(State.NOT_DEPLOYED, (), f"Application {n.app} is not ours; nothing to do")
+        owner = app.repo if app.managed else "something other than preview-bot"
+        detail = (
+            f"An Argo CD Application named `{n.app}` already exists in namespace "
+            f"`{settings.argocd_namespace}` and is managed by {owner}. preview-bot leaves it "
+            "alone; change `app_name_template` or remove that Application."
+        )
+        return _refuse(obs, settings, now, detail, "name taken by an Application not ours")
+
+    if want and pr.is_fork:
+        return _refuse(obs, settings, now, FORK_REFUSAL, "fork PR")
+    if want and not SHA_RE.match(pr.head_sha):
+        detail = f"The head commit `{pr.head_sha[:60]}` is not a 40-hex SHA; nothing deployed."
+        return _refuse(obs, settings, now, detail, "bad head sha")
+    if want:
+        return _plan_deploy(obs, settings, now)
+    return _plan_teardown(obs, settings, now)
+
+
+def _plan_deploy(obs: Observed, settings: Settings, now: datetime) -> Plan:
+    pr = obs.pr
+    n = names(settings, pr.repo, pr.number)
+    app = obs.app
+    content = render_overlay(settings, pr)
+    blob = git_blob_sha(content)
+    actions: list[Action] = []
+    overlay_current = obs.overlay_known and obs.overlay_blob == blob
+
+    if not overlay_current and obs.base_ok is False:
+        detail = (
+            f"The base overlay `{n.base_dir}` (the overlay's `{settings.overlay_base}`) is "
+            f"missing on branch `{obs.branch}`, so no overlay was committed. Add it, or set "
+            "`overlay_base` to the repository's preview overlay."
+        )
+        text = render_comment(settings, pr, State.FAILED, now, detail)
+        return Plan(State.FAILED, tuple(_comment(obs, text)), "base overlay missing")
+
+    if app is not None and app.terminating:
+        # The previous preview is still being pruned; applying now would be refused by the API
+        # server. The watch sees it vanish and queues this PR again.
+        text = render_comment(settings, pr, State.TEARDOWN_PENDING, now)
+        return Plan(State.TEARDOWN_PENDING, tuple(_comment(obs, text)), "old Application pruning")
+
+    if not overlay_current:
+        actions.append(
+            PutOverlay(
+                path=n.overlay_path,
+                content=content,
+                blob_sha=blob,
+                previous_blob=obs.overlay_blob if obs.overlay_known else None,
+                branch=obs.branch,
+                message=overlay_message(pr, settings),
+            )
+        )
+    manifest = render_application(settings, pr, obs.branch, obs.installation_id)
+    if app is None or app.annotations.get(A_HEAD_SHA) != pr.head_sha or not overlay_current:
+        actions.append(ApplyApplication(manifest))
+
+    deploying = bool(actions)
+    state = State.DEPLOYING if deploying else app_state(app, pr.head_sha)
+    log_url = argocd_app_url(settings, n.app)
+    record: dict[str, str] = {A_OVERLAY_BLOB: blob}
+    if obs.deployed_sha != pr.head_sha or obs.deployment_id is None:
+        if obs.deployment_id is not None:
+            actions.append(
+                SetDeploymentStatus(obs.deployment_id, "inactive", None, log_url,
+                                    "Superseded by a newer commit")
+            )
+        actions.append(
+            CreateDeployment(pr.head_sha, n.app, n.preview_url, log_url,
+                             deployment_description(State.DEPLOYING))
+        )
+        record[A_DEPLOYED_SHA] = pr.head_sha
+    text = render_comment(settings, pr, state, now)
+    comment_actions = _comment(obs, text)
+    if comment_actions and state in (State.READY, State.FAILED) and obs.deployment_id:
+        gh_state = "success" if state is State.READY else "failure"
+        actions.append(
+            SetDeploymentStatus(obs.deployment_id, gh_state, n.preview_url, log_url,
+                                deployment_description(state))
+        )
+    actions.extend(comment_actions)
+    if actions:
+        record.update({A_COMMENT_STATE: text.state.value, A_COMMENT_FP: text.fingerprint})
+        if obs.comment is not None:
+            record[A_COMMENT] = str(obs.comment.id)
+        if obs.deployment_id is not None and A_DEPLOYED_SHA not in record:
+            record[A_DEPLOYMENT] = str(obs.deployment_id)
+        actions.append(RecordState(n.app, record))
+    return Plan(state, tuple(actions), "deploy" if deploying else f"preview {state.value}")
+
+
+def _plan_teardown(obs: Observed, settings: Settings, now: datetime) -> Plan:
+    pr = obs.pr
+    n = names(settings, pr.repo, pr.number)
+    app = obs.app
+    comment_state = obs.comment.state if obs.comment else None
+    # Nothing was ever deployed, or the teardown already finished.
+    if app is None and (obs.comment is None or comment_state in _FINAL):
+        return Plan(State.DESTROYED if obs.comment else State.NOT_DEPLOYED, (), "nothing deployed")
+
+    actions: list[Action] = []
+    if app is not None and not app.terminating:
+        actions.append(DeleteApplication(n.app))
+    if comment_state != State.TEARDOWN_PENDING.value:
+        # The overlay and deployments go before the comment says so; after a crash the comment
+        # still shows the old state and the next sync does this again (each step is idempotent).
+        if not (obs.overlay_known and obs.overlay_blob is None):
+            actions.append(
+                DeleteOverlay(
+                    path=n.overlay_path,
+                    previous_blob=obs.overlay_blob if obs.overlay_known else None,
+                    branch=obs.branch,
+                    message=overlay_message(pr, settings, deleting=True),
+                )
+            )
+        actions.append(DeactivateDeployments(n.app, obs.deployment_id))
+    destroyed = render_comment(settings, pr, State.DESTROYED, now)
+    if app is None:
+        actions.extend(_comment(obs, destroyed))
+        return Plan(State.DESTROYED, tuple(actions), "teardown finished")
+    pending = render_comment(settings, pr, State.TEARDOWN_PENDING, now)
+    actions.extend(_comment(obs, pending, if_gone=destroyed))
+    if actions:
+        # Keep the annotations in step while the object lingers, so a restart reads them; the
+        # executor records the comment it really wrote and ignores an Application already gone.
+        actions.append(RecordState(n.app, {A_OVERLAY_BLOB: ""}))
+    return Plan(State.TEARDOWN_PENDING, tuple(actions), "teardown")
