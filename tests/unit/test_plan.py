@@ -1,0 +1,280 @@
+"""The pure planner, table-tested: plain observations in, actions out, no I/O and no mocks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from bot.config import Settings
+from bot.model import (
+    A_COMMENT,
+    A_COMMENT_FP,
+    A_COMMENT_STATE,
+    A_DEPLOYED_SHA,
+    A_DEPLOYMENT,
+    A_HEAD_SHA,
+    A_OVERLAY_BLOB,
+    A_REPO,
+    ApplyApplication,
+    AppStatus,
+    CreateDeployment,
+    DeactivateDeployments,
+    DeleteApplication,
+    DeleteOverlay,
+    Observed,
+    ObservedApp,
+    ObservedComment,
+    PullRequest,
+    PutOverlay,
+    RecordState,
+    SetDeploymentStatus,
+    State,
+    UpsertComment,
+    git_blob_sha,
+    label_safe,
+)
+from bot.plan import plan_sync
+from bot.render import parse_comment_state, render_comment, render_overlay
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+SHA1 = "1a2b3c4d" + "0" * 32
+SHA2 = "9f8e7d6c" + "1" * 32
+SETTINGS = Settings(github_app_id=1, github_private_key="k", github_webhook_secret="s")
+
+
+def pr(**changes: Any) -> PullRequest:
+    base = PullRequest(
+        repo="data-literate/DEX", number=42, state="open", merged=False,
+        labels=frozenset({"preview"}), head_sha=SHA1, head_repo="data-literate/DEX",
+        default_branch="main", html_url="https://github.com/data-literate/DEX/pull/42",
+        repo_html_url="https://github.com/data-literate/DEX",
+    )
+    return replace(base, **changes)
+
+
+def deployed_app(head: str = SHA1, status: AppStatus | None = None, **ann: str) -> ObservedApp:
+    """The Application as the bot leaves it after deploying `head`."""
+    p = pr(head_sha=head)
+    comment = render_comment(SETTINGS, p, State.DEPLOYING, NOW)
+    annotations = {
+        A_REPO: "data-literate/DEX", A_HEAD_SHA: head,
+        A_OVERLAY_BLOB: git_blob_sha(render_overlay(SETTINGS, p)),
+        A_DEPLOYMENT: "7", A_DEPLOYED_SHA: head, A_COMMENT: "99",
+        A_COMMENT_STATE: "deploying", A_COMMENT_FP: comment.fingerprint,
+    }
+    annotations.update(ann)
+    return ObservedApp("dex-pr-42", True, False, annotations, status or AppStatus())
+
+
+def observed(p: PullRequest | None = None, app: ObservedApp | None = None, **kw: Any) -> Observed:
+    ann = app.annotations if app else {}
+    comment = None
+    if A_COMMENT in ann:
+        comment = ObservedComment(int(ann[A_COMMENT]), ann.get(A_COMMENT_STATE),
+                                  ann.get(A_COMMENT_FP))
+    values: dict[str, Any] = {
+        "pr": p or pr(), "installation_id": 5, "app": app, "comment": comment,
+        "overlay_blob": ann.get(A_OVERLAY_BLOB) or None, "overlay_known": A_OVERLAY_BLOB in ann,
+        "base_ok": True, "branch": "main",
+        "deployment_id": int(ann[A_DEPLOYMENT]) if A_DEPLOYMENT in ann else None,
+        "deployed_sha": ann.get(A_DEPLOYED_SHA),
+    }
+    values.update(kw)
+    return Observed(**values)
+
+
+def kinds(plan: Any) -> list[str]:
+    return [type(a).__name__ for a in plan.actions]
+
+
+def test_first_deploy_commits_applies_deploys_and_comments_in_that_order() -> None:
+    plan = plan_sync(observed(), SETTINGS, NOW)
+    assert plan.state is State.DEPLOYING
+    assert kinds(plan) == ["PutOverlay", "ApplyApplication", "CreateDeployment",
+                           "UpsertComment", "RecordState"]
+    put = plan.actions[0]
+    assert isinstance(put, PutOverlay)
+    assert put.path == "infra/argocd/previews/pr-42/kustomization.yaml"
+    assert put.message.endswith("[skip ci]")
+    assert "newTag: sha-1a2b3c4d" in put.content
+    assert put.blob_sha == git_blob_sha(put.content)
+    dep = plan.actions[2]
+    assert isinstance(dep, CreateDeployment)
+    assert (dep.environment, dep.environment_url) == (
+        "dex-pr-42", "https://dex-pr-42.preview.example.com")
+    comment = plan.actions[3]
+    assert isinstance(comment, UpsertComment) and comment.comment_id is None
+
+
+def test_replayed_event_after_deploy_plans_nothing() -> None:
+    plan = plan_sync(observed(app=deployed_app()), SETTINGS, NOW)
+    assert plan.actions == ()
+
+
+def test_push_redeploys_supersedes_the_old_deployment_and_edits_the_comment() -> None:
+    plan = plan_sync(observed(pr(head_sha=SHA2), app=deployed_app(SHA1)), SETTINGS, NOW)
+    assert kinds(plan) == ["PutOverlay", "ApplyApplication", "SetDeploymentStatus",
+                           "CreateDeployment", "UpsertComment", "RecordState"]
+    put, _, old, new, comment, _ = plan.actions
+    assert isinstance(put, PutOverlay) and put.previous_blob is not None
+    assert "sha-9f8e7d6c" in put.content
+    assert isinstance(old, SetDeploymentStatus)
+    assert (old.deployment_id, old.state) == (7, "inactive")
+    assert isinstance(new, CreateDeployment) and new.sha == SHA2
+    assert isinstance(comment, UpsertComment) and comment.comment_id == 99
+
+
+@pytest.mark.parametrize(
+    ("status", "state", "gh_state"),
+    [
+        (AppStatus(sync="Synced", health="Healthy"), State.READY, "success"),
+        (AppStatus(sync="Synced", health="Degraded"), State.FAILED, "failure"),
+        (AppStatus(sync="OutOfSync", health="Missing", operation_phase="Failed"), State.FAILED,
+         "failure"),
+    ],
+)
+def test_argo_health_drives_comment_and_deployment_status(
+    status: AppStatus, state: State, gh_state: str
+) -> None:
+    plan = plan_sync(observed(app=deployed_app(status=status)), SETTINGS, NOW)
+    assert plan.state is state
+    assert kinds(plan) == ["SetDeploymentStatus", "UpsertComment", "RecordState"]
+    dep = plan.actions[0]
+    assert isinstance(dep, SetDeploymentStatus) and (dep.deployment_id, dep.state) == (7, gh_state)
+
+
+def test_progressing_changes_nothing() -> None:
+    app = deployed_app(status=AppStatus(sync="Synced", health="Progressing"))
+    assert plan_sync(observed(app=app), SETTINGS, NOW).actions == ()
+
+
+@pytest.mark.parametrize("change", [{"state": "closed"}, {"state": "closed", "merged": True},
+                                    {"labels": frozenset({"bug"})}])
+def test_close_or_unlabel_tears_down_app_first_comment_last(change: dict[str, Any]) -> None:
+    plan = plan_sync(observed(pr(**change), app=deployed_app()), SETTINGS, NOW)
+    assert plan.state is State.TEARDOWN_PENDING
+    assert kinds(plan) == ["DeleteApplication", "DeleteOverlay", "DeactivateDeployments",
+                           "UpsertComment", "RecordState"]
+    delete, overlay, deactivate, comment, _ = plan.actions
+    assert isinstance(delete, DeleteApplication) and delete.name == "dex-pr-42"
+    assert isinstance(overlay, DeleteOverlay) and overlay.previous_blob is not None
+    assert isinstance(deactivate, DeactivateDeployments) and deactivate.known_id == 7
+    assert isinstance(comment, UpsertComment)
+    assert comment.text.state is State.TEARDOWN_PENDING
+    assert comment.if_app_gone is not None and comment.if_app_gone.state is State.DESTROYED
+
+
+def test_app_gone_after_pending_teardown_only_says_destroyed() -> None:
+    pending = render_comment(SETTINGS, pr(state="closed"), State.TEARDOWN_PENDING, NOW)
+    obs = observed(pr(state="closed"), comment=ObservedComment(99, pending.state.value,
+                                                               pending.fingerprint))
+    plan = plan_sync(obs, SETTINGS, NOW)
+    assert kinds(plan) == ["UpsertComment"]
+    assert plan.state is State.DESTROYED
+
+
+def test_stuck_terminating_app_waits_without_repeating_work() -> None:
+    pending = render_comment(SETTINGS, pr(state="closed"), State.TEARDOWN_PENDING, NOW)
+    app = replace(deployed_app(), terminating=True, annotations={
+        **deployed_app().annotations, A_OVERLAY_BLOB: "", A_COMMENT_STATE: "teardown pending",
+        A_COMMENT_FP: pending.fingerprint})
+    plan = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
+    assert plan.actions == ()
+    assert plan.state is State.TEARDOWN_PENDING
+
+
+def test_never_deployed_pr_closing_plans_nothing() -> None:
+    plan = plan_sync(observed(pr(state="closed", labels=frozenset())), SETTINGS, NOW)
+    assert plan.actions == ()
+
+
+def test_label_on_a_closed_pr_deploys_nothing() -> None:
+    plan = plan_sync(observed(pr(state="closed")), SETTINGS, NOW)
+    assert plan.actions == ()
+
+
+def test_fork_pr_gets_one_refusal_comment_and_nothing_else() -> None:
+    obs = observed(pr(head_repo="someone/DEX"))
+    plan = plan_sync(obs, SETTINGS, NOW)
+    assert plan.state is State.NOT_DEPLOYED
+    assert kinds(plan) == ["UpsertComment"]
+    text = plan.actions[0].text  # type: ignore[union-attr]
+    assert "forks" in text.body
+    again = replace(obs, comment=ObservedComment(5, text.state.value, text.fingerprint))
+    assert plan_sync(again, SETTINGS, NOW).actions == ()
+
+
+def test_bad_head_sha_is_refused_with_a_clear_comment() -> None:
+    plan = plan_sync(observed(pr(head_sha="not-a-sha")), SETTINGS, NOW)
+    assert plan.state is State.NOT_DEPLOYED
+    assert kinds(plan) == ["UpsertComment"]
+    assert "not a 40-hex SHA" in plan.actions[0].text.body  # type: ignore[union-attr]
+
+
+def test_missing_base_fails_in_the_comment_without_a_commit() -> None:
+    plan = plan_sync(observed(base_ok=False), SETTINGS, NOW)
+    assert plan.state is State.FAILED
+    assert kinds(plan) == ["UpsertComment"]
+    body = plan.actions[0].text.body  # type: ignore[union-attr]
+    assert "infra/argocd/overlays/preview" in body and "missing" in body
+
+
+@pytest.mark.parametrize("app", [
+    ObservedApp("dex-pr-42", managed=False, terminating=False),
+    ObservedApp("dex-pr-42", managed=True, terminating=False, annotations={A_REPO: "other/repo"}),
+])
+def test_an_application_not_ours_is_never_touched(app: ObservedApp) -> None:
+    plan = plan_sync(observed(app=app), SETTINGS, NOW)
+    assert all(isinstance(a, UpsertComment) for a in plan.actions)
+    assert plan.state is State.NOT_DEPLOYED
+    closed = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
+    assert closed.actions == ()
+
+
+def test_relabel_while_old_app_terminates_waits() -> None:
+    app = replace(deployed_app(), terminating=True)
+    plan = plan_sync(observed(app=app), SETTINGS, NOW)
+    assert plan.state is State.TEARDOWN_PENDING
+    assert not any(isinstance(a, ApplyApplication | PutOverlay) for a in plan.actions)
+
+
+def test_lost_annotations_write_with_unknown_sha_and_find_the_comment() -> None:
+    obs = observed(comment=ObservedComment(99, "ready", "stale"))
+    plan = plan_sync(obs, SETTINGS, NOW)
+    put = plan.actions[0]
+    assert isinstance(put, PutOverlay) and put.previous_blob is None
+    upsert = next(a for a in plan.actions if isinstance(a, UpsertComment))
+    assert upsert.comment_id == 99
+    record = plan.actions[-1]
+    assert isinstance(record, RecordState) and record.values[A_COMMENT] == "99"
+
+
+def test_preview_host_patches_the_ingress_and_templates_apply() -> None:
+    settings = replace(SETTINGS, preview_host_template="pr-{number}.{repo}.example.org",
+                       app_name_template="{repo}-pr-{number}", image_tag_template="{sha}")
+    plan = plan_sync(observed(), settings, NOW)
+    put = plan.actions[0]
+    assert isinstance(put, PutOverlay)
+    assert "value: pr-42.DEX.example.org" in put.content
+    assert f"newTag: {SHA1}" in put.content
+    apply = plan.actions[1]
+    assert isinstance(apply, ApplyApplication)
+    assert apply.manifest["metadata"]["name"] == "DEX-pr-42"
+
+
+def test_comment_state_round_trips_through_its_hidden_marker() -> None:
+    text = render_comment(SETTINGS, pr(), State.READY, NOW)
+    assert parse_comment_state(text.body) == ("ready", text.fingerprint)
+    assert parse_comment_state("a human's comment") == (None, None)
+    later = render_comment(SETTINGS, pr(), State.READY, NOW.replace(hour=13))
+    assert later.fingerprint == text.fingerprint  # time alone never causes an edit
+
+
+def test_label_safe_values() -> None:
+    assert label_safe("data-literate/DEX") == "data-literate_DEX"
+    long = label_safe("o/" + "x" * 100)
+    assert len(long) <= 63 and long[0].isalnum() and long[-1].isalnum()
+    assert label_safe("o/" + "x" * 100) != label_safe("o/" + "x" * 99 + "y")

@@ -1,0 +1,88 @@
+"""The DEX-style infra tree shipped for local mode builds with real kustomize, with our overlay."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from bot.config import Settings
+from bot.model import PullRequest
+from bot.render import names, render_overlay
+from tests.rig.kustomize import build_and_validate
+
+SKELETON = Path(__file__).resolve().parents[2] / "bot" / "skeleton"
+SETTINGS = Settings(github_app_id=1, github_private_key="k", github_webhook_secret="s")
+PR = PullRequest(
+    repo="data-literate/DEX", number=42, state="open", merged=False,
+    labels=frozenset({"preview"}), head_sha="1a2b3c4d" + "e" * 32, head_repo="data-literate/DEX",
+    default_branch="main", html_url="https://github.com/data-literate/DEX/pull/42",
+    repo_html_url="https://github.com/data-literate/DEX",
+)
+
+
+def overlay_tree(tmp_path: Path, settings: Settings) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(SKELETON / "infra", repo / "infra")
+    n = names(settings, PR.repo, PR.number)
+    path = repo / n.overlay_path
+    path.parent.mkdir(parents=True)
+    path.write_text(render_overlay(settings, PR))
+    return path.parent
+
+
+def test_rendered_overlay_builds_and_validates(tmp_path: Path) -> None:
+    objs = build_and_validate(overlay_tree(tmp_path, SETTINGS))
+    by_kind = {o["kind"]: o for o in objs}
+    assert set(by_kind) == {"Deployment", "Service", "Ingress"}
+    assert {o["metadata"]["namespace"] for o in objs} == {"dex-pr-42"}
+    container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/data-literate/dex:sha-1a2b3c4d"
+    assert by_kind["Deployment"]["metadata"]["labels"]["preview-bot.io/pr"] == "42"
+    # includeSelectors: false keeps the base's selector, which is immutable on a Deployment.
+    assert by_kind["Deployment"]["spec"]["selector"] == {"matchLabels": {"app": "dex"}}
+    assert by_kind["Ingress"]["spec"]["rules"][0]["host"] == "preview.example.com"
+
+
+def test_preview_host_becomes_the_ingress_host(tmp_path: Path) -> None:
+    settings = replace(SETTINGS, preview_host_template="dex-pr-{number}.preview.example.com")
+    objs = build_and_validate(overlay_tree(tmp_path, settings))
+    ingress = next(o for o in objs if o["kind"] == "Ingress")
+    assert ingress["spec"]["rules"][0]["host"] == "dex-pr-42.preview.example.com"
+
+
+def test_render_command_output_builds_against_a_dex_tree(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sha = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d"
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "render", "--repo", "data-literate/DEX", "--pr", "42",
+         "--sha", sha], capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    overlay = done.stdout.split("# ---- Application")[0].split("\n", 1)[1]
+    assert "# ---- overlay: infra/argocd/previews/pr-42/kustomization.yaml" in done.stdout
+    assert "kind: Application" in done.stdout and "<!-- preview-bot:comment -->" in done.stdout
+    repo = tmp_path / "repo"
+    shutil.copytree(SKELETON / "infra", repo / "infra")
+    target = repo / "infra/argocd/previews/pr-42"
+    target.mkdir(parents=True)
+    (target / "kustomization.yaml").write_text(overlay)
+    objs = build_and_validate(target)
+    images = [c["image"] for o in objs if o["kind"] == "Deployment"
+              for c in o["spec"]["template"]["spec"]["containers"]]
+    assert images == ["ghcr.io/data-literate/dex:sha-1a2b3c4d"]
+
+
+def test_render_refuses_a_bad_sha_with_exit_2() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "render", "--repo", "o/r", "--pr", "1", "--sha", "abc"],
+        capture_output=True, text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2
+    assert "--sha: expected the 40-hex-digit commit SHA" in done.stderr
