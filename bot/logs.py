@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 # The context fields we lift out of a LogRecord's `extra=`.
 CONTEXT = ("delivery", "event", "action", "repo", "pr", "outcome", "sha", "app", "status")
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:

@@ -39,6 +39,11 @@ class KeyedQueue:
     def running(self) -> int:
         return len(self._running)
 
+    @property
+    def scheduled(self) -> int:
+        """Retries waiting for their time."""
+        return len(self._delayed)
+
     def full(self) -> bool:
         return len(self) >= self.maxsize
 

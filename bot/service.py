@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,9 @@ from bot.sync import ClusterPort, GitHubPort, Syncer
 from bot.webhooks import Work, WorkKey
 
 log = logging.getLogger("bot.service")
+
+OnEvent = Callable[[str, dict[str, Any]], Awaitable[None]]
+WatchSource = Callable[[OnEvent], Coroutine[Any, Any, None]]
 
 
 def work_from_application(obj: dict[str, Any]) -> Work | None:
@@ -66,17 +69,42 @@ class Watcher:
         self.queue.put_nowait(work)
 
 
-class Runtime:
-    """Owns the long-lived clients and tasks of a running bot."""
+class Bot:
+    """A running bot: intake, queue, workers and the Application watch, on injected adapters.
 
-    def __init__(self, settings: Settings, github: GitHubPort, cluster: ClusterPort,
-                 queue: KeyedQueue, metrics: Metrics) -> None:
+    Production (build_app), local mode and the tests all run this same object; only the
+    adapters handed to `start` differ.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.queue = queue
-        self.syncer = Syncer(settings, github, cluster, metrics)
+        self.metrics = metrics or Metrics()
+        self.queue = KeyedQueue(settings.queue_size)
+        self.intake = Intake(settings, self.queue, self.metrics)
+        self.syncer: Syncer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, github: GitHubPort, cluster: ClusterPort,
+              watch: WatchSource | None = None) -> None:
+        """Start the workers (and the watch) on the running loop."""
+        self.syncer = Syncer(self.settings, github, cluster, self.metrics)
+        self._tasks += [asyncio.create_task(run_worker(self.queue, self.handle))
+                        for _ in range(self.settings.workers)]
+        if watch is not None:
+            self._tasks.append(asyncio.create_task(watch(Watcher(self.queue).on_event)))
+        self.intake.health.started = True
+
+    async def stop(self) -> None:
+        self.intake.health.stopping = True
+        self.queue.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
 
     async def handle(self, work: Work) -> None:
         """Run one sync; schedule a retry for temporary errors, report permanent ones."""
+        assert self.syncer is not None, "Bot.start() first"
         ctx = {"repo": work.key.repo, "pr": work.key.number, "delivery": work.delivery}
         try:
             await self.syncer.sync(work)
@@ -86,6 +114,24 @@ class Runtime:
             log.warning("retrying in %.0fs", delay, extra=ctx)
         except PermanentError as exc:
             log.error("sync failed and will not be retried: %s", exc, extra=ctx)
+
+    async def idle(self, quiet: float = 0.3, limit: float = 30.0) -> None:
+        """Wait until no sync is queued or running for `quiet` seconds (tests, local mode)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        calm_since: float | None = None
+        while True:
+            now = loop.time()
+            if len(self.queue) == 0 and self.queue.running == 0 and not self.queue.scheduled:
+                calm_since = calm_since if calm_since is not None else now
+                if now - calm_since >= quiet:
+                    return
+            else:
+                calm_since = None
+            if now > deadline:
+                raise TimeoutError(f"bot still busy after {limit}s: {len(self.queue)} queued, "
+                                   f"{self.queue.running} running")
+            await asyncio.sleep(0.02)
 
 
 async def load_kube_client(settings: Settings) -> kclient.ApiClient:
@@ -121,14 +167,12 @@ async def probe(intake: Intake, session: aiohttp.ClientSession, argocd: ArgoCD |
 
 
 def build_app(settings: Settings) -> Starlette:
-    """The production app: intake, workers and the Application watch."""
-    queue = KeyedQueue(settings.queue_size)
-    metrics = Metrics()
-    intake = Intake(settings, queue, metrics)
+    """The production app: GitHub through aiohttp, the cluster from the kubeconfig."""
+    bot = Bot(settings)
+    intake = bot.intake
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        tasks: list[asyncio.Task[None]] = []
         async with aiohttp.ClientSession() as session:
             api_client: kclient.ApiClient | None = None
             argocd: ArgoCD | None = None
@@ -139,22 +183,16 @@ def build_app(settings: Settings) -> Starlette:
                 intake.health.notes["cluster"] = f"no configuration: {exc}"
                 log.error("no Kubernetes configuration: %s", exc)
             if argocd is not None:
-                runtime = Runtime(settings, GitHub(session, settings, metrics), argocd, queue,
-                                  metrics)
-                tasks += [asyncio.create_task(run_worker(queue, runtime.handle))
-                          for _ in range(settings.workers)]
-                tasks.append(asyncio.create_task(argocd.watch(Watcher(queue).on_event)))
-            tasks.append(asyncio.create_task(probe(intake, session, argocd)))
-            intake.health.started = True
+                bot.start(GitHub(session, settings, bot.metrics), argocd, argocd.watch)
+            else:
+                intake.health.started = True
+            probing = asyncio.create_task(probe(intake, session, argocd))
             log.info("preview-bot ready")
             try:
                 yield
             finally:
-                intake.health.stopping = True
-                queue.close()
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                probing.cancel()
+                await bot.stop()
                 if api_client is not None:
                     await api_client.close()
 
