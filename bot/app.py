@@ -66,6 +66,9 @@ class Intake:
         self.seen: TTLCache[str, bool] = TTLCache(
             maxsize=settings.delivery_cache_size, ttl=settings.delivery_ttl_seconds
         )
+        # Called with (event, payload) for every verified, new delivery before it is queued.
+        # Local mode uses it to learn PR state, having no GitHub to ask; production has none.
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
 
     def _answer(
         self, status: int, outcome: Outcome, event: str, message: str, **ctx: Any
@@ -126,6 +129,8 @@ class Intake:
         if event == "ping":
             self.seen[delivery] = True
             return self._answer(200, Outcome.PING, event, "pong", **ctx)
+        for observe in self.observers:
+            observe(event, payload)
         try:
             found = classify(event, payload, self.settings.trigger_label, delivery)
         except BadDelivery as exc:
