@@ -88,17 +88,20 @@ class ArgoCD:
             raise
         return obj
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Create or update the Application in one server-side apply."""
+    async def apply(self, manifest: dict[str, Any]) -> None:
+        """Create or update the Application in one server-side apply.
+
+        Returns nothing: kubernetes-asyncio 36.1 decodes a PATCH's 201 (created) as None, and the
+        sync needs nothing from the answer.
+        """
         name = manifest["metadata"]["name"]
-        obj: dict[str, Any] = await self._do(
+        await self._do(
             f"apply Application {name}",
             self.api.patch_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, name, manifest,
                 field_manager=FIELD_MANAGER, force=True, **APPLY,
             ),
         )
-        return obj
 
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
         """Merge the annotations into the Application; False when it is gone."""

@@ -3,4 +3,5 @@
 pytest_plugins: list[str] = [
     # rig plugins (one line each)
     "tests.rig.kube",
+    "tests.rig.github.fixtures",
 ]
