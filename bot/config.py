@@ -111,6 +111,13 @@ SPECS: tuple[Spec, ...] = (
          "Most delivery ids remembered for dedupe.", "int"),
     Spec("delivery_ttl_seconds", "PREVIEW_BOT_DELIVERY_TTL_SECONDS", 3600,
          "How long a delivery id is remembered.", "int"),
+    Spec("retry_seconds", "PREVIEW_BOT_RETRY_SECONDS", 5.0,
+         "First backoff after a temporary failure (GitHub 5xx, network, API server); it "
+         "doubles per attempt up to 5 minutes. Rate limits wait for their reset instead.",
+         "float"),
+    Spec("teardown_grace_seconds", "PREVIEW_BOT_TEARDOWN_GRACE_SECONDS", 30.0,
+         "How long a deleted Application may take to be pruned before the comment says "
+         "teardown pending (it says destroyed as soon as the Application is gone).", "float"),
     Spec("log_level", "PREVIEW_BOT_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR."),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
@@ -143,6 +150,8 @@ class Settings:
     workers: int = 4
     delivery_cache_size: int = 100_000
     delivery_ttl_seconds: int = 3600
+    retry_seconds: float = 5.0
+    teardown_grace_seconds: float = 30.0
     log_level: str = "INFO"
 
     def masked(self) -> dict[str, Any]:
@@ -188,6 +197,14 @@ def _check_url(raw: str) -> str:
 
 def _parse(spec: Spec, raw: Any) -> Any:
     """Turn one raw value (from YAML or the environment) into the typed value, or raise."""
+    if spec.kind == "float":
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number of seconds") from None
+        if not 0 < number <= 3600:
+            raise ValueError("expected a number of seconds between 0 and 3600")
+        return number
     if spec.kind == "int":
         value = _parse_int(raw)
         if spec.name != "github_app_id" and value < 1:

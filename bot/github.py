@@ -55,8 +55,9 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
 class TemporaryError(Exception):
     """Worth retrying later: GitHub or the network failed, or a rate limit applies."""
 
-    def __init__(self, message: str, retry_after: float = 30.0) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
+        # Seconds GitHub asked us to wait (rate limits); None: use the configured backoff.
         self.retry_after = retry_after
 
 
@@ -103,7 +104,7 @@ def classify_error(exc: BaseException) -> BaseException:
         wait = max(1.0, (reset - datetime.now(reset.tzinfo)).total_seconds()) if reset else 60.0
         return TemporaryError(f"GitHub rate limit exhausted; resets in {wait:.0f}s", wait + 1)
     if isinstance(exc, GitHubBroken):
-        return TemporaryError(f"GitHub answered {exc.status_code}", 10.0)
+        return TemporaryError(f"GitHub answered {exc.status_code}")
     if isinstance(exc, BadRequest):
         status = int(exc.status_code)
         after = _retry_after(exc)
@@ -113,7 +114,7 @@ def classify_error(exc: BaseException) -> BaseException:
             return Conflict(str(exc))
         return PermanentError(f"GitHub answered {status}: {exc}", status)
     if isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError | OSError):
-        return TemporaryError(f"cannot reach GitHub: {type(exc).__name__}: {exc}", 10.0)
+        return TemporaryError(f"cannot reach GitHub: {type(exc).__name__}: {exc}")
     return exc
 
 
@@ -309,21 +310,22 @@ class GitHub:
 
     async def delete_file(
         self, installation_id: int, repo: str, path: str, branch: str, message: str, sha: str
-    ) -> str | None:
-        """Delete a file in one commit; None when it was already gone. Conflict if stale."""
+    ) -> bool:
+        """Delete a file in one commit; False when it was already gone. Conflict if stale."""
         try:
-            result = await self._call(
+            await self._call(
                 installation_id, "DELETE", "/repos/{+repo}/contents/{+path}",
                 url_vars={"repo": repo, "path": path},
                 data={"message": message, "sha": sha, "branch": branch},
             )
         except PermanentError as exc:
             if exc.status == 404:
-                return None
+                return False
             if exc.status in (409, 422):
                 raise Conflict(str(exc)) from exc
             raise
-        return str(result["commit"]["sha"])
+        # gidgethub returns nothing for a DELETE, so the commit's sha is not known here.
+        return True
 
     # ---- deployments -----------------------------------------------------------------------
 

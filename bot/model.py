@@ -127,6 +127,7 @@ class Observed:
     branch: str  # the branch overlays are committed to and Argo CD reads
     deployment_id: int | None  # the deployment of `deployed_sha`, when known
     deployed_sha: str | None
+    deployments_done: bool = False  # a teardown already marked the deployments inactive
 
 
 # ---- actions -----------------------------------------------------------------------------
@@ -199,12 +200,17 @@ class CommentText:
 
 @dataclass(frozen=True)
 class UpsertComment:
-    """Create or edit the one comment. `if_app_gone` replaces `text` when, by the time the
-    comment is written, the Application being deleted is already gone."""
+    """Create or edit the one comment (create when the id is unknown or the comment is gone)."""
 
     comment_id: int | None
     text: CommentText
-    if_app_gone: CommentText | None = None
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Sync this PR again after `seconds`, unless an event does it sooner."""
+
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,7 @@ Action = (
     | SetDeploymentStatus
     | DeactivateDeployments
     | UpsertComment
+    | Requeue
     | RecordState
 )
 

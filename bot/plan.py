@@ -35,6 +35,7 @@ from bot.model import (
     PullRequest,
     PutOverlay,
     RecordState,
+    Requeue,
     SetDeploymentStatus,
     State,
     UpsertComment,
@@ -72,16 +73,24 @@ def app_state(app: ObservedApp | None, head_sha: str) -> State:
     return State.DEPLOYING
 
 
-def _comment(obs: Observed, text: CommentText, if_gone: CommentText | None = None) -> list[Action]:
+def _comment(obs: Observed, text: CommentText) -> list[Action]:
     """Write the comment only when what it shows changed."""
     if obs.comment is not None and obs.comment.fingerprint == text.fingerprint:
         return []
-    return [UpsertComment(obs.comment.id if obs.comment else None, text, if_gone)]
+    return [UpsertComment(obs.comment.id if obs.comment else None, text)]
 
 
 def _refuse(obs: Observed, settings: Settings, now: datetime, detail: str, reason: str) -> Plan:
     text = render_comment(settings, obs.pr, State.NOT_DEPLOYED, now, detail)
     return Plan(State.NOT_DEPLOYED, tuple(_comment(obs, text)), reason)
+
+
+def _state_of(value: str | None) -> State:
+    """The State a comment's hidden marker names (deploying when unknown)."""
+    try:
+        return State(value)
+    except ValueError:
+        return State.DEPLOYING
 
 
 def plan_sync(obs: Observed, settings: Settings, now: datetime) -> Plan:
@@ -188,38 +197,49 @@ def _plan_deploy(obs: Observed, settings: Settings, now: datetime) -> Plan:
 
 
 def _plan_teardown(obs: Observed, settings: Settings, now: datetime) -> Plan:
+    """Undo what is left, Application first; the comment follows the Application's fate.
+
+    The comment is written once the Application is gone (Argo CD prunes in seconds and the
+    watch then queues a sync), so a normal teardown edits it once, to destroyed. Only if the
+    Application is still terminating after `teardown_grace_seconds` (Argo CD down, a stuck
+    finalizer) does the comment say teardown pending.
+    """
     pr = obs.pr
     n = names(settings, pr.repo, pr.number)
     app = obs.app
     comment_state = obs.comment.state if obs.comment else None
-    # Nothing was ever deployed, or the teardown already finished.
     if app is None and (obs.comment is None or comment_state in _FINAL):
         return Plan(State.DESTROYED if obs.comment else State.NOT_DEPLOYED, (), "nothing deployed")
 
+    # Without any record (a restart after a crash) the comment tells: a teardown writes it only
+    # after its GitHub steps, so "teardown pending" means they were done.
+    unknown = not obs.overlay_known and comment_state == State.TEARDOWN_PENDING.value
     actions: list[Action] = []
     if app is not None and not app.terminating:
         actions.append(DeleteApplication(n.app))
-    if comment_state != State.TEARDOWN_PENDING.value:
-        # The overlay and deployments go before the comment says so; after a crash the comment
-        # still shows the old state and the next sync does this again (each step is idempotent).
-        if not (obs.overlay_known and obs.overlay_blob is None):
-            actions.append(
-                DeleteOverlay(
-                    path=n.overlay_path,
-                    previous_blob=obs.overlay_blob if obs.overlay_known else None,
-                    branch=obs.branch,
-                    message=overlay_message(pr, settings, deleting=True),
-                )
+    if not (obs.overlay_known and obs.overlay_blob is None) and not unknown:
+        actions.append(
+            DeleteOverlay(
+                path=n.overlay_path,
+                previous_blob=obs.overlay_blob if obs.overlay_known else None,
+                branch=obs.branch,
+                message=overlay_message(pr, settings, deleting=True),
             )
+        )
+    if not obs.deployments_done and not unknown:
         actions.append(DeactivateDeployments(n.app, obs.deployment_id))
-    destroyed = render_comment(settings, pr, State.DESTROYED, now)
+    record: dict[str, str] = {A_OVERLAY_BLOB: "", A_DEPLOYMENT: ""}
     if app is None:
-        actions.extend(_comment(obs, destroyed))
+        actions.extend(_comment(obs, render_comment(settings, pr, State.DESTROYED, now)))
+        if actions:
+            actions.append(RecordState(n.app, record))
         return Plan(State.DESTROYED, tuple(actions), "teardown finished")
-    pending = render_comment(settings, pr, State.TEARDOWN_PENDING, now)
-    actions.extend(_comment(obs, pending, if_gone=destroyed))
+    if not app.terminating:
+        actions.append(Requeue(settings.teardown_grace_seconds))
+        state = _state_of(comment_state)
+    else:
+        actions.extend(_comment(obs, render_comment(settings, pr, State.TEARDOWN_PENDING, now)))
+        state = State.TEARDOWN_PENDING
     if actions:
-        # Keep the annotations in step while the object lingers, so a restart reads them; the
-        # executor records the comment it really wrote and ignores an Application already gone.
-        actions.append(RecordState(n.app, {A_OVERLAY_BLOB: ""}))
-    return Plan(State.TEARDOWN_PENDING, tuple(actions), "teardown")
+        actions.append(RecordState(n.app, record))
+    return Plan(state, tuple(actions), "teardown")

@@ -30,6 +30,9 @@ class KeyedQueue:
         self._dirty: dict[WorkKey, Work] = {}
         self._nonempty = asyncio.Event()
         self._delayed: set[asyncio.TimerHandle] = set()
+        # Syncs finished per key: a delayed put is dropped when the key was synced after it was
+        # scheduled, since that later sync saw newer state and scheduled what it needed itself.
+        self._finished: dict[WorkKey, int] = {}
 
     def __len__(self) -> int:
         """Keys waiting for a sync (including running keys that must run again)."""
@@ -79,17 +82,23 @@ class KeyedQueue:
     def done(self, key: WorkKey) -> None:
         """The sync of `key` ended; queue it again if deliveries arrived meanwhile."""
         self._running.discard(key)
+        self._finished[key] = self._finished.get(key, 0) + 1
         work = self._dirty.pop(key, None)
         if work is not None and key not in self._pending:
             self._pending[key] = work
             self._notify()
 
     def put_later(self, work: Work, delay: float) -> None:
-        """Queue `work` again after `delay` seconds (a retry after a temporary error)."""
+        """Queue `work` after `delay` seconds (a retry, a follow-up), unless it is synced first."""
         loop = asyncio.get_running_loop()
+        key = work.key
+        # The sync calling this is still running; its own end does not count.
+        expected = self._finished.get(key, 0) + (1 if key in self._running else 0)
 
         def fire() -> None:
             self._delayed.discard(handle)
+            if self._finished.get(key, 0) > expected:
+                return
             if self.put_nowait(work) is Outcome.QUEUE_FULL:
                 log.warning("queue full, retry of %s dropped; the resync will pick it up", work.key)
 

@@ -60,13 +60,23 @@ class Watcher:
             (status.get("operationState") or {}).get("phase"),
             bool((obj.get("metadata") or {}).get("deletionTimestamp")),
         )
+        before = self._seen.get(name)
         if kind == "DELETED":
             self._seen.pop(name, None)
-        elif self._seen.get(name) == fingerprint:
-            return  # Argo CD rewrites status often; only a change of state is worth a sync
         else:
             self._seen[name] = fingerprint
+            if kind != "SYNCED" and not self._worth_a_sync(before, fingerprint):
+                return
         self.queue.put_nowait(work)
+
+    @staticmethod
+    def _worth_a_sync(before: tuple[Any, ...] | None, now: tuple[Any, ...]) -> bool:
+        """Argo CD rewrites status often and the bot's own writes echo back as events: only a
+        change of Argo CD's verdict (sync, health, operation phase) calls for a sync. The start
+        of a deletion is the bot's own doing; its end (DELETED) always counts."""
+        if before is None:
+            return any(v is not None for v in now[:3])
+        return before[:3] != now[:3]
 
 
 class Bot:
@@ -83,6 +93,7 @@ class Bot:
         self.intake = Intake(settings, self.queue, self.metrics)
         self.syncer: Syncer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._attempts: dict[WorkKey, int] = {}
 
     def start(self, github: GitHubPort, cluster: ClusterPort,
               watch: WatchSource | None = None) -> None:
@@ -107,13 +118,23 @@ class Bot:
         assert self.syncer is not None, "Bot.start() first"
         ctx = {"repo": work.key.repo, "pr": work.key.number, "delivery": work.delivery}
         try:
-            await self.syncer.sync(work)
+            outcome = await self.syncer.sync(work)
+            if outcome.requeue_after is not None:
+                self.queue.put_later(work, outcome.requeue_after)
         except (TemporaryError, ClusterUnavailable) as exc:
-            delay = exc.retry_after if isinstance(exc, TemporaryError) else 10.0
+            # Exponential backoff from retry_seconds, capped at 5 minutes, unless GitHub said
+            # how long to wait (rate limits).
+            attempt = self._attempts.get(work.key, 0) + 1
+            self._attempts[work.key] = attempt
+            hint = exc.retry_after if isinstance(exc, TemporaryError) else None
+            delay = hint if hint is not None else min(
+                self.settings.retry_seconds * 2 ** (attempt - 1), 300.0)
             self.queue.put_later(work, delay)
-            log.warning("retrying in %.0fs", delay, extra=ctx)
+            log.warning("retry %d in %.1fs", attempt, delay, extra=ctx)
+            return
         except PermanentError as exc:
             log.error("sync failed and will not be retried: %s", exc, extra=ctx)
+        self._attempts.pop(work.key, None)
 
     async def idle(self, quiet: float = 0.3, limit: float = 30.0) -> None:
         """Wait until no sync is queued or running for `quiet` seconds (tests, local mode)."""

@@ -40,12 +40,12 @@ from bot.model import (
     PullRequest,
     PutOverlay,
     RecordState,
+    Requeue,
     SetDeploymentStatus,
     UpsertComment,
-    git_blob_sha,
 )
 from bot.plan import plan_sync, wants_preview
-from bot.render import names, render_overlay
+from bot.render import names
 from bot.webhooks import Work, WorkKey
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class GitHubPort(Protocol):
     ) -> tuple[str, str]: ...
     async def delete_file(
         self, installation_id: int, repo: str, path: str, branch: str, message: str, sha: str
-    ) -> str | None: ...
+    ) -> bool: ...
     async def create_deployment(
         self, installation_id: int, repo: str, sha: str, environment: str, description: str
     ) -> int: ...
@@ -106,6 +106,7 @@ class Outcome:
 
     plan: Plan
     executed: list[str] = field(default_factory=list)
+    requeue_after: float | None = None
 
 
 @dataclass
@@ -136,9 +137,10 @@ class Syncer:
         self.cluster = cluster
         self.metrics = metrics
         self.clock = clock
-        # The comment of each PR as last written: after the Application is gone this spares a
-        # listing of comments. Lost on restart, then found again by its marker.
-        self._comments: LRUCache[WorkKey, ObservedComment] = LRUCache(maxsize=10_000)
+        # What each PR's Application annotations last said: once the Application is gone this
+        # spares reading GitHub for the comment, overlay and deployments. Lost on a restart;
+        # the reads then happen once (the comment's marker, the file, the deployments list).
+        self._last: LRUCache[WorkKey, dict[str, str]] = LRUCache(maxsize=10_000)
 
     # ---- observe -------------------------------------------------------------------------
 
@@ -149,7 +151,11 @@ class Syncer:
         obj = await self.cluster.get(n.app)
         app = observed_app(obj) if obj is not None else None
         ours = app is not None and app.managed and app.repo in (None, pr.repo)
-        ann = app.annotations if ours and app is not None else {}
+        if app is None:
+            ann = self._last.get(key, {})
+        else:
+            ann = app.annotations if ours else {}
+            self._last[key] = dict(ann)
         branch = self.settings.deploy_branch or pr.default_branch
 
         comment: ObservedComment | None = None
@@ -158,18 +164,15 @@ class Syncer:
                 int(ann[A_COMMENT]), ann.get(A_COMMENT_STATE), ann.get(A_COMMENT_FP)
             )
         else:
-            comment = self._comments.get(key)
-            if comment is None:
-                comment = await self.github.find_comment(inst, key.repo, key.number)
+            comment = await self.github.find_comment(inst, key.repo, key.number)
 
         overlay_known = A_OVERLAY_BLOB in ann
         overlay_blob = ann.get(A_OVERLAY_BLOB) or None
         want = wants_preview(pr, self.settings) and not pr.is_fork
         base_ok: bool | None = None
-        if want and not (app is not None and not ours):
-            desired = git_blob_sha(render_overlay(self.settings, pr))
-            if not (overlay_known and overlay_blob == desired):
-                base_ok = await self.github.has_kustomization(inst, pr.repo, n.base_dir, branch)
+        if want and not overlay_known and (app is None or ours):
+            # Checked before the first overlay only: a redeploy builds on a base that existed.
+            base_ok = await self.github.has_kustomization(inst, pr.repo, n.base_dir, branch)
         return Observed(
             pr=pr,
             installation_id=inst,
@@ -181,6 +184,7 @@ class Syncer:
             branch=branch,
             deployment_id=_int(ann.get(A_DEPLOYMENT)),
             deployed_sha=ann.get(A_DEPLOYED_SHA),
+            deployments_done=ann.get(A_DEPLOYMENT) == "",
         )
 
     # ---- the whole sync ------------------------------------------------------------------
@@ -251,8 +255,12 @@ class Syncer:
                     await self._deactivate(obs, action)
                 case UpsertComment():
                     await self._upsert_comment(obs, action, res)
+                case Requeue():
+                    outcome.requeue_after = action.seconds
                 case RecordState():
                     values = {**action.values, **res.values}
+                    key = WorkKey(pr.repo, pr.number)
+                    self._last[key] = {**self._last.get(key, {}), **values}
                     if not res.app_gone:
                         res.app_gone = not await self.cluster.annotate(action.name, values)
             outcome.executed.append(type(action).__name__)
@@ -280,7 +288,7 @@ class Syncer:
             res.values[A_OVERLAY_BLOB] = blob
             res.values[A_OVERLAY_COMMIT] = commit
             return
-        raise TemporaryError(f"overlay {action.path} kept changing while writing it", 5.0)
+        raise TemporaryError(f"overlay {action.path} kept changing while writing it")
 
     async def _delete_overlay(self, obs: Observed, action: DeleteOverlay, res: _Results) -> None:
         pr, inst = obs.pr, obs.installation_id
@@ -300,7 +308,7 @@ class Syncer:
                 continue
             res.values[A_OVERLAY_BLOB] = ""
             return
-        raise TemporaryError(f"overlay {action.path} kept changing while deleting it", 5.0)
+        raise TemporaryError(f"overlay {action.path} kept changing while deleting it")
 
     async def _deactivate(self, obs: Observed, action: DeactivateDeployments) -> None:
         pr, inst = obs.pr, obs.installation_id
@@ -316,19 +324,11 @@ class Syncer:
     async def _upsert_comment(self, obs: Observed, action: UpsertComment, res: _Results) -> None:
         pr, inst = obs.pr, obs.installation_id
         text: CommentText = action.text
-        if action.if_app_gone is not None:
-            if not res.app_gone:
-                res.app_gone = await self.cluster.get(names(self.settings, pr.repo,
-                                                            pr.number).app) is None
-            if res.app_gone:
-                text = action.if_app_gone
         comment_id = action.comment_id
         if comment_id is None or not await self.github.edit_comment(
             inst, pr.repo, comment_id, text.body
         ):
             comment_id = await self.github.create_comment(inst, pr.repo, pr.number, text.body)
-        written = ObservedComment(comment_id, text.state.value, text.fingerprint)
-        self._comments[WorkKey(pr.repo, pr.number)] = written
         res.values.update({
             A_COMMENT: str(comment_id),
             A_COMMENT_STATE: text.state.value,

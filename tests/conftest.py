@@ -4,4 +4,5 @@ pytest_plugins: list[str] = [
     # rig plugins (one line each)
     "tests.rig.kube",
     "tests.rig.github.fixtures",
+    "tests.rig.harness",
 ]

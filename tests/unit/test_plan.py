@@ -30,6 +30,7 @@ from bot.model import (
     PullRequest,
     PutOverlay,
     RecordState,
+    Requeue,
     SetDeploymentStatus,
     State,
     UpsertComment,
@@ -79,8 +80,9 @@ def observed(p: PullRequest | None = None, app: ObservedApp | None = None, **kw:
         "pr": p or pr(), "installation_id": 5, "app": app, "comment": comment,
         "overlay_blob": ann.get(A_OVERLAY_BLOB) or None, "overlay_known": A_OVERLAY_BLOB in ann,
         "base_ok": True, "branch": "main",
-        "deployment_id": int(ann[A_DEPLOYMENT]) if A_DEPLOYMENT in ann else None,
+        "deployment_id": int(ann[A_DEPLOYMENT]) if ann.get(A_DEPLOYMENT) else None,
         "deployed_sha": ann.get(A_DEPLOYED_SHA),
+        "deployments_done": ann.get(A_DEPLOYMENT) == "",
     }
     values.update(kw)
     return Observed(**values)
@@ -153,37 +155,63 @@ def test_progressing_changes_nothing() -> None:
 
 @pytest.mark.parametrize("change", [{"state": "closed"}, {"state": "closed", "merged": True},
                                     {"labels": frozenset({"bug"})}])
-def test_close_or_unlabel_tears_down_app_first_comment_last(change: dict[str, Any]) -> None:
+def test_close_or_unlabel_deletes_app_first_and_waits_for_it_to_go(change: dict[str, Any]) -> None:
     plan = plan_sync(observed(pr(**change), app=deployed_app()), SETTINGS, NOW)
-    assert plan.state is State.TEARDOWN_PENDING
     assert kinds(plan) == ["DeleteApplication", "DeleteOverlay", "DeactivateDeployments",
-                           "UpsertComment", "RecordState"]
-    delete, overlay, deactivate, comment, _ = plan.actions
+                           "Requeue", "RecordState"]
+    delete, overlay, deactivate, requeue, record = plan.actions
     assert isinstance(delete, DeleteApplication) and delete.name == "dex-pr-42"
     assert isinstance(overlay, DeleteOverlay) and overlay.previous_blob is not None
     assert isinstance(deactivate, DeactivateDeployments) and deactivate.known_id == 7
-    assert isinstance(comment, UpsertComment)
-    assert comment.text.state is State.TEARDOWN_PENDING
-    assert comment.if_app_gone is not None and comment.if_app_gone.state is State.DESTROYED
+    assert isinstance(requeue, Requeue)
+    assert requeue.seconds == SETTINGS.teardown_grace_seconds
+    assert isinstance(record, RecordState)
+    assert record.values == {A_OVERLAY_BLOB: "", A_DEPLOYMENT: ""}
 
 
-def test_app_gone_after_pending_teardown_only_says_destroyed() -> None:
+def done_annotations(**extra: str) -> dict[str, str]:
+    """Annotations after a teardown sync did its GitHub steps."""
+    return {**deployed_app().annotations, A_OVERLAY_BLOB: "", A_DEPLOYMENT: "", **extra}
+
+
+def test_app_gone_after_teardown_steps_only_says_destroyed() -> None:
+    ann = done_annotations()
+    comment = ObservedComment(99, ann[A_COMMENT_STATE], ann[A_COMMENT_FP])
+    obs = observed(pr(state="closed"), comment=comment, overlay_known=True, overlay_blob=None,
+                   deployments_done=True)
+    plan = plan_sync(obs, SETTINGS, NOW)
+    assert kinds(plan) == ["UpsertComment", "RecordState"]
+    assert plan.state is State.DESTROYED
+    assert plan.actions[0].text.state is State.DESTROYED  # type: ignore[union-attr]
+
+
+def test_restart_after_pending_comment_only_says_destroyed() -> None:
     pending = render_comment(SETTINGS, pr(state="closed"), State.TEARDOWN_PENDING, NOW)
     obs = observed(pr(state="closed"), comment=ObservedComment(99, pending.state.value,
                                                                pending.fingerprint))
     plan = plan_sync(obs, SETTINGS, NOW)
-    assert kinds(plan) == ["UpsertComment"]
-    assert plan.state is State.DESTROYED
+    assert kinds(plan) == ["UpsertComment", "RecordState"]
 
 
-def test_stuck_terminating_app_waits_without_repeating_work() -> None:
-    pending = render_comment(SETTINGS, pr(state="closed"), State.TEARDOWN_PENDING, NOW)
-    app = replace(deployed_app(), terminating=True, annotations={
-        **deployed_app().annotations, A_OVERLAY_BLOB: "", A_COMMENT_STATE: "teardown pending",
-        A_COMMENT_FP: pending.fingerprint})
+def test_restart_after_a_crash_mid_teardown_redoes_the_github_steps() -> None:
+    obs = observed(pr(state="closed"), comment=ObservedComment(99, "ready", "x"))
+    plan = plan_sync(obs, SETTINGS, NOW)
+    assert kinds(plan) == ["DeleteOverlay", "DeactivateDeployments", "UpsertComment",
+                           "RecordState"]
+    overlay, deactivate = plan.actions[:2]
+    assert isinstance(overlay, DeleteOverlay) and overlay.previous_blob is None
+    assert isinstance(deactivate, DeactivateDeployments) and deactivate.known_id is None
+
+
+def test_terminating_past_the_grace_says_pending_once() -> None:
+    app = replace(deployed_app(), terminating=True, annotations=done_annotations())
     plan = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
-    assert plan.actions == ()
+    assert kinds(plan) == ["UpsertComment", "RecordState"]
     assert plan.state is State.TEARDOWN_PENDING
+    text = plan.actions[0].text  # type: ignore[union-attr]
+    app2 = replace(app, annotations=done_annotations(
+        **{A_COMMENT_STATE: text.state.value, A_COMMENT_FP: text.fingerprint}))
+    assert plan_sync(observed(pr(state="closed"), app=app2), SETTINGS, NOW).actions == ()
 
 
 def test_never_deployed_pr_closing_plans_nothing() -> None:

@@ -1,0 +1,327 @@
+"""The preview lifecycle end to end on the rig: label -> deploy, push -> redeploy, close -> gone.
+
+GitHub is the HTTP fake (contract-checked, real git objects), the cluster is a real API server
+with Argo CD's CRDs, Argo CD's part is played by the stand-in, and the overlay is built with
+real kustomize. Request counts come from the fake's log of what the bot sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bot.model import A_HEAD_SHA, FINALIZER
+from tests.rig.harness import NAME, OWNER, Harness
+
+pytestmark = pytest.mark.rig
+
+TAG = "ghcr.io/data-literate/dex:sha-"
+
+
+def images(objs: list[dict[str, object]]) -> list[str]:
+    out = []
+    for o in objs:
+        if o["kind"] == "Deployment":
+            spec = o["spec"]["template"]["spec"]  # type: ignore[index]
+            out += [c["image"] for c in spec["containers"]]
+    return out
+
+
+def comment_state(h: Harness, number: int) -> str:
+    (comment,) = h.comments(number)
+    for state in ("teardown pending", "deploying", "ready", "failed", "destroyed"):
+        if f"| **State** | {state} |" in comment.body:
+            return state
+    return "?"
+
+
+async def label(h: Harness, number: int, **pull: object) -> str:
+    pr = h.fake.create_pull(OWNER, NAME, number, **pull)  # type: ignore[arg-type]
+    h.fake.add_label(OWNER, NAME, number, "preview")
+    resp = await h.deliver("labeled", number)
+    assert resp.status_code == 202, resp.text
+    await h.settle()
+    return pr.head_sha
+
+
+async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    fake = h.fake
+    commits_before = len(h.commits())
+
+    # ---- label -> deploy
+    fake.reset_counts()
+    sha1 = await label(h, 42)
+    deploy_requests = fake.count()
+    objs = h.build(42, tmp_path / "co1")
+    assert images(objs) == [TAG + sha1[:8]]
+    assert {o["metadata"]["namespace"] for o in objs} == {"dex-pr-42"}  # type: ignore[index]
+    log = h.commits()
+    assert len(log) == commits_before + 1
+    assert log[0]["message"].endswith("[skip ci]")
+    app = await h.app(42)
+    assert app is not None
+    assert app["metadata"]["finalizers"] == [FINALIZER]
+    assert app["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "preview-bot"
+    assert app["spec"]["source"]["path"] == "infra/argocd/previews/pr-42"
+    assert app["spec"]["source"]["targetRevision"] == "main"
+    assert app["spec"]["destination"] == {"server": "https://kubernetes.default.svc",
+                                          "namespace": "dex-pr-42"}
+    assert app["spec"]["syncPolicy"]["syncOptions"] == ["CreateNamespace=true"]
+    assert comment_state(h, 42) == "deploying"
+    body = h.comments(42)[0].body
+    assert "https://dex-pr-42.preview.example.com" in body
+    assert f"/commit/{sha1})" in body
+    (dep1,) = h.deployments(42)
+    assert (dep1.sha, dep1.latest_state) == (sha1, "in_progress")
+    assert dep1.statuses[-1].environment_url == "https://dex-pr-42.preview.example.com"
+    assert dep1.transient_environment and not dep1.production_environment
+
+    tokens = fake.token_requests
+
+    # ---- Argo CD reports healthy -> ready (the watch queues the sync)
+    fake.reset_counts()
+    await h.standin.set_status("dex-pr-42", sync="Synced", health="Healthy",
+                               revision=log[0]["sha"], operation_phase="Succeeded")
+    await h.settle()
+    assert comment_state(h, 42) == "ready"
+    assert dep1.latest_state == "success"
+
+    # ---- push -> redeploy
+    tokens += fake.token_requests
+    fake.reset_counts()
+    sha2 = fake.push(OWNER, NAME, 42, files={"app.py": "print('v2')\n"})
+    await h.deliver("synchronize", 42)
+    await h.settle()
+    redeploy_requests = fake.count()
+    assert images(h.build(42, tmp_path / "co2")) == [TAG + sha2[:8]]
+    assert len(h.commits()) == commits_before + 2
+    assert len(h.comments(42)) == 1
+    assert comment_state(h, 42) == "deploying"
+    app = await h.app(42)
+    assert app is not None
+    assert app["metadata"]["annotations"][A_HEAD_SHA] == sha2
+    dep1_, dep2 = h.deployments(42)
+    assert (dep1_.latest_state, dep2.sha, dep2.latest_state) == ("inactive", sha2, "in_progress")
+
+    # ---- close -> teardown (the stand-in prunes and removes the finalizer)
+    tokens += fake.token_requests
+    fake.reset_counts()
+    fake.close(OWNER, NAME, 42)
+    await h.deliver("closed", 42)
+    await h.settle()
+    await h.standin.wait_gone("dex-pr-42")
+    await h.settle()
+    teardown_requests = fake.count()
+    assert await h.app(42) is None
+    assert h.overlay(42) is None
+    assert not any(p.startswith("infra/argocd/previews/pr-42")
+                   for p in fake.files(OWNER, NAME, "main"))
+    assert len(h.commits()) == commits_before + 3
+    assert comment_state(h, 42) == "destroyed"
+    assert len(h.comments(42)) == 1
+    assert all(d.latest_state == "inactive" for d in h.deployments(42))
+    tokens += fake.token_requests
+    assert tokens == 1  # one installation token for the whole story
+
+    # ---- a second PR's deploy: the base check is now a conditional request answered 304,
+    # which costs no rate limit
+    fake.reset_counts()
+    await label(h, 43)
+    second = fake.count()
+    second_304 = fake.count(status=304)
+
+    print(f"\nGitHub requests (token requests aside): first deploy {deploy_requests}, "
+          f"next deploy {second} ({second_304} of them 304, free), redeploy "
+          f"{redeploy_requests}, teardown {teardown_requests}")
+    assert deploy_requests <= 7
+    assert second - second_304 <= 6
+    assert redeploy_requests <= 6
+    assert teardown_requests <= 5
+
+
+async def test_replays_and_duplicates_change_nothing(harness: Harness) -> None:
+    h = harness
+    await label(h, 7)
+    commits = len(h.commits())
+    h.fake.reset_counts()
+    first = await h.deliver("labeled", 7, delivery="same-delivery")
+    again = await h.deliver("labeled", 7, delivery="same-delivery")
+    assert again.json()["outcome"] == "duplicate"
+    await h.deliver("labeled", 7)  # the same event under a new delivery id
+    await h.settle()
+    assert first.status_code == 202
+    assert len(h.commits()) == commits
+    assert len(h.comments(7)) == 1
+    assert len(h.deployments(7)) == 1
+    # A replay costs reads only: the PR, nothing written.
+    assert h.fake.count(method="POST") + h.fake.count(method="PUT") + h.fake.count(
+        method="PATCH") == 0
+
+
+async def test_an_old_synchronize_after_a_newer_one_keeps_the_newest(harness: Harness) -> None:
+    h = harness
+    await label(h, 8)
+    h.fake.push(OWNER, NAME, 8, files={"a.txt": "2"})
+    old = h.fake.event_payload("pull_request", "synchronize", OWNER, NAME, 8)
+    sha3 = h.fake.push(OWNER, NAME, 8, files={"a.txt": "3"})
+    await h.deliver("synchronize", 8)
+    await h.settle()
+    commits = len(h.commits())
+    await h.post(old)  # the older delivery arrives last
+    await h.settle()
+    assert f"newTag: sha-{sha3[:8]}" in (h.overlay(8) or "")
+    assert len(h.commits()) == commits
+    app = await h.app(8)
+    assert app is not None
+    assert app["metadata"]["annotations"][A_HEAD_SHA] == sha3
+
+
+async def test_push_while_deploying_ends_on_the_newest_sha(harness: Harness) -> None:
+    h = harness
+    h.fake.create_pull(OWNER, NAME, 9)
+    h.fake.add_label(OWNER, NAME, 9, "preview")
+    # Hold the overlay write so a push lands while the first sync is mid-flight.
+    h.fake.delay_next("PUT", r"/contents/", 0.8)
+    await h.deliver("labeled", 9)
+    sha_new = h.fake.push(OWNER, NAME, 9, files={"b.txt": "new"})
+    await h.deliver("synchronize", 9)
+    await h.settle()
+    assert f"newTag: sha-{sha_new[:8]}" in (h.overlay(9) or "")
+    app = await h.app(9)
+    assert app is not None
+    assert app["metadata"]["annotations"][A_HEAD_SHA] == sha_new
+    assert len(h.comments(9)) == 1
+
+
+async def test_two_prs_at_once(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    for n in (11, 12):
+        h.fake.create_pull(OWNER, NAME, n)
+        h.fake.add_label(OWNER, NAME, n, "preview")
+    await h.deliver("labeled", 11)
+    await h.deliver("labeled", 12)
+    await h.settle()
+    for n in (11, 12):
+        assert await h.app(n) is not None
+        assert len(h.comments(n)) == 1
+        assert images(h.build(n, tmp_path / f"co{n}")) == [
+            TAG + h.fake.pull(OWNER, NAME, n).head_sha[:8]]
+
+
+async def test_another_actor_moves_the_branch_and_hand_edits_the_overlay(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = harness
+    await label(h, 13)
+    # Someone else commits to main, and someone hand-edits the managed overlay.
+    h.fake.commit_as_other_actor(OWNER, NAME, "main", {"README.md": "docs\n"}, "docs")
+    h.fake.commit_as_other_actor(OWNER, NAME, "main",
+                                 {h.overlay_path(13): "# hand edit\nresources: []\n"}, "tweak")
+    sha = h.fake.push(OWNER, NAME, 13, files={"c.txt": "x"})
+    caplog.set_level(logging.WARNING, logger="bot.sync")
+    await h.deliver("synchronize", 13)
+    await h.settle()
+    overlay = h.overlay(13) or ""
+    assert f"newTag: sha-{sha[:8]}" in overlay
+    assert "hand edit" not in overlay
+    assert h.fake.read_file(OWNER, NAME, "main", "README.md") == "docs\n"
+    assert any("changed outside preview-bot" in r.getMessage() for r in caplog.records)
+    assert len(h.comments(13)) == 1
+
+
+async def test_label_on_a_closed_pr_and_unrelated_labels(harness: Harness) -> None:
+    h = harness
+    h.fake.create_pull(OWNER, NAME, 14)
+    h.fake.add_label(OWNER, NAME, 14, "bug")
+    resp = await h.deliver("labeled", 14)
+    assert resp.json()["outcome"] == "ignored"
+    h.fake.close(OWNER, NAME, 14)
+    h.fake.add_label(OWNER, NAME, 14, "preview")
+    await h.deliver("labeled", 14)
+    await h.settle()
+    assert await h.app(14) is None
+    assert h.overlay(14) is None
+    assert h.comments(14) == []
+
+
+async def test_reopened_with_the_label_deploys_again(harness: Harness) -> None:
+    h = harness
+    await label(h, 15)
+    h.fake.close(OWNER, NAME, 15)
+    await h.deliver("closed", 15)
+    await h.settle()
+    await h.standin.wait_gone("dex-pr-15")
+    await h.settle()
+    assert comment_state(h, 15) == "destroyed"
+    h.fake.reopen(OWNER, NAME, 15)
+    await h.deliver("reopened", 15)
+    await h.settle()
+    assert await h.app(15) is not None
+    assert h.overlay(15) is not None
+    assert len(h.comments(15)) == 1
+    assert comment_state(h, 15) == "deploying"
+
+
+async def test_fork_pr_is_refused_in_one_comment(harness: Harness) -> None:
+    h = harness
+    await label(h, 16, fork=True, user="stranger")
+    assert await h.app(16) is None
+    assert h.overlay(16) is None
+    (comment,) = h.comments(16)
+    assert "forks" in comment.body
+    await h.deliver("labeled", 16)
+    await h.settle()
+    assert len(h.comments(16)) == 1
+
+
+async def test_stuck_finalizer_says_pending_then_finishes(harness: Harness) -> None:
+    h = harness
+    await label(h, 17)
+    h.standin.stick("dex-pr-17")
+    h.fake.remove_label(OWNER, NAME, 17, "preview")
+    await h.deliver("unlabeled", 17, label="preview")
+    await h.settle()
+    app = await h.app(17)
+    assert app is not None
+    assert app["metadata"].get("deletionTimestamp")
+    assert comment_state(h, 17) == "teardown pending"
+    assert h.overlay(17) is None
+    h.standin.unstick("dex-pr-17")
+    await h.standin.finish_deletion("dex-pr-17")
+    await h.settle()
+    assert await h.app(17) is None
+    assert comment_state(h, 17) == "destroyed"
+
+
+async def test_missing_base_overlay_fails_clearly_without_a_commit(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = harness
+    h.fake.commit_as_other_actor(OWNER, NAME, "main", {
+        "infra/argocd/overlays/preview/kustomization.yaml": None,
+        "infra/argocd/overlays/preview/ingress.yaml": None,
+    }, "drop the preview overlay")
+    commits = len(h.commits())
+    caplog.set_level(logging.INFO)
+    await label(h, 18)
+    assert len(h.commits()) == commits
+    assert await h.app(18) is None
+    (comment,) = h.comments(18)
+    assert "Preview failed" in comment.body
+    assert "infra/argocd/overlays/preview" in comment.body
+    assert any("base overlay missing" in r.getMessage() for r in caplog.records)
+
+
+async def test_github_outage_is_retried_until_it_works(harness: Harness) -> None:
+    h = harness
+    h.fake.create_pull(OWNER, NAME, 19)
+    h.fake.add_label(OWNER, NAME, 19, "preview")
+    h.fake.fail_next("PUT", r"/contents/", 502, count=2)
+    await h.deliver("labeled", 19)
+    await h.settle()
+    assert h.overlay(19) is not None
+    assert await h.app(19) is not None
+    assert len(h.comments(19)) == 1

@@ -1,0 +1,133 @@
+"""The whole bot on the rig: real intake over ASGI, real GitHub adapter to the fake, real
+Argo CD adapter to the test API server, and the Argo CD stand-in playing the controller."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest_asyncio
+
+from bot.config import Settings
+from bot.github import GitHub
+from bot.kube import ArgoCD
+from bot.service import Bot
+from bot.webhooks import sign
+from tests.rig.argocd import ArgoCDStandIn
+from tests.rig.github.server import FakeGitHub
+from tests.rig.kube import KubeRig
+from tests.rig.kustomize import build_and_validate
+
+SKELETON = Path(__file__).resolve().parents[2] / "bot" / "skeleton"
+OWNER, NAME = "data-literate", "DEX"
+SECRET = "rig-webhook-secret"
+
+
+def skeleton_files() -> dict[str, str]:
+    """The DEX-style infra tree (base + overlays/preview) as repository files."""
+    return {
+        str(p.relative_to(SKELETON)): p.read_text()
+        for p in sorted(SKELETON.rglob("*"))
+        if p.is_file() and "infra" in p.relative_to(SKELETON).parts
+    }
+
+
+class Harness:
+    """A running bot wired to the rig, plus helpers to act as GitHub and as a user."""
+
+    def __init__(self, fake: FakeGitHub, settings: Settings, bot: Bot, github: GitHub,
+                 argocd: ArgoCD, standin: ArgoCDStandIn, http: httpx.AsyncClient) -> None:
+        self.fake = fake
+        self.settings = settings
+        self.bot = bot
+        self.github = github
+        self.argocd = argocd
+        self.standin = standin
+        self.http = http
+
+    async def deliver(self, action: str, number: int, *, event: str = "pull_request",
+                      delivery: str | None = None, **extra: Any) -> httpx.Response:
+        """Sign and POST a webhook built from the fake's current state."""
+        payload = self.fake.event_payload(event, action, OWNER, NAME, number, **extra)
+        return await self.post(payload, event=event, delivery=delivery)
+
+    async def post(self, payload: dict[str, Any], *, event: str = "pull_request",
+                   delivery: str | None = None) -> httpx.Response:
+        import json
+
+        body = json.dumps(payload).encode()
+        return await self.http.post("/webhook", content=body, headers={
+            "Content-Type": "application/json",
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+            "X-Hub-Signature-256": sign(SECRET, body),
+        })
+
+    async def settle(self, limit: float = 30.0) -> None:
+        await self.bot.idle(quiet=0.4, limit=limit)
+
+    async def app(self, number: int) -> dict[str, Any] | None:
+        return await self.argocd.get(f"dex-pr-{number}")
+
+    def overlay_path(self, number: int) -> str:
+        return f"infra/argocd/previews/pr-{number}/kustomization.yaml"
+
+    def overlay(self, number: int, ref: str = "main") -> str | None:
+        return self.fake.read_file(OWNER, NAME, ref, self.overlay_path(number))
+
+    def commits(self) -> list[dict[str, Any]]:
+        return self.fake.log(OWNER, NAME, "main")
+
+    def comments(self, number: int) -> list[Any]:
+        return self.fake.comments(OWNER, NAME, number)
+
+    def deployments(self, number: int) -> list[Any]:
+        return self.fake.deployments(OWNER, NAME, f"dex-pr-{number}")
+
+    def build(self, number: int, dest: Path) -> list[dict[str, Any]]:
+        """Check the repository out at main and build the PR's overlay with real kustomize."""
+        if dest.exists():
+            shutil.rmtree(dest)
+        self.fake.checkout(OWNER, NAME, "main", dest)
+        return build_and_validate(dest / Path(self.overlay_path(number)).parent)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIterator[Harness]:
+    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards."""
+    github.create_repo(OWNER, NAME, files=skeleton_files())
+    settings = Settings(
+        github_app_id=github.app_id,
+        github_private_key=github.private_key_pem,
+        github_webhook_secret=SECRET,
+        github_api_url=github.url,
+        argocd_namespace=argocd_ns,
+        workers=2,
+        retry_seconds=0.1,
+        teardown_grace_seconds=1.5,
+    )
+    api_client = await kube.api_client()
+    bot = Bot(settings)
+    async with aiohttp.ClientSession() as session, ArgoCDStandIn(api_client, argocd_ns) as argo:
+        gh = GitHub(session, settings, bot.metrics)
+        argocd = ArgoCD(api_client, argocd_ns)
+        bot.start(gh, argocd, argocd.watch)
+        from bot.app import create_app
+
+        transport = httpx.ASGITransport(app=create_app(bot.intake))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bot") as http:
+            try:
+                yield Harness(github, settings, bot, gh, argocd, argo, http)
+            finally:
+                await bot.stop()
+    await api_client.close()
+
+
+def with_settings(h: Harness, **changes: Any) -> Settings:
+    return replace(h.settings, **changes)
