@@ -158,6 +158,8 @@ class FakeGitHub:
 
     # -- small helpers shared with the route handlers -------------------------------------------
     def next_id(self, kind: str = "") -> int:
+        """A fresh id; one counter for every kind (`kind` only documents the call site), so
+        ids never repeat across kinds or resets, as a test mixing them up would not notice."""
         return next(self._ids)
 
     @staticmethod
