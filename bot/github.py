@@ -100,7 +100,8 @@ def _retry_after(exc: BadRequest) -> float | None:
 def classify_error(exc: BaseException) -> BaseException:
     """Map gidgethub and network errors onto TemporaryError / Conflict / PermanentError."""
     if isinstance(exc, RateLimitExceeded):
-        reset = exc.rate_limit.reset_datetime if exc.rate_limit else None
+        # RateLimit is falsy while exhausted (its __bool__), so test for None explicitly.
+        reset = exc.rate_limit.reset_datetime if exc.rate_limit is not None else None
         wait = max(1.0, (reset - datetime.now(reset.tzinfo)).total_seconds()) if reset else 60.0
         return TemporaryError(f"GitHub rate limit exhausted; resets in {wait:.0f}s", wait + 1)
     if isinstance(exc, GitHubBroken):
@@ -198,10 +199,18 @@ class GitHub:
                 return await gh.put(url, url_vars, data=data)
             return await gh.delete(url, url_vars, data=data)
         except Exception as exc:
-            mapped = classify_error(exc)
+            mapped = self._map_error(installation_id, exc)
             if mapped is exc:
                 raise
             raise mapped from exc
+
+    def _map_error(self, installation_id: int, exc: BaseException) -> BaseException:
+        if isinstance(exc, BadRequest) and int(exc.status_code) == 401:
+            # The token was revoked or expired early (the App was reinstalled, its key
+            # rotated): forget it, so that the retry asks for a new one.
+            self._tokens.pop(installation_id, None)
+            return TemporaryError("GitHub refused the installation token (401)")
+        return classify_error(exc)
 
     # ---- pull requests and comments --------------------------------------------------------
 
@@ -226,7 +235,7 @@ class GitHub:
                     state, fp = parse_comment_state(body)
                     return ObservedComment(int(c["id"]), state, fp)
         except Exception as exc:
-            raise classify_error(exc) from exc
+            raise self._map_error(installation_id, exc) from exc
         return None
 
     async def create_comment(self, installation_id: int, repo: str, number: int, body: str) -> int:
