@@ -325,3 +325,32 @@ async def test_github_outage_is_retried_until_it_works(harness: Harness) -> None
     assert h.overlay(19) is not None
     assert await h.app(19) is not None
     assert len(h.comments(19)) == 1
+
+
+async def test_an_application_the_bot_does_not_manage_is_left_alone(harness: Harness) -> None:
+    h = harness
+    foreign = {
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+        "metadata": {"name": "dex-pr-21", "namespace": "argocd", "labels": {"team": "humans"}},
+        "spec": {"project": "default",
+                 "source": {"repoURL": "https://example.com/x.git", "path": "x",
+                            "targetRevision": "main"},
+                 "destination": {"server": "https://kubernetes.default.svc",
+                                 "namespace": "elsewhere"}},
+    }
+    await h.argocd.api.create_namespaced_custom_object(
+        "argoproj.io", "v1alpha1", "argocd", "applications", foreign)
+    before = await h.app(21)
+    await label(h, 21)
+    after = await h.app(21)
+    assert before is not None and after is not None
+    assert after["spec"] == before["spec"]
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert h.overlay(21) is None
+    (comment,) = h.comments(21)
+    assert "not managed by preview-bot" in comment.body or "managed by something other" in (
+        comment.body)
+    h.fake.close(OWNER, NAME, 21)
+    await h.deliver("closed", 21)
+    await h.settle()
+    assert await h.app(21) is not None

@@ -1,0 +1,80 @@
+"""The keyed queue: coalescing, one sync per key at a time, bounded size, delayed re-puts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.queue import KeyedQueue, run_worker
+from bot.webhooks import Outcome, Work, WorkKey
+
+
+def work(n: int, inst: int = 1) -> Work:
+    return Work(WorkKey("o/r", n), inst)
+
+
+async def test_a_key_arriving_while_it_runs_runs_again_after_with_the_latest_work() -> None:
+    q = KeyedQueue(10)
+    assert q.put_nowait(work(1, inst=1)) is Outcome.QUEUED
+    taken = await q.get()
+    assert q.put_nowait(work(1, inst=2)) is Outcome.COALESCED
+    assert q.put_nowait(work(1, inst=3)) is Outcome.COALESCED
+    assert len(q) == 1
+    q.done(taken.key)
+    again = await asyncio.wait_for(q.get(), 1)
+    assert again.installation_id == 3
+
+
+async def test_never_two_syncs_of_one_key_at_once() -> None:
+    q = KeyedQueue(100)
+    running: set[WorkKey] = set()
+    overlaps = 0
+    done = 0
+
+    async def handle(w: Work) -> None:
+        nonlocal overlaps, done
+        if w.key in running:
+            overlaps += 1
+        running.add(w.key)
+        await asyncio.sleep(0.01)
+        running.discard(w.key)
+        done += 1
+
+    workers = [asyncio.create_task(run_worker(q, handle)) for _ in range(4)]
+    for _ in range(5):
+        for n in range(3):
+            q.put_nowait(work(n))
+        await asyncio.sleep(0.005)
+    while len(q) or q.running:
+        await asyncio.sleep(0.01)
+    for t in workers:
+        t.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    assert overlaps == 0
+    assert 3 <= done < 15  # coalesced: far fewer syncs than puts
+
+
+async def test_full_queue_refuses_new_keys_but_coalesces_known_ones() -> None:
+    q = KeyedQueue(2)
+    assert q.put_nowait(work(1)) is Outcome.QUEUED
+    assert q.put_nowait(work(2)) is Outcome.QUEUED
+    assert q.put_nowait(work(3)) is Outcome.QUEUE_FULL
+    assert q.put_nowait(work(1)) is Outcome.COALESCED
+    assert q.full()
+
+
+async def test_delayed_put_is_dropped_when_the_key_was_synced_meanwhile() -> None:
+    q = KeyedQueue(10)
+    q.put_nowait(work(1))
+    w = await q.get()
+    q.put_later(w, 0.05)  # scheduled by the running sync
+    q.done(w.key)
+    await asyncio.sleep(0.08)
+    assert len(q) == 1  # fired: nothing else synced the key
+    w = await q.get()
+    q.put_later(w, 0.05)
+    q.done(w.key)
+    q.put_nowait(work(1))  # an event arrives and is synced before the timer
+    q.done((await q.get()).key)
+    await asyncio.sleep(0.08)
+    assert len(q) == 0
+    assert q.scheduled == 0
