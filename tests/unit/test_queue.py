@@ -44,7 +44,9 @@ async def test_never_two_syncs_of_one_key_at_once() -> None:
         for n in range(3):
             q.put_nowait(work(n))
         await asyncio.sleep(0.005)
-    while len(q) or q.running:
+    for _ in range(500):  # bounded wait for the workers to drain the queue
+        if not (len(q) or q.running):
+            break
         await asyncio.sleep(0.01)
     for t in workers:
         t.cancel()
