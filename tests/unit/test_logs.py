@@ -1,0 +1,55 @@
+"""Log lines: JSON off a terminal, text on one, with the delivery's context and no secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from bot.logs import setup_logging
+from tests.unit.test_intake import SECRET, Rig, labeled
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> object:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield None
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_intake_lines_are_json_with_context_and_no_secret() -> None:
+    out = io.StringIO()
+    setup_logging("INFO", out)
+    rig = Rig()
+    with rig.client:
+        rig.post(labeled(), delivery="d-42")
+        rig.post(labeled(), delivery="d-43", secret="wrong")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    queued = next(line for line in lines if line.get("delivery") == "d-42")
+    assert queued["event"] == "pull_request"
+    assert queued["action"] == "labeled"
+    assert queued["repo"] == "Codertocat/Hello-World"
+    assert queued["pr"] == 2
+    assert queued["outcome"] == "queued"
+    rejected = next(line for line in lines if line.get("delivery") == "d-43")
+    assert rejected["level"] == "warning"
+    assert SECRET not in out.getvalue()
+
+
+def test_terminal_gets_readable_lines() -> None:
+    out = Tty()
+    setup_logging("INFO", out)
+    logging.getLogger("bot.test").info("hello", extra={"repo": "o/r", "pr": 1})
+    line = out.getvalue().strip()
+    assert "INFO" in line and "bot.test: hello" in line and "repo=o/r pr=1" in line
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(line)
