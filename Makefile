@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint typecheck unit run bench clean
+.PHONY: setup test lint typecheck unit run bench lock settings-docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,16 +22,24 @@ typecheck: setup
 # Pinned GitHub artifacts (webhook examples, schemas, OpenAPI) are fetched into .cache/ here.
 test: lint typecheck
 	$(PY) -m tests.rig.artifacts
+	$(PY) -m tests.deploy.tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 run: setup
-	$(VENV)/bin/preview-bot serve
+	$(VENV)/bin/preview-bot serve --local .preview-bot-local
 
 bench: setup
 	$(PY) bench/intake.py
+
+# Regenerate requirements.lock (the image's pins) and the settings table/schema from bot.config.
+lock: setup
+	$(PY) -m tests.deploy.tools lock
+
+settings-docs: setup
+	$(PY) -m tests.deploy.tools settings
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info

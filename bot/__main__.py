@@ -1,4 +1,4 @@
-"""The `preview-bot` command line: serve, check-config, render."""
+"""The `preview-bot` command line: serve (or serve --local), simulate, check-config, render."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import uvicorn
 import yaml
 
 from bot.config import Settings, SettingsError, load_settings
+from bot.local import DEFAULT_DIR, DeliveryError, LocalError, run_local, simulate
+from bot.local_payloads import ACTIONS
 from bot.logs import setup_logging
 from bot.model import SHA_RE, PullRequest, State
 from bot.render import names, render_application, render_comment, render_overlay
@@ -35,8 +37,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the webhook server and the sync workers")
-    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")  # noqa: S104
-    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--host", default=None,
+                       help="address to bind (default 0.0.0.0; 127.0.0.1 with --local)")
+    serve.add_argument("--port", type=int, default=None,
+                       help="port to bind (default 8000; with --local the last one used, "
+                       "0 picks a free one)")
+    serve.add_argument("--local", metavar="DIR", default=None,
+                       help="local mode: no GitHub App or cluster needed; a git repository, "
+                       "the PR comments and the Applications live under DIR")
+    serve.add_argument("--repo", metavar="PATH", default=None,
+                       help="with --local: commit overlays to this existing git repository "
+                       "instead of DIR/repo")
+    simulate = sub.add_parser(
+        "simulate", help="local mode: change a simulated PR and deliver its signed webhook"
+    )
+    simulate.add_argument("action", choices=list(ACTIONS), metavar="ACTION",
+                          help="label | push | unlabel | close | reopen")
+    simulate.add_argument("--pr", required=True, type=int, metavar="N", help="the PR number")
+    simulate.add_argument("--sha", default=None,
+                          help="push (or label of a new PR): use this commit of the local "
+                          "repository as the head instead of making one")
+    simulate.add_argument("--url", default=None,
+                          help="webhook URL (default: the local server's, from DIR/local.json)")
+    simulate.add_argument("--dir", default=DEFAULT_DIR,
+                          help=f"the local mode directory (default {DEFAULT_DIR})")
+    simulate.add_argument("--print-only", action="store_true",
+                          help="print the payload instead of sending it; change nothing")
     sub.add_parser("check-config", help="print the effective settings (secrets masked)")
     render = sub.add_parser(
         "render", help="print the overlay, Application and comment for a PR (no network)"
@@ -65,11 +91,42 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.local is not None:
+        return _serve_local(args)
+    if args.repo is not None:
+        print("preview-bot: --repo only goes with --local", file=sys.stderr)
+        return EXIT_SETTINGS
     settings = _load(args)
     setup_logging(settings.log_level)
     app = build_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    host = args.host if args.host is not None else "0.0.0.0"  # noqa: S104
+    port = args.port if args.port is not None else 8000
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     return 0
+
+
+def _serve_local(args: argparse.Namespace) -> int:
+    try:
+        return run_local(args.local, args.repo, args.host, args.port, config_file=args.config)
+    except SettingsError as exc:
+        for line in exc.problems:
+            print(f"preview-bot: setting {line}", file=sys.stderr)
+        return EXIT_SETTINGS
+    except LocalError as exc:
+        print(f"preview-bot: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    try:
+        return simulate(args.dir, args.action, args.pr, sha=args.sha, url=args.url,
+                        print_only=args.print_only)
+    except DeliveryError as exc:
+        print(f"preview-bot simulate: {exc}", file=sys.stderr)
+        return 1
+    except LocalError as exc:
+        print(f"preview-bot simulate: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
 
 
 def web_url(api_url: str) -> str:
@@ -114,7 +171,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "check-config": cmd_check_config, "render": cmd_render}
+    commands = {"serve": cmd_serve, "simulate": cmd_simulate, "check-config": cmd_check_config,
+                "render": cmd_render}
     return commands[args.command](args)
 
 

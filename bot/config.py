@@ -289,10 +289,13 @@ def load_settings(
                 problems.append(f"{spec.env} and {spec.file_env}: set one of them, not both")
                 continue
             try:
-                raw[spec.name] = _read_file_setting(env[spec.file_env])
+                text = _read_file_setting(env[spec.file_env])
             except ValueError as exc:
                 problems.append(f"{spec.file_env}: {exc}")
                 continue
+            # A secret file made with `echo` or an editor ends in a newline GitHub never sent:
+            # keeping it would make every signature check fail.
+            raw[spec.name] = text.rstrip("\r\n") if spec.name == "github_webhook_secret" else text
             source[spec.name] = spec.file_env
         elif spec.env in env:
             raw[spec.name] = env[spec.env]
