@@ -1,0 +1,206 @@
+"""app.yaml, the GitHub App manifest, asks for exactly what the code uses.
+
+Events: the ones bot/webhooks.py's `classify` turns into work, found by feeding it GitHub's
+official example payload of every event. Permissions: the REST calls found in bot/*.py's source
+(an AST walk over the gidgethub calls), each matched to GitHub's OpenAPI description and to the
+permission GitHub documents for it.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot import github as bot_github
+from bot.webhooks import BadDelivery, classify
+from tests.deploy.tools import ROOT
+from tests.rig.artifacts import openapi_path, webhook_examples
+
+MANIFEST = ROOT / "app.yaml"
+# The keys GitHub's App-manifest flow reads (docs: "Registering a GitHub App from a manifest").
+MANIFEST_KEYS = {
+    "name", "url", "hook_attributes", "redirect_url", "callback_urls", "setup_url",
+    "description", "public", "default_events", "default_permissions",
+    "request_oauth_on_install", "setup_on_update",
+}
+# What GitHub documents ("Permissions required for GitHub Apps") for each operation the bot
+# calls: any one of the alternatives is enough. "app" means the App's own JWT, no permission.
+DOCUMENTED: dict[str, set[str]] = {
+    "apps/create-installation-access-token": {"app"},
+    "pulls/get": {"pull_requests:read"},
+    # Comments on a PR are issue comments: either permission works for them.
+    "issues/list-comments": {"issues:read", "pull_requests:read"},
+    "issues/create-comment": {"issues:write", "pull_requests:write"},
+    "issues/update-comment": {"issues:write", "pull_requests:write"},
+    "repos/get-content": {"contents:read"},
+    "repos/create-or-update-file-contents": {"contents:write"},
+    "repos/delete-file": {"contents:write"},
+    "repos/list-deployments": {"deployments:read"},
+    "repos/create-deployment": {"deployments:write"},
+    "repos/list-deployment-statuses": {"deployments:read"},
+    "repos/create-deployment-status": {"deployments:write"},
+}
+# The permission an App needs to receive each webhook event.
+EVENT_PERMISSION = {"pull_request": "pull_requests"}
+# gidgethub helpers that hide their route.
+HELPER_ROUTES = {
+    "get_installation_access_token": ("POST", "/app/installations/{installation_id}/access_tokens"),
+}
+GH_METHODS = {"getitem": "GET", "getiter": "GET", "getstatus": "GET", "post": "POST",
+              "put": "PUT", "patch": "PATCH", "delete": "DELETE"}
+LEVELS = {"read": 1, "write": 2}
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(MANIFEST.read_text())
+    return data
+
+
+def shape(route: str) -> str:
+    """A route with its variables blanked: `/repos/{+repo}/pulls/{number}{?x}` and
+    `/repos/{owner}/{repo}/pulls/{pull_number}` both become `/repos/{}/{}/pulls/{}`."""
+    route = re.sub(r"\{\?[^}]*\}", "", route)
+    route = route.replace("{+repo}", "{owner}/{repo}")
+    return re.sub(r"\{[^}]*\}", "{}", route)
+
+
+def routes_in_source(source: str) -> set[tuple[str, str]]:
+    """(method, route shape) of every GitHub call written in `source`."""
+    found: set[tuple[str, str]] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        name = node.func.attr
+        consts = [a.value for a in node.args
+                  if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        if name in HELPER_ROUTES:
+            method, route = HELPER_ROUTES[name]
+            found.add((method, shape(route)))
+        elif name == "_call" and len(consts) >= 2:
+            found.add((consts[0], shape(consts[1])))
+        elif name in GH_METHODS and consts and consts[0].startswith("/"):
+            found.add((GH_METHODS[name], shape(consts[0])))
+    return found
+
+
+def routes_in_code() -> set[tuple[str, str]]:
+    """Every GitHub call written in bot/*.py."""
+    found: set[tuple[str, str]] = set()
+    for module in sorted((ROOT / "bot").glob("*.py")):
+        found |= routes_in_source(module.read_text())
+    return found
+
+
+def test_route_finder_sees_the_calls_it_should() -> None:
+    source = (
+        'async def f():\n'
+        '    await self._call(i, "PUT", "/repos/{+repo}/contents/{+path}", url_vars=v)\n'
+        '    await gh.getiter("/repos/{+repo}/issues/{number}/comments{?per_page}", v)\n'
+        '    await gh.getitem(url, url_vars)\n'  # the generic dispatch: no route of its own
+        '    await apps.get_installation_access_token(gh, installation_id=1)\n'
+    )
+    assert routes_in_source(source) == {
+        ("PUT", "/repos/{}/{}/contents/{}"),
+        ("GET", "/repos/{}/{}/issues/{}/comments"),
+        ("POST", "/app/installations/{}/access_tokens"),
+    }
+
+
+def test_routes_table_matches_the_code() -> None:
+    """bot/github.py's ROUTES table, which carries the permissions, lists every call made."""
+    table = {(method, shape(route)) for method, route, _ in bot_github.ROUTES}
+    code = routes_in_code()
+    assert code, "no GitHub calls found in bot/*.py: has the adapter's style changed?"
+    assert code - table == set(), "calls missing from bot.github.ROUTES"
+    assert table - code == set(), "ROUTES lists calls the code no longer makes"
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads(Path(openapi_path()).read_text())
+    return spec
+
+
+def test_each_call_is_a_documented_app_operation_with_the_documented_permission(
+    openapi: dict[str, Any],
+) -> None:
+    by_shape = {
+        (method.upper(), shape(path)): op
+        for path, item in openapi["paths"].items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "operationId" in op
+    }
+    for method, route, permission in bot_github.ROUTES:
+        op = by_shape.get((method, shape(route)))
+        assert op is not None, f"{method} {route} is not in GitHub's REST description"
+        assert op["x-github"]["enabledForGitHubApps"], f"{method} {route}: not for Apps"
+        documented = DOCUMENTED.get(op["operationId"])
+        assert documented is not None, f"add {op['operationId']} to DOCUMENTED"
+        assert permission in documented, (
+            f"{method} {route} ({op['operationId']}) needs one of {sorted(documented)}, "
+            f"ROUTES says {permission}"
+        )
+
+
+def needed_permissions() -> dict[str, str]:
+    """The highest level each permission is needed at, over every call; metadata is implied."""
+    needed = {"metadata": "read"}
+    for _, _, permission in bot_github.ROUTES:
+        if permission == "app":
+            continue
+        name, level = permission.split(":")
+        if LEVELS[level] > LEVELS.get(needed.get(name, ""), 0):
+            needed[name] = level
+    return needed
+
+
+def test_manifest_permissions_are_exactly_what_the_calls_need(
+    manifest: dict[str, Any], openapi: dict[str, Any]
+) -> None:
+    granted = manifest["default_permissions"]
+    assert granted == needed_permissions()
+    known = openapi["components"]["schemas"]["app-permissions"]["properties"]
+    for name, level in granted.items():
+        assert name in known and level in known[name]["enum"], f"{name}: {level}"
+
+
+def handled_events(trigger: str = "preview") -> set[str]:
+    """Events for which some official example payload makes `classify` queue work."""
+    handled = set()
+    for event, examples in webhook_examples().items():
+        for example in examples:
+            payload = copy.deepcopy(example)
+            payload.setdefault("installation", {"id": 1})
+            if isinstance(payload.get("label"), dict):
+                payload["label"]["name"] = trigger  # the trigger label's own changes
+            try:
+                if classify(event, payload, trigger).work is not None:
+                    handled.add(event)
+            except BadDelivery:
+                continue
+    return handled
+
+
+def test_manifest_subscribes_to_exactly_the_handled_events(manifest: dict[str, Any]) -> None:
+    events = set(manifest["default_events"])
+    assert events == handled_events()
+    for event in events:
+        assert EVENT_PERMISSION[event] in manifest["default_permissions"], event
+
+
+def test_manifest_shape(manifest: dict[str, Any]) -> None:
+    assert set(manifest) <= MANIFEST_KEYS
+    assert manifest["public"] is False
+    assert manifest["hook_attributes"]["active"] is True
+    assert manifest["hook_attributes"]["url"].startswith("https://")
+    assert manifest["hook_attributes"]["url"].endswith("/webhook")
+    assert manifest["redirect_url"].startswith("https://")
+    assert 0 < len(manifest["name"]) <= 34  # GitHub's limit on App names

@@ -1,0 +1,363 @@
+"""The Helm chart: lint, render, validate, dry-run apply, and wiring that the bot can read."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot.config import SPECS, load_settings
+from tests.deploy.chart import (
+    BIN,
+    CHART,
+    INLINE_VALUES,
+    PRODUCTION_VALUES,
+    VALUE_SETS,
+    documents,
+    helm,
+    kinds,
+    one,
+    render,
+)
+from tests.deploy.conftest import ensure_namespace, kubectl
+from tests.deploy.dockerfile import parse
+from tests.deploy.tools import ROOT, VALUES_KEYS, settings_schema
+from tests.rig.kube import KubeRig
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_helm_lint_strict(name: str) -> None:
+    done = helm("lint", "--strict", str(CHART), *VALUE_SETS[name])
+    assert "0 chart(s) failed" in done.stdout
+    assert "[ERROR]" not in done.stdout and "[WARNING]" not in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rendered_output_passes_kubernetes_validate_strict(
+    name: str, rendered: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(rendered[name])
+    count = len(documents(rendered[name]))
+    # The oldest and the newest Kubernetes that kubernetes-validate has schemas for.
+    for version in ("1.25", "1.37"):
+        done = subprocess.run(
+            [str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(path)],
+            capture_output=True, text=True, check=False,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        # Only CRD kinds are left unchecked (kubernetes-validate has no schema for them).
+        warned = re.findall(r"WARN .*?kind (\w+)", out)
+        assert set(warned) <= {"ServiceMonitor"}, out
+        assert out.count(" passed for resource ") == count - len(warned), out
+
+
+def test_value_sets_render_what_they_enable(rendered: dict[str, str]) -> None:
+    assert kinds(documents(rendered["default"])) == [
+        "ConfigMap", "Deployment", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount",
+    ]
+    production = documents(rendered["production"])
+    # existingSecret: the chart makes none; every optional template is on.
+    assert "Secret" not in kinds(production)
+    assert {"Ingress", "ServiceMonitor", "PodDisruptionBudget"} <= set(kinds(production))
+
+
+def _served(kube: KubeRig, docs: list[dict[str, Any]]) -> tuple[str, set[str]]:
+    """The documents whose apiVersion this API server serves (as YAML), and the other kinds."""
+    versions = set(kubectl(kube, "api-versions").stdout.split())
+    keep = [doc for doc in docs if doc["apiVersion"] in versions]
+    skipped = {doc["kind"] for doc in docs if doc["apiVersion"] not in versions}
+    return yaml.safe_dump_all(keep), skipped
+
+
+def _dry_run(kube: KubeRig, text: str) -> list[str]:
+    done = kubectl(kube, "apply", "--server-side", "--dry-run=server", "--field-manager=helm",
+                   "-f", "-", stdin=text)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_default_output_applies_with_server_side_dry_run(
+    kube: KubeRig, rendered: dict[str, str]
+) -> None:
+    ensure_namespace(kube, "preview-bot")
+    lines = _dry_run(kube, rendered["default"])
+    assert len(lines) == len(documents(rendered["default"]))
+    assert all(line.endswith("serverside-applied (server dry run)") for line in lines), lines
+
+
+def test_production_output_applies_with_server_side_dry_run(
+    kube: KubeRig, rendered: dict[str, str]
+) -> None:
+    # The 1.20 test server has no Prometheus Operator CRD and serves PDBs as policy/v1beta1
+    # only; helm renders policy/v1 without a cluster. Everything else must apply.
+    ensure_namespace(kube, "preview-bot")
+    text, skipped = _served(kube, documents(rendered["production"]))
+    assert skipped <= {"ServiceMonitor", "PodDisruptionBudget"}
+    lines = _dry_run(kube, text)
+    assert any(line.startswith("ingress.networking.k8s.io/") for line in lines)
+
+
+def test_notes_tell_the_webhook_url(kube: KubeRig) -> None:
+    # NOTES.txt is only rendered by install; a client dry-run still asks the server for its
+    # version and kinds, and this one has no ServiceMonitor CRD.
+    def notes(*values: str) -> str:
+        return helm("install", "notes", str(CHART), "--dry-run=client", "--namespace",
+                    "preview-bot", "--kubeconfig", str(kube.kubeconfig_path), *values,
+                    "--set", "serviceMonitor.enabled=false").stdout
+
+    with_ingress = notes("-f", str(PRODUCTION_VALUES))
+    assert "https://preview-bot.example.com/webhook" in with_ingress
+    assert "read from Secret preview-bot-github" in with_ingress
+    without = notes()
+    assert "No Ingress was created" in without
+    assert "WARNING: github.appId, github.privateKey and github.webhookSecret" in without
+    assert "https://bot.example.org/webhook" in notes(*INLINE_VALUES)
+
+
+def _pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def test_pod_is_locked_down(default_docs: list[dict[str, Any]]) -> None:
+    pod = _pod(default_docs)
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The only writable path is an emptyDir at /tmp.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert all(m.get("readOnly") for path, m in mounts.items() if path != "/tmp")
+    # Secrets reach the bot as files only.
+    env = {e["name"]: e for e in container["env"]}
+    assert "GITHUB_PRIVATE_KEY" not in env and "GITHUB_WEBHOOK_SECRET" not in env
+    assert env["GITHUB_PRIVATE_KEY_FILE"]["value"].startswith(mounts["/var/run/secrets/preview-bot"]
+                                                               ["mountPath"])
+
+
+def test_pod_matches_the_image(default_docs: list[dict[str, Any]]) -> None:
+    """The chart's user and port are the Dockerfile's: runAsNonRoot can only check a number."""
+    _, stages = parse((ROOT / "Dockerfile").read_text())
+    final = {ins.keyword: ins.args for ins in stages[-1].instructions}
+    uid, _, gid = final["USER"].partition(":")
+    pod = _pod(default_docs)
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
+        int(uid), int(gid),
+    )
+    (container,) = pod["containers"]
+    assert [p["containerPort"] for p in container["ports"]] == [int(final["EXPOSE"])]
+    assert container["args"][0] == json.loads(final["CMD"])[0]
+    probes = {container["livenessProbe"]["httpGet"]["path"],
+              container["readinessProbe"]["httpGet"]["path"]}
+    assert probes == {"/healthz", "/readyz"}
+    service = one(default_docs, "Service")["spec"]["ports"]
+    assert [(p["port"], p["targetPort"]) for p in service] == [(80, "http")]
+
+
+def test_pod_anti_affinity_presets() -> None:
+    def affinity(*values: str) -> Any:
+        return _pod(documents(render(values))).get("affinity")
+
+    assert affinity() is None
+    soft = affinity("--set", "podAntiAffinity=soft")["podAntiAffinity"]
+    assert list(soft) == ["preferredDuringSchedulingIgnoredDuringExecution"]
+    hard = affinity("--set", "podAntiAffinity=hard")["podAntiAffinity"]
+    assert list(hard) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert helm("template", "x", str(CHART), "--set", "podAntiAffinity=always",
+                check=False).returncode != 0
+
+
+def test_role_grants_only_applications_and_leases_when_asked(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    def rules(docs: list[dict[str, Any]]) -> list[tuple[str, str, tuple[str, ...], str]]:
+        role = one(docs, "Role")
+        return [
+            (r["apiGroups"][0], r["resources"][0], tuple(r.get("resourceNames", ())),
+             ",".join(r["verbs"]))
+            for r in role["rules"]
+        ]
+
+    assert one(default_docs, "Role")["metadata"]["namespace"] == "argocd"
+    assert rules(default_docs) == [
+        ("argoproj.io", "applications", (), "get,list,watch,create,patch,delete"),
+    ]
+    leader = documents(render(("--set", "leaderElection.enabled=true",
+                               "--set", "argocd.namespace=gitops")))
+    assert one(leader, "Role")["metadata"]["namespace"] == "gitops"
+    assert rules(leader)[1:] == [
+        ("coordination.k8s.io", "leases", (), "create"),
+        ("coordination.k8s.io", "leases", ("preview-bot",), "get,update"),
+    ]
+    binding = one(leader, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "gitops"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "preview-bot", "namespace": "preview-bot"}
+    ]
+
+
+def test_ingress_exposes_only_the_webhook(rendered: dict[str, str]) -> None:
+    ingress = one(documents(rendered["production"]), "Ingress")["spec"]
+    (rule,) = ingress["rules"]
+    assert rule["http"]["paths"][0]["path"] == "/webhook"
+    assert rule["http"]["paths"][0]["pathType"] == "Exact"
+    assert ingress["tls"] == [{"hosts": ["preview-bot.example.com"],
+                               "secretName": "preview-bot-tls"}]
+
+
+def _container_view(
+    docs: list[dict[str, Any]], secret: dict[str, str], where: Path
+) -> tuple[dict[str, str], Path]:
+    """The container's environment with its mounts laid out under `where`.
+
+    Container paths in env values are rewritten to the folder holding that mount's files.
+    """
+    pod = _pod(docs)
+    (container,) = pod["containers"]
+    config = one(docs, "ConfigMap")["data"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts: dict[str, Path] = {}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        folder = where / mount["name"]
+        folder.mkdir()
+        if "configMap" in volume:
+            for key, text in config.items():
+                (folder / key).write_text(text)
+        elif "secret" in volume:
+            for item in volume["secret"]["items"]:
+                (folder / item["path"]).write_text(secret[item["key"]])
+        mounts[mount["mountPath"]] = folder
+    env: dict[str, str] = {}
+    for var in container["env"]:
+        if "valueFrom" in var:
+            env[var["name"]] = secret[var["valueFrom"]["secretKeyRef"]["key"]]
+            continue
+        value = var["value"]
+        for path, folder in mounts.items():
+            if value.startswith(path + "/"):
+                value = str(folder / value[len(path) + 1:])
+                break
+        env[var["name"]] = value
+    return env, where
+
+
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMII\n-----END RSA PRIVATE KEY-----\n"
+
+
+def test_inline_values_reach_the_bot_through_secret_and_config_file(
+    rendered: dict[str, str], tmp_path: Path
+) -> None:
+    docs = documents(rendered["inline"])
+    secret = one(docs, "Secret")["stringData"]
+    env, _ = _container_view(docs, secret, tmp_path)
+    settings = load_settings(environ=env)
+    assert settings.github_app_id == 1234567
+    assert settings.github_private_key == PEM
+    assert settings.github_webhook_secret == "s3cret"
+    assert (settings.trigger_label, settings.queue_size) == ("deploy-me", 50)
+    assert settings.argocd_namespace == "gitops" == one(docs, "Role")["metadata"]["namespace"]
+
+
+def test_production_values_reach_the_bot(rendered: dict[str, str], tmp_path: Path) -> None:
+    docs = documents(rendered["production"])
+    existing = {"GITHUB_APP_ID": "42", "GITHUB_PRIVATE_KEY": PEM, "GITHUB_WEBHOOK_SECRET": "x"}
+    env, _ = _container_view(docs, existing, tmp_path)
+    settings = load_settings(environ=env)
+    expected = yaml.safe_load(PRODUCTION_VALUES.read_text())["settings"]
+    assert {k: getattr(settings, k) for k in expected} == expected
+    assert settings.github_app_id == 42
+
+
+def test_app_id_written_as_a_yaml_number_stays_an_integer(tmp_path: Path) -> None:
+    # Helm decodes numbers in values files as float64: 1234567 would print as 1.234567e+06.
+    values = tmp_path / "values.yaml"
+    values.write_text("github:\n  appId: 1234567\n")
+    secret = one(documents(render(("-f", str(values)))), "Secret")
+    assert secret["stringData"]["GITHUB_APP_ID"] == "1234567"
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("settings.github_private_key=x", "github_private_key"),
+        ("settings.argocd_namespace=x", "argocd_namespace"),
+        ("settings.no_such_setting=1", "no_such_setting"),
+        ("settings.workers=0", "workers"),
+        ("github.appId=abc", "appId"),
+    ],
+)
+def test_schema_rejects_misplaced_or_bad_values(flag: str, message: str) -> None:
+    done = helm("template", "x", str(CHART), "--set", flag, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_schema_settings_are_the_bots_settings() -> None:
+    """Every setting the chart does not manage itself is a documented, typed `settings` key."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    properties = schema["properties"]["settings"]["properties"]
+    assert set(properties) == {s.name for s in SPECS} - set(VALUES_KEYS)
+    assert properties == settings_schema(), (
+        "out of step with bot.config.SPECS: run `python -m tests.deploy.tools settings`"
+    )
+    for spec in SPECS:
+        if spec.name in properties:
+            types = properties[spec.name]["type"]
+            types = types if isinstance(types, list) else [types]
+            assert {"int": "integer", "float": "number"}.get(spec.kind, "string") in types
+            assert ("null" in types) == spec.kind.startswith("optional"), spec.name
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in filter(None, VALUES_KEYS.values()):
+        group, field = key.split(".")
+        assert field in values[group], key
+
+
+_KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z][A-Za-z0-9]*):(?P<rest>.*)$")
+
+
+def test_every_value_is_documented() -> None:
+    """Each value has a `# --` comment, or sits inside one that has (a preset block)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented: list[str] = []
+    stack: list[tuple[int, str, bool]] = []  # (indent, key, documented)
+    for number, line in enumerate(lines):
+        match = _KEY.match(line)
+        if not match or line.lstrip().startswith("#"):
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        # A doc comment may run over several lines; its first line starts with `# --`.
+        first = number - 1
+        while first >= 0 and not lines[first].strip():
+            first -= 1
+        while first > 0 and lines[first - 1].strip().startswith("#"):
+            first -= 1
+        documented = first >= 0 and lines[first].strip().startswith("# --")
+        inherited = any(doc for _, _, doc in stack)
+        following = next((line for line in lines[number + 1:]
+                          if line.strip() and not line.strip().startswith("#")), "")
+        # A group (`image:` over documented keys) needs no comment of its own.
+        is_group = match["rest"].strip() == "" and (
+            len(following) - len(following.lstrip()) > indent
+        )
+        if not (documented or inherited or is_group):
+            undocumented.append(".".join([*(k for _, k, _ in stack), match["key"]]))
+        stack.append((indent, match["key"], documented))
+    assert undocumented == []
