@@ -262,11 +262,10 @@ class GitHub:
 
     # ---- contents --------------------------------------------------------------------------
 
-    async def get_file_sha(self, installation_id: int, repo: str, path: str, ref: str) -> (
-        str | None
-    ):
+    async def _contents(self, installation_id: int, repo: str, path: str, ref: str) -> Any:
+        """The contents API's answer for `path` on `ref` (file or listing); None on 404."""
         try:
-            data = await self._call(
+            return await self._call(
                 installation_id, "GET", "/repos/{+repo}/contents/{+path}{?ref}",
                 url_vars={"repo": repo, "path": path, "ref": ref},
             )
@@ -274,6 +273,13 @@ class GitHub:
             if exc.status == 404:
                 return None
             raise
+
+    async def get_file_sha(self, installation_id: int, repo: str, path: str, ref: str) -> (
+        str | None
+    ):
+        data = await self._contents(installation_id, repo, path, ref)
+        if data is None:
+            return None
         if isinstance(data, list):
             raise PermanentError(f"{path} is a directory on {ref}, expected a file")
         return str(data["sha"])
@@ -282,15 +288,7 @@ class GitHub:
         bool
     ):
         """Whether directory `path` on `ref` holds a kustomization file."""
-        try:
-            data = await self._call(
-                installation_id, "GET", "/repos/{+repo}/contents/{+path}{?ref}",
-                url_vars={"repo": repo, "path": path, "ref": ref},
-            )
-        except PermanentError as exc:
-            if exc.status == 404:
-                return False
-            raise
+        data = await self._contents(installation_id, repo, path, ref)
         return isinstance(data, list) and any(e.get("name") in KUSTOMIZATION_NAMES for e in data)
 
     async def put_file(
