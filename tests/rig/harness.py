@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
+import httpx2 as httpx
 import pytest_asyncio
 
 from bot.config import Settings
