@@ -123,6 +123,18 @@ def plan_sync(obs: Observed, settings: Settings, now: datetime) -> Plan:
     return _plan_teardown(obs, settings, now)
 
 
+def plan_failure(obs: Observed, settings: Settings, now: datetime, reason: str) -> Plan:
+    """Say once on the PR that a sync failed for good (GitHub refused a request), and why."""
+    pr = obs.pr
+    n = names(settings, pr.repo, pr.number)
+    detail = f"preview-bot could not finish: {reason}. It will try again on the next event."
+    text = render_comment(settings, pr, State.FAILED, now, detail)
+    actions = _comment(obs, text)
+    if actions and obs.app is not None and obs.app.managed:
+        actions.append(RecordState(n.app, {}))
+    return Plan(State.FAILED, tuple(actions), "permanent failure")
+
+
 def _plan_deploy(obs: Observed, settings: Settings, now: datetime) -> Plan:
     pr = obs.pr
     n = names(settings, pr.repo, pr.number)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from cachetools import LRUCache
 
 from bot.config import Settings
-from bot.github import Conflict, TemporaryError
+from bot.github import Conflict, PermanentError, TemporaryError
 from bot.kube import ClusterUnavailable, observed_app
 from bot.metrics import Metrics
 from bot.model import (
@@ -44,7 +44,7 @@ from bot.model import (
     SetDeploymentStatus,
     UpsertComment,
 )
-from bot.plan import plan_sync, wants_preview
+from bot.plan import plan_failure, plan_sync, wants_preview
 from bot.render import names
 from bot.webhooks import Work, WorkKey
 
@@ -193,6 +193,7 @@ class Syncer:
         """Observe, plan and execute for one key; raises TemporaryError for a retry."""
         started = time.perf_counter()
         ctx = {"repo": work.key.repo, "pr": work.key.number, "delivery": work.delivery}
+        observed: Observed | None = None
         try:
             observed = await self.observe(work)
             plan = plan_sync(observed, self.settings, self.clock())
@@ -206,6 +207,11 @@ class Syncer:
             self._count("retry", started)
             log.warning("sync will be retried: %s", exc, extra=ctx)
             raise
+        except PermanentError as exc:
+            self._count("failed", started)
+            if observed is not None:
+                await self._report(observed, exc, ctx)
+            raise
         except Exception:
             self._count("failed", started)
             raise
@@ -214,6 +220,14 @@ class Syncer:
             log.info("synced: %s", ", ".join(outcome.executed),
                      extra={**ctx, "status": plan.state.value})
         return outcome
+
+    async def _report(self, observed: Observed, exc: PermanentError, ctx: dict[str, Any]) -> None:
+        """Put a permanent failure on the PR, once; never mask the original error."""
+        plan = plan_failure(observed, self.settings, self.clock(), str(exc))
+        try:
+            await self.execute(observed, plan, Outcome(plan))
+        except Exception as report_exc:  # the comment itself may be what GitHub refuses
+            log.warning("could not report the failure on the PR: %s", report_exc, extra=ctx)
 
     def _count(self, result: str, started: float) -> None:
         if self.metrics is not None:

@@ -354,3 +354,26 @@ async def test_an_application_the_bot_does_not_manage_is_left_alone(harness: Har
     await h.deliver("closed", 21)
     await h.settle()
     assert await h.app(21) is not None
+
+
+async def test_a_permanent_github_refusal_is_said_once_on_the_pr(harness: Harness) -> None:
+    h = harness
+    h.fake.create_pull(OWNER, NAME, 22)
+    h.fake.add_label(OWNER, NAME, 22, "preview")
+    h.fake.fail_next("POST", r"/deployments$", 422, count=2,
+                     body={"message": "Validation Failed", "errors": [],
+                           "documentation_url": "https://docs.github.com/rest"})
+    await h.deliver("labeled", 22)
+    await h.settle()
+    (comment,) = h.comments(22)
+    assert "Preview failed" in comment.body
+    assert "422" in comment.body
+    first_update = comment.updated_at
+    await h.deliver("labeled", 22)  # the same refusal again: the comment is not rewritten
+    await h.settle()
+    (comment,) = h.comments(22)
+    assert comment.updated_at == first_update
+    await h.deliver("labeled", 22)  # GitHub accepts now: the preview deploys
+    await h.settle()
+    assert len(h.deployments(22)) == 1
+    assert "Preview deploying" in h.comments(22)[0].body
