@@ -118,6 +118,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("teardown_grace_seconds", "PREVIEW_BOT_TEARDOWN_GRACE_SECONDS", 30.0,
          "How long a deleted Application may take to be pruned before the comment says "
          "teardown pending (it says destroyed as soon as the Application is gone).", "float"),
+    Spec("resync_seconds", "PREVIEW_BOT_RESYNC_SECONDS", 300,
+         "Every so often each managed Application's PR is synced again, so a lost webhook "
+         "(a missed close, push or unlabel) or a crash heals by itself.", "int"),
     Spec("log_level", "PREVIEW_BOT_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR."),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
@@ -152,6 +155,7 @@ class Settings:
     delivery_ttl_seconds: int = 3600
     retry_seconds: float = 5.0
     teardown_grace_seconds: float = 30.0
+    resync_seconds: int = 300
     log_level: str = "INFO"
 
     def masked(self) -> dict[str, Any]:

@@ -828,6 +828,10 @@ class FileCluster:
                                 obj if isinstance(obj, dict) else None)
         return found
 
+    async def list_managed(self) -> list[dict[str, Any]]:
+        """Like ArgoCD.list_managed: every Application file that parses."""
+        return [obj for _, obj in self._scan().values() if obj is not None]
+
     async def watch(self, on_event: Callable[[str, dict[str, Any]], Awaitable[None]],
                     poll: float = WATCH_POLL_SECONDS) -> None:
         """Like ArgoCD.watch: every change of a file (the bot's or a hand edit) is an event."""

@@ -21,7 +21,7 @@ from bot.metrics import Metrics
 from bot.model import A_INSTALLATION, A_PR, A_REPO, BOT, MANAGED_BY
 from bot.queue import KeyedQueue, run_worker
 from bot.sync import ClusterPort, GitHubPort, Syncer
-from bot.webhooks import Work, WorkKey
+from bot.webhooks import Outcome, Work, WorkKey
 
 log = logging.getLogger("bot.service")
 
@@ -92,6 +92,7 @@ class Bot:
         self.queue = KeyedQueue(settings.queue_size)
         self.intake = Intake(settings, self.queue, self.metrics)
         self.syncer: Syncer | None = None
+        self.cluster: ClusterPort | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._attempts: dict[WorkKey, int] = {}
 
@@ -99,11 +100,39 @@ class Bot:
               watch: WatchSource | None = None) -> None:
         """Start the workers (and the watch) on the running loop."""
         self.syncer = Syncer(self.settings, github, cluster, self.metrics)
+        self.cluster = cluster
         self._tasks += [asyncio.create_task(run_worker(self.queue, self.handle))
                         for _ in range(self.settings.workers)]
+        self._tasks.append(asyncio.create_task(self._resync_loop()))
         if watch is not None:
             self._tasks.append(asyncio.create_task(watch(Watcher(self.queue).on_event)))
         self.intake.health.started = True
+
+    async def resync_once(self) -> int:
+        """Queue a sync of every managed Application's PR; returns how many were queued.
+
+        GitHub does not redeliver failed webhooks, so without this a lost `closed` would leave
+        a preview running forever. Each sync costs one conditional read of the PR (usually a
+        304, free) when nothing changed.
+        """
+        assert self.cluster is not None, "Bot.start() first"
+        queued = 0
+        for obj in await self.cluster.list_managed():
+            work = work_from_application(obj)
+            if work is not None:
+                work = Work(work.key, work.installation_id, delivery="resync")
+                if self.queue.put_nowait(work) is not Outcome.QUEUE_FULL:
+                    queued += 1
+        log.info("resync queued %d previews", queued)
+        return queued
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            try:
+                await self.resync_once()
+            except Exception as exc:  # the cluster may be down; the next round tries again
+                log.warning("resync failed: %s", exc)
 
     async def stop(self) -> None:
         self.intake.health.stopping = True

@@ -377,3 +377,20 @@ async def test_a_permanent_github_refusal_is_said_once_on_the_pr(harness: Harnes
     await h.settle()
     assert len(h.deployments(22)) == 1
     assert "Preview deploying" in h.comments(22)[0].body
+
+
+async def test_resync_heals_a_lost_close_webhook(harness: Harness) -> None:
+    h = harness
+    await label(h, 23)
+    await label(h, 24)
+    h.fake.close(OWNER, NAME, 23)  # GitHub's delivery of `closed` never arrives
+    h.fake.reset_counts()
+    assert await h.bot.resync_once() == 2
+    await h.settle()
+    await h.standin.wait_gone("dex-pr-23")
+    await h.settle()
+    assert await h.app(23) is None
+    assert h.overlay(23) is None
+    assert comment_state(h, 23) == "destroyed"
+    assert await h.app(24) is not None  # the open PR is left as it was
+    assert comment_state(h, 24) == "deploying"

@@ -111,6 +111,7 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
         workers=2,
         retry_seconds=0.1,
         teardown_grace_seconds=1.5,
+        resync_seconds=3600,  # tests call resync_once() themselves
     )
     api_client = await kube.api_client()
     bot = Bot(settings)
