@@ -110,18 +110,31 @@ def parse_wrk(out: str) -> dict[str, float]:
     return result
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def run(variant: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, variant, str(port)], cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         wait_port(port)
+        rss_before = rss_mib(server.pid)
         out = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
              f"http://127.0.0.1:{port}/webhook"],
             capture_output=True, text=True, check=True,
         ).stdout
-        return parse_wrk(out)
+        result = parse_wrk(out)
+        requests = re.search(r"(\d+) requests in", out)
+        result["requests"] = float(requests.group(1)) if requests else 0.0
+        result["rss_start_mib"] = rss_before
+        result["rss_end_mib"] = rss_mib(server.pid)
+        return result
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -159,6 +172,13 @@ def main() -> None:
               f"p99 {med.get('p99_ms', 0):6.2f} ms  non-2xx {med['errors']:.0f}")
     ratio = medians["webhook"]["rps"] / medians["bare"]["rps"]
     print(f"webhook / bare throughput: {ratio:.2f}x")
+    hook = medians["webhook"]
+    grown = hook["rss_end_mib"] - hook["rss_start_mib"]
+    per = grown * 1024 * 1024 / hook["requests"] if hook["requests"] else 0.0
+    print(f"webhook server memory: {hook['rss_start_mib']:.0f} MiB at start, "
+          f"{hook['rss_end_mib']:.0f} MiB after {hook['requests']:.0f} deliveries "
+          f"(~{per:.0f} bytes per remembered delivery id; the dedupe cache holds at most "
+          f"delivery_cache_size = 100,000 ids)")
 
 
 if __name__ == "__main__":
