@@ -394,3 +394,19 @@ async def test_resync_heals_a_lost_close_webhook(harness: Harness) -> None:
     assert comment_state(h, 23) == "destroyed"
     assert await h.app(24) is not None  # the open PR is left as it was
     assert comment_state(h, 24) == "deploying"
+
+
+async def test_a_head_sha_that_is_not_40_hex_is_refused_without_a_commit(
+    harness: Harness,
+) -> None:
+    h = harness
+    pr = h.fake.create_pull(OWNER, NAME, 25)
+    pr.head_sha = "1a2b3c4d"  # what GitHub never sends: a short SHA
+    h.fake.add_label(OWNER, NAME, 25, "preview")
+    commits = len(h.commits())
+    await h.deliver("labeled", 25)
+    await h.settle()
+    assert len(h.commits()) == commits
+    assert await h.app(25) is None
+    (comment,) = h.comments(25)
+    assert "not a 40-hex SHA" in comment.body

@@ -306,3 +306,10 @@ def test_label_safe_values() -> None:
     long = label_safe("o/" + "x" * 100)
     assert len(long) <= 63 and long[0].isalnum() and long[-1].isalnum()
     assert label_safe("o/" + "x" * 100) != label_safe("o/" + "x" * 99 + "y")
+
+
+def test_comment_links_the_argo_cd_application_when_its_url_is_set() -> None:
+    settings = replace(SETTINGS, argocd_url="https://argocd.example.com")
+    body = render_comment(settings, pr(), State.READY, NOW).body
+    assert "[dex-pr-42](https://argocd.example.com/applications/argocd/dex-pr-42)" in body
+    assert "argocd.example.com" not in render_comment(SETTINGS, pr(), State.READY, NOW).body
