@@ -410,4 +410,5 @@ def pull_from_api(data: Mapping[str, Any]) -> PullRequest:
         html_url=str(data["html_url"]),
         repo_html_url=str(base_repo["html_url"]),
         draft=bool(data.get("draft")),
+        comment_count=data["comments"] if isinstance(data.get("comments"), int) else None,
     )

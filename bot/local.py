@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -445,7 +446,9 @@ class LocalGitHub:
         stored = _read_json(self.layout.pr_json(number))
         if not isinstance(stored, dict):
             raise PermanentError(f"PR #{number} unknown: no pull_request delivery seen yet", 404)
-        return pull_from_api(stored)
+        # A delivery's comment count is as old as the delivery, and local comments never reach
+        # it: leave it unknown, so the comment is always looked up.
+        return dataclasses.replace(pull_from_api(stored), comment_count=None)
 
     # ---- comments and deployments (DIR/state.json, shown in DIR/prs/pr-N.md) ---------------
 

@@ -58,6 +58,9 @@ class PullRequest:
     html_url: str
     repo_html_url: str
     draft: bool = False
+    # GitHub's count of the PR's issue comments; 0 spares listing them to find ours.
+    # None when unknown (local mode's payload-made PRs).
+    comment_count: int | None = None
 
     @property
     def is_fork(self) -> bool:

@@ -164,7 +164,7 @@ class Syncer:
             comment = ObservedComment(
                 int(ann[A_COMMENT]), ann.get(A_COMMENT_STATE), ann.get(A_COMMENT_FP)
             )
-        else:
+        elif pr.comment_count != 0:  # a PR with no comments at all has none of ours
             comment = await self.github.find_comment(inst, key.repo, key.number)
 
         overlay_known = A_OVERLAY_BLOB in ann

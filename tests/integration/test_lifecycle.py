@@ -136,7 +136,7 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
     print(f"\nGitHub requests (token requests aside): first deploy {deploy_requests}, "
           f"next deploy {second} ({second_304} of them 304, free), redeploy "
           f"{redeploy_requests}, teardown {teardown_requests}")
-    assert deploy_requests <= 7
+    assert deploy_requests <= 6
     assert second - second_304 <= 6
     assert redeploy_requests <= 6
     assert teardown_requests <= 5
