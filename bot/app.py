@@ -74,7 +74,6 @@ class Intake:
         self, status: int, outcome: Outcome, event: str, message: str, **ctx: Any
     ) -> Response:
         self.metrics.deliveries.labels(event=event or "(none)", outcome=outcome.value).inc()
-        self.metrics.queue_depth.set(len(self.queue))
         level = logging.WARNING if outcome in (Outcome.REJECTED, Outcome.QUEUE_FULL) else (
             logging.INFO
         )

@@ -8,7 +8,6 @@ all at once and exit with code 2.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import string
 from collections.abc import Mapping
@@ -351,9 +350,3 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         problems.append("GITHUB_PRIVATE_KEY: expected a PEM private key "
                         "(-----BEGIN RSA PRIVATE KEY----- ...), as GitHub hands it out")
     return problems
-
-
-def replace(settings: Settings, **changes: Any) -> Settings:
-    """A copy of `settings` with some fields changed (tests and local mode use it)."""
-    return dataclasses.replace(settings, **changes)
-

@@ -52,7 +52,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from starlette.applications import Starlette
 
 from bot.app import create_app
-from bot.config import Settings, load_settings, replace
+from bot.config import Settings, load_settings
 from bot.github import (
     KUSTOMIZATION_NAMES,
     Conflict,
@@ -936,8 +936,9 @@ def local_settings(secret: str, config_file: str | None = None,
     env = {k: v for k, v in (os.environ if environ is None else environ).items()
            if k not in _GITHUB_ENV}
     settings = load_settings(env, config_file, require_github=False)
-    return replace(settings, github_app_id=UNUSED_APP_ID, github_private_key=UNUSED_PRIVATE_KEY,
-                   github_webhook_secret=secret)
+    return dataclasses.replace(settings, github_app_id=UNUSED_APP_ID,
+                               github_private_key=UNUSED_PRIVATE_KEY,
+                               github_webhook_secret=secret)
 
 
 def prepare(root: Path, repo_path: Path | None = None, host: str | None = None,

@@ -66,14 +66,6 @@ class PullRequest:
     def is_fork(self) -> bool:
         return self.head_repo != self.repo
 
-    @property
-    def owner(self) -> str:
-        return self.repo.split("/", 1)[0]
-
-    @property
-    def name(self) -> str:
-        return self.repo.split("/", 1)[1]
-
 
 @dataclass(frozen=True)
 class AppStatus:
@@ -99,10 +91,6 @@ class ObservedApp:
     @property
     def repo(self) -> str | None:
         return self.annotations.get(A_REPO)
-
-    def number(self, key: str) -> int | None:
-        value = self.annotations.get(key, "")
-        return int(value) if value.isdigit() else None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,14 @@ def wants_preview(pr: PullRequest, settings: Settings) -> bool:
     return pr.state == "open" and settings.trigger_label in pr.labels
 
 
+def needs_base_check(pr: PullRequest, settings: Settings, overlay_known: bool,
+                     app_is_ours_or_absent: bool) -> bool:
+    """Whether the plan needs to know that the base overlay exists: only before a PR's first
+    overlay (a redeploy builds on a base that existed), and only when it may deploy at all."""
+    return (wants_preview(pr, settings) and not pr.is_fork and not overlay_known
+            and app_is_ours_or_absent)
+
+
 def app_state(app: ObservedApp | None, head_sha: str) -> State:
     """What Argo CD's status says about the preview of `head_sha`."""
     if app is None or app.annotations.get(A_HEAD_SHA) != head_sha:

@@ -44,7 +44,7 @@ from bot.model import (
     SetDeploymentStatus,
     UpsertComment,
 )
-from bot.plan import plan_failure, plan_sync, wants_preview
+from bot.plan import needs_base_check, plan_failure, plan_sync
 from bot.render import names
 from bot.webhooks import Work, WorkKey
 
@@ -169,10 +169,8 @@ class Syncer:
 
         overlay_known = A_OVERLAY_BLOB in ann
         overlay_blob = ann.get(A_OVERLAY_BLOB) or None
-        want = wants_preview(pr, self.settings) and not pr.is_fork
         base_ok: bool | None = None
-        if want and not overlay_known and (app is None or ours):
-            # Checked before the first overlay only: a redeploy builds on a base that existed.
+        if needs_base_check(pr, self.settings, overlay_known, app is None or ours):
             base_ok = await self.github.has_kustomization(inst, pr.repo, n.base_dir, branch)
         return Observed(
             pr=pr,

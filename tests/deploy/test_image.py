@@ -7,7 +7,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from tests.deploy.conftest import FIGURES, du
 from tests.deploy.dockerfile import Builder, IgnoreRules, Image
 from tests.deploy.tools import PROJECT, ROOT, read_lock
 from tests.rig.kube import KubeRig
+from tests.rig.net import free_port
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMII\n-----END RSA PRIVATE KEY-----\n"
 WEBHOOK_SECRET = "image-test-secret"
@@ -106,11 +106,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _get(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> (
@@ -133,13 +128,13 @@ def serving(
     files, the cluster from a kubeconfig (the test API server), GitHub unreachable."""
     (tmp_path / "key.pem").write_text(PEM)
     (tmp_path / "webhook-secret").write_text(WEBHOOK_SECRET)
-    port = _free_port()
+    port = free_port()
     env = {
         **image.env,
         "GITHUB_APP_ID": "1",
         "GITHUB_PRIVATE_KEY_FILE": str(tmp_path / "key.pem"),
         "GITHUB_WEBHOOK_SECRET_FILE": str(tmp_path / "webhook-secret"),
-        "GITHUB_API_URL": f"http://127.0.0.1:{_free_port()}",
+        "GITHUB_API_URL": f"http://127.0.0.1:{free_port()}",
         "KUBECONFIG": str(kube.kubeconfig_path),
         "TMPDIR": str(tmp_path),
     }

