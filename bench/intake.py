@@ -119,15 +119,28 @@ def rss_mib(pid: int) -> float:
 
 def run(variant: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, variant, str(port)], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, variant, str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         wait_port(port)
         rss_before = rss_mib(server.pid)
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-             f"http://127.0.0.1:{port}/webhook"],
-            capture_output=True, text=True, check=True,
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                str(script),
+                f"http://127.0.0.1:{port}/webhook",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         result = parse_wrk(out)
         requests = re.search(r"(\d+) requests in", out)
@@ -162,23 +175,29 @@ def main() -> None:
             for variant in results:
                 results[variant].append(run(variant, script, args.seconds, args.connections))
 
-    print(f"body: official pull_request.labeled example, {len(body)} bytes; "
-          f"{args.connections} connections, {args.rounds} rounds of {args.seconds}s, medians")
+    print(
+        f"body: official pull_request.labeled example, {len(body)} bytes; "
+        f"{args.connections} connections, {args.rounds} rounds of {args.seconds}s, medians"
+    )
     medians = {}
     for variant, runs in results.items():
         med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
         medians[variant] = med
-        print(f"{variant:>8}: {med['rps']:8.0f} req/s  p50 {med.get('p50_ms', 0):6.2f} ms  "
-              f"p99 {med.get('p99_ms', 0):6.2f} ms  non-2xx {med['errors']:.0f}")
+        print(
+            f"{variant:>8}: {med['rps']:8.0f} req/s  p50 {med.get('p50_ms', 0):6.2f} ms  "
+            f"p99 {med.get('p99_ms', 0):6.2f} ms  non-2xx {med['errors']:.0f}"
+        )
     ratio = medians["webhook"]["rps"] / medians["bare"]["rps"]
     print(f"webhook / bare throughput: {ratio:.2f}x")
     hook = medians["webhook"]
     grown = hook["rss_end_mib"] - hook["rss_start_mib"]
     per = grown * 1024 * 1024 / hook["requests"] if hook["requests"] else 0.0
-    print(f"webhook server memory: {hook['rss_start_mib']:.0f} MiB at start, "
-          f"{hook['rss_end_mib']:.0f} MiB after {hook['requests']:.0f} deliveries "
-          f"(~{per:.0f} bytes per remembered delivery id; the dedupe cache holds at most "
-          f"delivery_cache_size = 100,000 ids)")
+    print(
+        f"webhook server memory: {hook['rss_start_mib']:.0f} MiB at start, "
+        f"{hook['rss_end_mib']:.0f} MiB after {hook['requests']:.0f} deliveries "
+        f"(~{per:.0f} bytes per remembered delivery id; the dedupe cache holds at most "
+        f"delivery_cache_size = 100,000 ids)"
+    )
 
 
 if __name__ == "__main__":

@@ -32,37 +32,61 @@ def _parser() -> argparse.ArgumentParser:
         "Kubernetes through Argo CD.",
     )
     parser.add_argument(
-        "--config", metavar="FILE", help="YAML settings file (also PREVIEW_BOT_CONFIG); "
-        "environment variables override it",
+        "--config",
+        metavar="FILE",
+        help="YAML settings file (also PREVIEW_BOT_CONFIG); environment variables override it",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the webhook server and the sync workers")
-    serve.add_argument("--host", default=None,
-                       help="address to bind (default 0.0.0.0; 127.0.0.1 with --local)")
-    serve.add_argument("--port", type=int, default=None,
-                       help="port to bind (default 8000; with --local the last one used, "
-                       "0 picks a free one)")
-    serve.add_argument("--local", metavar="DIR", default=None,
-                       help="local mode: no GitHub App or cluster needed; a git repository, "
-                       "the PR comments and the Applications live under DIR")
-    serve.add_argument("--repo", metavar="PATH", default=None,
-                       help="with --local: commit overlays to this existing git repository "
-                       "instead of DIR/repo")
+    serve.add_argument(
+        "--host", default=None, help="address to bind (default 0.0.0.0; 127.0.0.1 with --local)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to bind (default 8000; with --local the last one used, 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--local",
+        metavar="DIR",
+        default=None,
+        help="local mode: no GitHub App or cluster needed; a git repository, "
+        "the PR comments and the Applications live under DIR",
+    )
+    serve.add_argument(
+        "--repo",
+        metavar="PATH",
+        default=None,
+        help="with --local: commit overlays to this existing git repository instead of DIR/repo",
+    )
     simulate = sub.add_parser(
         "simulate", help="local mode: change a simulated PR and deliver its signed webhook"
     )
-    simulate.add_argument("action", choices=list(ACTIONS), metavar="ACTION",
-                          help="label | push | unlabel | close | reopen")
+    simulate.add_argument(
+        "action",
+        choices=list(ACTIONS),
+        metavar="ACTION",
+        help="label | push | unlabel | close | reopen",
+    )
     simulate.add_argument("--pr", required=True, type=int, metavar="N", help="the PR number")
-    simulate.add_argument("--sha", default=None,
-                          help="push (or label of a new PR): use this commit of the local "
-                          "repository as the head instead of making one")
-    simulate.add_argument("--url", default=None,
-                          help="webhook URL (default: the local server's, from DIR/local.json)")
-    simulate.add_argument("--dir", default=DEFAULT_DIR,
-                          help=f"the local mode directory (default {DEFAULT_DIR})")
-    simulate.add_argument("--print-only", action="store_true",
-                          help="print the payload instead of sending it; change nothing")
+    simulate.add_argument(
+        "--sha",
+        default=None,
+        help="push (or label of a new PR): use this commit of the local "
+        "repository as the head instead of making one",
+    )
+    simulate.add_argument(
+        "--url", default=None, help="webhook URL (default: the local server's, from DIR/local.json)"
+    )
+    simulate.add_argument(
+        "--dir", default=DEFAULT_DIR, help=f"the local mode directory (default {DEFAULT_DIR})"
+    )
+    simulate.add_argument(
+        "--print-only",
+        action="store_true",
+        help="print the payload instead of sending it; change nothing",
+    )
     sub.add_parser("check-config", help="print the effective settings (secrets masked)")
     render = sub.add_parser(
         "render", help="print the overlay, Application and comment for a PR (no network)"
@@ -70,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--repo", required=True, metavar="OWNER/NAME")
     render.add_argument("--pr", required=True, type=int, metavar="N")
     render.add_argument("--sha", required=True, help="the PR's head commit (40 hex)")
-    render.add_argument("--branch", default=None,
-                        help="branch Argo CD reads (default: deploy_branch, else main)")
+    render.add_argument(
+        "--branch", default=None, help="branch Argo CD reads (default: deploy_branch, else main)"
+    )
     return parser
 
 
@@ -119,8 +144,9 @@ def _serve_local(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     try:
-        return simulate(args.dir, args.action, args.pr, sha=args.sha, url=args.url,
-                        print_only=args.print_only)
+        return simulate(
+            args.dir, args.action, args.pr, sha=args.sha, url=args.url, print_only=args.print_only
+        )
     except DeliveryError as exc:
         print(f"preview-bot simulate: {exc}", file=sys.stderr)
         return 1
@@ -153,9 +179,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     repo_url = f"{web_url(settings.github_api_url)}/{args.repo}"
     branch = args.branch or settings.deploy_branch or "main"
     pr = PullRequest(
-        repo=args.repo, number=args.pr, state="open", merged=False,
-        labels=frozenset({settings.trigger_label}), head_sha=args.sha, head_repo=args.repo,
-        default_branch=branch, html_url=f"{repo_url}/pull/{args.pr}", repo_html_url=repo_url,
+        repo=args.repo,
+        number=args.pr,
+        state="open",
+        merged=False,
+        labels=frozenset({settings.trigger_label}),
+        head_sha=args.sha,
+        head_repo=args.repo,
+        default_branch=branch,
+        html_url=f"{repo_url}/pull/{args.pr}",
+        repo_html_url=repo_url,
     )
     n = names(settings, pr.repo, pr.number)
     app = render_application(settings, pr, branch, installation_id=0)
@@ -171,8 +204,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "simulate": cmd_simulate, "check-config": cmd_check_config,
-                "render": cmd_render}
+    commands = {
+        "serve": cmd_serve,
+        "simulate": cmd_simulate,
+        "check-config": cmd_check_config,
+        "render": cmd_render,
+    }
     return commands[args.command](args)
 
 

@@ -74,8 +74,8 @@ class Intake:
         self, status: int, outcome: Outcome, event: str, message: str, **ctx: Any
     ) -> Response:
         self.metrics.deliveries.labels(event=event or "(none)", outcome=outcome.value).inc()
-        level = logging.WARNING if outcome in (Outcome.REJECTED, Outcome.QUEUE_FULL) else (
-            logging.INFO
+        level = (
+            logging.WARNING if outcome in (Outcome.REJECTED, Outcome.QUEUE_FULL) else (logging.INFO)
         )
         log.log(level, message, extra={"event": event, "outcome": outcome.value, **ctx})
         return JSONResponse({"outcome": outcome.value, "message": message}, status_code=status)
@@ -100,7 +100,9 @@ class Intake:
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             return self._answer(
-                415, rejected, event,
+                415,
+                rejected,
+                event,
                 "Content-Type must be application/json (set it in the App's webhook settings)",
                 **ctx,
             )
@@ -115,8 +117,10 @@ class Intake:
             return self._answer(413, rejected, event, "body larger than GitHub's 25 MB cap", **ctx)
         signature = headers.get(SIGNATURE_HEADER)
         if not verify_signature(self._secret, body, signature):
-            why = "missing X-Hub-Signature-256 header" if not signature else (
-                "X-Hub-Signature-256 does not match the body and the webhook secret"
+            why = (
+                "missing X-Hub-Signature-256 header"
+                if not signature
+                else ("X-Hub-Signature-256 does not match the body and the webhook secret")
             )
             return self._answer(401, rejected, event, why, **ctx)
         if delivery in self.seen:

@@ -51,75 +51,187 @@ URL_VARS = frozenset({"number", "owner", "repo", "name", "namespace"})
 PATH_VARS = frozenset({"number", "owner", "repo", "name"})
 
 SPECS: tuple[Spec, ...] = (
-    Spec("github_app_id", "GITHUB_APP_ID", None, "The GitHub App's numeric id.", "int",
-         required=True),
-    Spec("github_private_key", "GITHUB_PRIVATE_KEY", None,
-         "The App's private key (PEM). Or name a file with GITHUB_PRIVATE_KEY_FILE.", "secret",
-         file_env="GITHUB_PRIVATE_KEY_FILE", required=True),
-    Spec("github_webhook_secret", "GITHUB_WEBHOOK_SECRET", None,
-         "The webhook secret set on the App. Or name a file with GITHUB_WEBHOOK_SECRET_FILE.",
-         "secret", file_env="GITHUB_WEBHOOK_SECRET_FILE", required=True),
-    Spec("github_api_url", "GITHUB_API_URL", "https://api.github.com",
-         "GitHub's REST API root; set it for GitHub Enterprise Server (https://HOST/api/v3).",
-         "url"),
-    Spec("trigger_label", "PREVIEW_BOT_TRIGGER_LABEL", "preview",
-         "The PR label that asks for a preview."),
-    Spec("app_name_template", "PREVIEW_BOT_APP_NAME_TEMPLATE", "dex-pr-{number}",
-         "Name of the Argo CD Application (and the GitHub environment) of a PR.", "template",
-         NAME_VARS),
-    Spec("namespace_template", "PREVIEW_BOT_NAMESPACE_TEMPLATE", "dex-pr-{number}",
-         "Namespace the preview deploys into.", "template", NAME_VARS),
-    Spec("image_name", "PREVIEW_BOT_IMAGE_NAME", "ghcr.io/data-literate/dex",
-         "Image whose tag the overlay pins (the `images[].name` of the base)."),
-    Spec("image_tag_template", "PREVIEW_BOT_IMAGE_TAG_TEMPLATE", "sha-{short_sha}",
-         "Image tag of a PR's head commit; {short_sha} is the first 8 hex of the head SHA.",
-         "template", TAG_VARS),
-    Spec("preview_url_template", "PREVIEW_BOT_PREVIEW_URL_TEMPLATE",
-         "https://dex-pr-{number}.preview.example.com",
-         "URL of the running preview, shown in the comment and the deployment.", "template",
-         URL_VARS),
-    Spec("preview_host_template", "PREVIEW_BOT_PREVIEW_HOST_TEMPLATE", None,
-         "If set, the host of every Ingress rule in the preview becomes this host.",
-         "optional-template", URL_VARS),
-    Spec("overlay_path_template", "PREVIEW_BOT_OVERLAY_PATH_TEMPLATE",
-         "infra/argocd/previews/pr-{number}/kustomization.yaml",
-         "Where the PR's kustomization is committed. Must not be inside the base.", "template",
-         PATH_VARS),
-    Spec("overlay_base", "PREVIEW_BOT_OVERLAY_BASE", "../../overlays/preview",
-         "The overlay's `resources` entry, relative to the overlay's directory."),
-    Spec("deploy_branch", "PREVIEW_BOT_DEPLOY_BRANCH", None,
-         "Branch that receives overlay commits and that Argo CD reads; default: the "
-         "repository's default branch.", "optional-str"),
-    Spec("argocd_namespace", "PREVIEW_BOT_ARGOCD_NAMESPACE", "argocd",
-         "Namespace of Argo CD's Applications."),
-    Spec("argocd_project", "PREVIEW_BOT_ARGOCD_PROJECT", "default",
-         "Argo CD project of the preview Applications."),
-    Spec("argocd_url", "PREVIEW_BOT_ARGOCD_URL", None,
-         "Base URL of the Argo CD UI; when set, the comment links to the Application.",
-         "optional-url"),
-    Spec("destination_server", "PREVIEW_BOT_DESTINATION_SERVER", "https://kubernetes.default.svc",
-         "Cluster the previews deploy to, as Argo CD names it.", "url"),
-    Spec("kubeconfig", "KUBECONFIG", None,
-         "Kubeconfig file; unset means in-cluster configuration when running in a pod.",
-         "optional-str"),
-    Spec("queue_size", "PREVIEW_BOT_QUEUE_SIZE", 1000,
-         "Most PRs waiting for a sync; past it deliveries get 503 so GitHub shows the failure.",
-         "int"),
+    Spec(
+        "github_app_id", "GITHUB_APP_ID", None, "The GitHub App's numeric id.", "int", required=True
+    ),
+    Spec(
+        "github_private_key",
+        "GITHUB_PRIVATE_KEY",
+        None,
+        "The App's private key (PEM). Or name a file with GITHUB_PRIVATE_KEY_FILE.",
+        "secret",
+        file_env="GITHUB_PRIVATE_KEY_FILE",
+        required=True,
+    ),
+    Spec(
+        "github_webhook_secret",
+        "GITHUB_WEBHOOK_SECRET",
+        None,
+        "The webhook secret set on the App. Or name a file with GITHUB_WEBHOOK_SECRET_FILE.",
+        "secret",
+        file_env="GITHUB_WEBHOOK_SECRET_FILE",
+        required=True,
+    ),
+    Spec(
+        "github_api_url",
+        "GITHUB_API_URL",
+        "https://api.github.com",
+        "GitHub's REST API root; set it for GitHub Enterprise Server (https://HOST/api/v3).",
+        "url",
+    ),
+    Spec(
+        "trigger_label",
+        "PREVIEW_BOT_TRIGGER_LABEL",
+        "preview",
+        "The PR label that asks for a preview.",
+    ),
+    Spec(
+        "app_name_template",
+        "PREVIEW_BOT_APP_NAME_TEMPLATE",
+        "dex-pr-{number}",
+        "Name of the Argo CD Application (and the GitHub environment) of a PR.",
+        "template",
+        NAME_VARS,
+    ),
+    Spec(
+        "namespace_template",
+        "PREVIEW_BOT_NAMESPACE_TEMPLATE",
+        "dex-pr-{number}",
+        "Namespace the preview deploys into.",
+        "template",
+        NAME_VARS,
+    ),
+    Spec(
+        "image_name",
+        "PREVIEW_BOT_IMAGE_NAME",
+        "ghcr.io/data-literate/dex",
+        "Image whose tag the overlay pins (the `images[].name` of the base).",
+    ),
+    Spec(
+        "image_tag_template",
+        "PREVIEW_BOT_IMAGE_TAG_TEMPLATE",
+        "sha-{short_sha}",
+        "Image tag of a PR's head commit; {short_sha} is the first 8 hex of the head SHA.",
+        "template",
+        TAG_VARS,
+    ),
+    Spec(
+        "preview_url_template",
+        "PREVIEW_BOT_PREVIEW_URL_TEMPLATE",
+        "https://dex-pr-{number}.preview.example.com",
+        "URL of the running preview, shown in the comment and the deployment.",
+        "template",
+        URL_VARS,
+    ),
+    Spec(
+        "preview_host_template",
+        "PREVIEW_BOT_PREVIEW_HOST_TEMPLATE",
+        None,
+        "If set, the host of every Ingress rule in the preview becomes this host.",
+        "optional-template",
+        URL_VARS,
+    ),
+    Spec(
+        "overlay_path_template",
+        "PREVIEW_BOT_OVERLAY_PATH_TEMPLATE",
+        "infra/argocd/previews/pr-{number}/kustomization.yaml",
+        "Where the PR's kustomization is committed. Must not be inside the base.",
+        "template",
+        PATH_VARS,
+    ),
+    Spec(
+        "overlay_base",
+        "PREVIEW_BOT_OVERLAY_BASE",
+        "../../overlays/preview",
+        "The overlay's `resources` entry, relative to the overlay's directory.",
+    ),
+    Spec(
+        "deploy_branch",
+        "PREVIEW_BOT_DEPLOY_BRANCH",
+        None,
+        "Branch that receives overlay commits and that Argo CD reads; default: the "
+        "repository's default branch.",
+        "optional-str",
+    ),
+    Spec(
+        "argocd_namespace",
+        "PREVIEW_BOT_ARGOCD_NAMESPACE",
+        "argocd",
+        "Namespace of Argo CD's Applications.",
+    ),
+    Spec(
+        "argocd_project",
+        "PREVIEW_BOT_ARGOCD_PROJECT",
+        "default",
+        "Argo CD project of the preview Applications.",
+    ),
+    Spec(
+        "argocd_url",
+        "PREVIEW_BOT_ARGOCD_URL",
+        None,
+        "Base URL of the Argo CD UI; when set, the comment links to the Application.",
+        "optional-url",
+    ),
+    Spec(
+        "destination_server",
+        "PREVIEW_BOT_DESTINATION_SERVER",
+        "https://kubernetes.default.svc",
+        "Cluster the previews deploy to, as Argo CD names it.",
+        "url",
+    ),
+    Spec(
+        "kubeconfig",
+        "KUBECONFIG",
+        None,
+        "Kubeconfig file; unset means in-cluster configuration when running in a pod.",
+        "optional-str",
+    ),
+    Spec(
+        "queue_size",
+        "PREVIEW_BOT_QUEUE_SIZE",
+        1000,
+        "Most PRs waiting for a sync; past it deliveries get 503 so GitHub shows the failure.",
+        "int",
+    ),
     Spec("workers", "PREVIEW_BOT_WORKERS", 4, "Syncs run at once (never two for one PR).", "int"),
-    Spec("delivery_cache_size", "PREVIEW_BOT_DELIVERY_CACHE_SIZE", 100_000,
-         "Most delivery ids remembered for dedupe.", "int"),
-    Spec("delivery_ttl_seconds", "PREVIEW_BOT_DELIVERY_TTL_SECONDS", 3600,
-         "How long a delivery id is remembered.", "int"),
-    Spec("retry_seconds", "PREVIEW_BOT_RETRY_SECONDS", 5.0,
-         "First backoff after a temporary failure (GitHub 5xx, network, API server); it "
-         "doubles per attempt up to 5 minutes. Rate limits wait for their reset instead.",
-         "float"),
-    Spec("teardown_grace_seconds", "PREVIEW_BOT_TEARDOWN_GRACE_SECONDS", 30.0,
-         "How long a deleted Application may take to be pruned before the comment says "
-         "teardown pending (it says destroyed as soon as the Application is gone).", "float"),
-    Spec("resync_seconds", "PREVIEW_BOT_RESYNC_SECONDS", 300,
-         "Every so often each managed Application's PR is synced again, so a lost webhook "
-         "(a missed close, push or unlabel) or a crash heals by itself.", "int"),
+    Spec(
+        "delivery_cache_size",
+        "PREVIEW_BOT_DELIVERY_CACHE_SIZE",
+        100_000,
+        "Most delivery ids remembered for dedupe.",
+        "int",
+    ),
+    Spec(
+        "delivery_ttl_seconds",
+        "PREVIEW_BOT_DELIVERY_TTL_SECONDS",
+        3600,
+        "How long a delivery id is remembered.",
+        "int",
+    ),
+    Spec(
+        "retry_seconds",
+        "PREVIEW_BOT_RETRY_SECONDS",
+        5.0,
+        "First backoff after a temporary failure (GitHub 5xx, network, API server); it "
+        "doubles per attempt up to 5 minutes. Rate limits wait for their reset instead.",
+        "float",
+    ),
+    Spec(
+        "teardown_grace_seconds",
+        "PREVIEW_BOT_TEARDOWN_GRACE_SECONDS",
+        30.0,
+        "How long a deleted Application may take to be pruned before the comment says "
+        "teardown pending (it says destroyed as soon as the Application is gone).",
+        "float",
+    ),
+    Spec(
+        "resync_seconds",
+        "PREVIEW_BOT_RESYNC_SECONDS",
+        300,
+        "Every so often each managed Application's PR is synced again, so a lost webhook "
+        "(a missed close, push or unlabel) or a crash heals by itself.",
+        "int",
+    ),
     Spec("log_level", "PREVIEW_BOT_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR."),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
@@ -312,8 +424,9 @@ def load_settings(
                 values[spec.name] = 0 if spec.kind == "int" else ""
             elif spec.required:
                 alt = f" (or {spec.file_env})" if spec.file_env else ""
-                problems.append(f"{spec.env}{alt}: missing; expected {spec.help[0].lower()}"
-                                f"{spec.help[1:]}")
+                problems.append(
+                    f"{spec.env}{alt}: missing; expected {spec.help[0].lower()}{spec.help[1:]}"
+                )
             continue
         try:
             values[spec.name] = _parse(spec, raw[spec.name])
@@ -332,21 +445,29 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     path = values.get("overlay_path_template", Settings.overlay_path_template)
     if isinstance(path, str):
         if path.startswith("/") or ".." in Path(path).parts:
-            problems.append("PREVIEW_BOT_OVERLAY_PATH_TEMPLATE: expected a path inside the "
-                            "repository, without a leading / or ..")
+            problems.append(
+                "PREVIEW_BOT_OVERLAY_PATH_TEMPLATE: expected a path inside the "
+                "repository, without a leading / or .."
+            )
         if "{number}" not in path:
-            problems.append("PREVIEW_BOT_OVERLAY_PATH_TEMPLATE: must contain {number}, or every "
-                            "PR would share one overlay")
+            problems.append(
+                "PREVIEW_BOT_OVERLAY_PATH_TEMPLATE: must contain {number}, or every "
+                "PR would share one overlay"
+            )
     for name in ("app_name_template", "namespace_template"):
         tmpl = values.get(name)
         if isinstance(tmpl, str) and "{number}" not in tmpl:
-            problems.append(f"{SPECS_BY_NAME[name].env}: must contain {{number}}, or every PR "
-                            "would share one preview")
+            problems.append(
+                f"{SPECS_BY_NAME[name].env}: must contain {{number}}, or every PR "
+                "would share one preview"
+            )
     level = values.get("log_level")
     if level is not None and str(level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("PREVIEW_BOT_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR")
     key = values.get("github_private_key")
     if isinstance(key, str) and key and "PRIVATE KEY-----" not in key:
-        problems.append("GITHUB_PRIVATE_KEY: expected a PEM private key "
-                        "(-----BEGIN RSA PRIVATE KEY----- ...), as GitHub hands it out")
+        problems.append(
+            "GITHUB_PRIVATE_KEY: expected a PEM private key "
+            "(-----BEGIN RSA PRIVATE KEY----- ...), as GitHub hands it out"
+        )
     return problems

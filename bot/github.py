@@ -216,14 +216,16 @@ class GitHub:
 
     async def get_pull(self, installation_id: int, repo: str, number: int) -> PullRequest:
         data = await self._call(
-            installation_id, "GET", "/repos/{+repo}/pulls/{number}",
+            installation_id,
+            "GET",
+            "/repos/{+repo}/pulls/{number}",
             url_vars={"repo": repo, "number": number},
         )
         return pull_from_api(data)
 
-    async def find_comment(self, installation_id: int, repo: str, number: int) -> (
-        ObservedComment | None
-    ):
+    async def find_comment(
+        self, installation_id: int, repo: str, number: int
+    ) -> ObservedComment | None:
         gh = await self.api(installation_id)
         try:
             async for c in gh.getiter(
@@ -240,19 +242,25 @@ class GitHub:
 
     async def create_comment(self, installation_id: int, repo: str, number: int, body: str) -> int:
         data = await self._call(
-            installation_id, "POST", "/repos/{+repo}/issues/{number}/comments",
-            url_vars={"repo": repo, "number": number}, data={"body": body},
+            installation_id,
+            "POST",
+            "/repos/{+repo}/issues/{number}/comments",
+            url_vars={"repo": repo, "number": number},
+            data={"body": body},
         )
         return int(data["id"])
 
-    async def edit_comment(self, installation_id: int, repo: str, comment_id: int, body: str) -> (
-        bool
-    ):
+    async def edit_comment(
+        self, installation_id: int, repo: str, comment_id: int, body: str
+    ) -> bool:
         """Edit the comment; False when it no longer exists (someone deleted it)."""
         try:
             await self._call(
-                installation_id, "PATCH", "/repos/{+repo}/issues/comments/{id}",
-                url_vars={"repo": repo, "id": comment_id}, data={"body": body},
+                installation_id,
+                "PATCH",
+                "/repos/{+repo}/issues/comments/{id}",
+                url_vars={"repo": repo, "id": comment_id},
+                data={"body": body},
             )
         except PermanentError as exc:
             if exc.status == 404:
@@ -266,7 +274,9 @@ class GitHub:
         """The contents API's answer for `path` on `ref` (file or listing); None on 404."""
         try:
             return await self._call(
-                installation_id, "GET", "/repos/{+repo}/contents/{+path}{?ref}",
+                installation_id,
+                "GET",
+                "/repos/{+repo}/contents/{+path}{?ref}",
                 url_vars={"repo": repo, "path": path, "ref": ref},
             )
         except PermanentError as exc:
@@ -274,9 +284,9 @@ class GitHub:
                 return None
             raise
 
-    async def get_file_sha(self, installation_id: int, repo: str, path: str, ref: str) -> (
-        str | None
-    ):
+    async def get_file_sha(
+        self, installation_id: int, repo: str, path: str, ref: str
+    ) -> str | None:
         data = await self._contents(installation_id, repo, path, ref)
         if data is None:
             return None
@@ -284,16 +294,20 @@ class GitHub:
             raise PermanentError(f"{path} is a directory on {ref}, expected a file")
         return str(data["sha"])
 
-    async def has_kustomization(self, installation_id: int, repo: str, path: str, ref: str) -> (
-        bool
-    ):
+    async def has_kustomization(self, installation_id: int, repo: str, path: str, ref: str) -> bool:
         """Whether directory `path` on `ref` holds a kustomization file."""
         data = await self._contents(installation_id, repo, path, ref)
         return isinstance(data, list) and any(e.get("name") in KUSTOMIZATION_NAMES for e in data)
 
     async def put_file(
-        self, installation_id: int, repo: str, path: str, branch: str, content: str,
-        message: str, sha: str | None,
+        self,
+        installation_id: int,
+        repo: str,
+        path: str,
+        branch: str,
+        content: str,
+        message: str,
+        sha: str | None,
     ) -> tuple[str, str]:
         """Create or update a file in one commit: (blob sha, commit sha). Conflict if stale."""
         data: dict[str, Any] = {
@@ -305,8 +319,11 @@ class GitHub:
             data["sha"] = sha
         try:
             result = await self._call(
-                installation_id, "PUT", "/repos/{+repo}/contents/{+path}",
-                url_vars={"repo": repo, "path": path}, data=data,
+                installation_id,
+                "PUT",
+                "/repos/{+repo}/contents/{+path}",
+                url_vars={"repo": repo, "path": path},
+                data=data,
             )
         except PermanentError as exc:
             # 422 when the file exists and no sha was given, or the sha is not the file's.
@@ -321,7 +338,9 @@ class GitHub:
         """Delete a file in one commit; False when it was already gone. Conflict if stale."""
         try:
             await self._call(
-                installation_id, "DELETE", "/repos/{+repo}/contents/{+path}",
+                installation_id,
+                "DELETE",
+                "/repos/{+repo}/contents/{+path}",
                 url_vars={"repo": repo, "path": path},
                 data={"message": message, "sha": sha, "branch": branch},
             )
@@ -340,7 +359,9 @@ class GitHub:
         self, installation_id: int, repo: str, sha: str, environment: str, description: str
     ) -> int:
         data = await self._call(
-            installation_id, "POST", "/repos/{+repo}/deployments",
+            installation_id,
+            "POST",
+            "/repos/{+repo}/deployments",
             url_vars={"repo": repo},
             data={
                 "ref": sha,
@@ -355,8 +376,14 @@ class GitHub:
         return int(data["id"])
 
     async def set_deployment_status(
-        self, installation_id: int, repo: str, deployment_id: int, state: str,
-        environment_url: str | None, log_url: str | None, description: str,
+        self,
+        installation_id: int,
+        repo: str,
+        deployment_id: int,
+        state: str,
+        environment_url: str | None,
+        log_url: str | None,
+        description: str,
     ) -> bool:
         """Add a status; False when the deployment no longer exists."""
         data: dict[str, Any] = {"state": state, "description": description[:140]}
@@ -366,8 +393,11 @@ class GitHub:
             data["log_url"] = log_url
         try:
             await self._call(
-                installation_id, "POST", "/repos/{+repo}/deployments/{id}/statuses",
-                url_vars={"repo": repo, "id": deployment_id}, data=data,
+                installation_id,
+                "POST",
+                "/repos/{+repo}/deployments/{id}/statuses",
+                url_vars={"repo": repo, "id": deployment_id},
+                data=data,
             )
         except PermanentError as exc:
             if exc.status == 404:
@@ -375,18 +405,22 @@ class GitHub:
             raise
         return True
 
-    async def active_deployments(self, installation_id: int, repo: str, environment: str) -> (
-        list[int]
-    ):
+    async def active_deployments(
+        self, installation_id: int, repo: str, environment: str
+    ) -> list[int]:
         """Deployments of `environment` whose latest status is not inactive (newest first)."""
         deployments = await self._call(
-            installation_id, "GET", "/repos/{+repo}/deployments{?environment,per_page}",
+            installation_id,
+            "GET",
+            "/repos/{+repo}/deployments{?environment,per_page}",
             url_vars={"repo": repo, "environment": environment, "per_page": 20},
         )
         active = []
         for d in deployments:
             statuses = await self._call(
-                installation_id, "GET", "/repos/{+repo}/deployments/{id}/statuses{?per_page}",
+                installation_id,
+                "GET",
+                "/repos/{+repo}/deployments/{id}/statuses{?per_page}",
                 url_vars={"repo": repo, "id": d["id"], "per_page": 1},
             )
             if not statuses or statuses[0].get("state") != "inactive":

@@ -78,9 +78,7 @@ class ArgoCD:
         try:
             obj: dict[str, Any] = await self._do(
                 f"get Application {name}",
-                self.api.get_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, name
-                ),
+                self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name),
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -98,8 +96,15 @@ class ArgoCD:
         await self._do(
             f"apply Application {name}",
             self.api.patch_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name, manifest,
-                field_manager=FIELD_MANAGER, force=True, **APPLY,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                name,
+                manifest,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                **APPLY,
             ),
         )
 
@@ -110,8 +115,14 @@ class ArgoCD:
             await self._do(
                 f"annotate Application {name}",
                 self.api.patch_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, name, body,
-                    field_manager=STATE_MANAGER, **MERGE,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    name,
+                    body,
+                    field_manager=STATE_MANAGER,
+                    **MERGE,
                 ),
             )
         except ApiException as exc:
@@ -163,7 +174,10 @@ class ArgoCD:
             try:
                 if version is None:
                     listing = await self.api.list_namespaced_custom_object(
-                        GROUP, VERSION, self.namespace, PLURAL,
+                        GROUP,
+                        VERSION,
+                        self.namespace,
+                        PLURAL,
                         label_selector=f"{MANAGED_BY}={BOT}",
                     )
                     version = listing["metadata"]["resourceVersion"]
@@ -172,7 +186,10 @@ class ArgoCD:
                 async with watch.Watch() as w:
                     stream = w.stream(
                         self.api.list_namespaced_custom_object,
-                        GROUP, VERSION, self.namespace, PLURAL,
+                        GROUP,
+                        VERSION,
+                        self.namespace,
+                        PLURAL,
                         label_selector=f"{MANAGED_BY}={BOT}",
                         resource_version=version,
                         timeout_seconds=timeout_seconds,

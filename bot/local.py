@@ -80,8 +80,11 @@ UNUSED_APP_ID = 0
 UNUSED_PRIVATE_KEY = "(unused in local mode: no GitHub App is involved)"
 # Settings local mode ignores from the environment: it has no App, and its secret is its own.
 _GITHUB_ENV = (
-    "GITHUB_APP_ID", "GITHUB_PRIVATE_KEY", "GITHUB_PRIVATE_KEY_FILE",
-    "GITHUB_WEBHOOK_SECRET", "GITHUB_WEBHOOK_SECRET_FILE",
+    "GITHUB_APP_ID",
+    "GITHUB_PRIVATE_KEY",
+    "GITHUB_PRIVATE_KEY_FILE",
+    "GITHUB_WEBHOOK_SECRET",
+    "GITHUB_WEBHOOK_SECRET_FILE",
 )
 BOT_IDENTITY = ("preview-bot", "preview-bot@users.noreply.localhost")
 DEVELOPER_IDENTITY = ("developer", "developer@users.noreply.localhost")
@@ -240,15 +243,30 @@ class LocalRepo:
         self.created = False  # made by this process (create), for the start-up text
 
     def run(
-        self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None,
-        identity: tuple[str, str] = BOT_IDENTITY, check: bool = True,
+        self,
+        *args: str,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        identity: tuple[str, str] = BOT_IDENTITY,
+        check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
         name, email = identity
-        cmd = ["git", "-C", str(self.path), "-c", f"user.name={name}", "-c", f"user.email={email}",
-               "-c", "commit.gpgsign=false", *args]
+        cmd = [
+            "git",
+            "-C",
+            str(self.path),
+            "-c",
+            f"user.name={name}",
+            "-c",
+            f"user.email={email}",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ]
         try:
-            done = subprocess.run(cmd, input=stdin, capture_output=True, env=_git_env(env),
-                                  timeout=60, check=False)
+            done = subprocess.run(
+                cmd, input=stdin, capture_output=True, env=_git_env(env), timeout=60, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise GitError(f"git {' '.join(args)}: {exc}") from exc
         if check and done.returncode != 0:
@@ -268,8 +286,9 @@ class LocalRepo:
         _copy_tree(skeleton, path / "infra")
         (path / "README.md").write_text(REPO_README)
         repo.run("add", "-A")
-        repo.run("commit", "-q", "-m",
-                 "Initial commit: DEX-style infra tree (base + overlays/preview)")
+        repo.run(
+            "commit", "-q", "-m", "Initial commit: DEX-style infra tree (base + overlays/preview)"
+        )
         repo.created = True
         return repo
 
@@ -318,8 +337,9 @@ class LocalRepo:
 
     def children(self, commit: str, directory: str) -> list[str]:
         """Names of the entries of `directory` in `commit` (empty when it is no directory)."""
-        listing = self.run("ls-tree", "-z", "--name-only", commit, "--",
-                           directory.strip("/") + "/").stdout.decode()
+        listing = self.run(
+            "ls-tree", "-z", "--name-only", commit, "--", directory.strip("/") + "/"
+        ).stdout.decode()
         return [p.rsplit("/", 1)[-1] for p in filter(None, listing.split("\0"))]
 
     def read(self, commit: str, path: str) -> bytes | None:
@@ -332,7 +352,10 @@ class LocalRepo:
         return self.out("hash-object", "-w", "--stdin", stdin=data)
 
     def make_commit(
-        self, parent: str, changes: Mapping[str, bytes | None], message: str,
+        self,
+        parent: str,
+        changes: Mapping[str, bytes | None],
+        message: str,
         identity: tuple[str, str] = BOT_IDENTITY,
     ) -> str:
         """A commit on top of `parent` with `changes` (path -> content, None deletes).
@@ -350,15 +373,23 @@ class LocalRepo:
         with tempfile.TemporaryDirectory(prefix="preview-bot-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self.run("read-tree", parent, env=env)
-            self.run("update-index", "--index-info", stdin=("\n".join(lines) + "\n").encode(),
-                     env=env)
+            self.run(
+                "update-index", "--index-info", stdin=("\n".join(lines) + "\n").encode(), env=env
+            )
             tree = self.out("write-tree", env=env)
         return self.out("commit-tree", tree, "-p", parent, "-m", message, identity=identity)
 
     def move_branch(self, branch: str, new: str, old: str | None) -> bool:
         """Point `branch` at `new` if it still is at `old` (None: must not exist); False if not."""
-        done = self.run("update-ref", "-m", "preview-bot", f"refs/heads/{branch}", new,
-                        old or "0" * 40, check=False)
+        done = self.run(
+            "update-ref",
+            "-m",
+            "preview-bot",
+            f"refs/heads/{branch}",
+            new,
+            old or "0" * 40,
+            check=False,
+        )
         if done.returncode == 0:
             return True
         if self.branch_sha(branch) != old:
@@ -375,9 +406,14 @@ class LocalRepo:
             return
         done = self.run("read-tree", "-m", "-u", old, new, check=False)
         if done.returncode != 0:
-            log.warning("the working tree of %s was not updated (%s); the commit is on %s: "
-                        "run `git reset --keep %s` there", self.path,
-                        done.stderr.decode(errors="replace").strip(), branch, branch)
+            log.warning(
+                "the working tree of %s was not updated (%s); the commit is on %s: "
+                "run `git reset --keep %s` there",
+                self.path,
+                done.stderr.decode(errors="replace").strip(),
+                branch,
+                branch,
+            )
 
 
 def _copy_tree(src: Traversable, dest: Path) -> None:
@@ -400,8 +436,14 @@ def skeleton_infra() -> Traversable:
 class LocalGitHub:
     """`GitHubPort` for local mode: PRs from deliveries, contents in git, the rest in files."""
 
-    def __init__(self, layout: Layout, repo: LocalRepo, repository: str, settings: Settings,
-                 clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        repo: LocalRepo,
+        repository: str,
+        settings: Settings,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
         self.layout = layout
         self.repo = repo
         self.repository = repository
@@ -421,8 +463,12 @@ class LocalGitHub:
             return
         number = pull.get("number")
         if repo != self.repository or not isinstance(number, int):
-            log.warning("local mode serves only %s; the pull_request of %s is not kept",
-                        self.repository, repo, extra={"repo": repo, "pr": number})
+            log.warning(
+                "local mode serves only %s; the pull_request of %s is not kept",
+                self.repository,
+                repo,
+                extra={"repo": repo, "pr": number},
+            )
             return
         path = self.layout.pr_json(number)
         stored = _read_json(path)
@@ -467,8 +513,14 @@ class LocalGitHub:
         if number is not None:
             _write_atomic(self.layout.pr_md(number), render_pr_markdown(state, repo, number))
 
-    def _event(self, state: dict[str, Any], repo: str, number: int | None, what: str,
-               body: str | None = None) -> None:
+    def _event(
+        self,
+        state: dict[str, Any],
+        repo: str,
+        number: int | None,
+        what: str,
+        body: str | None = None,
+    ) -> None:
         if number is None:
             return
         entry: dict[str, Any] = {"at": _iso(self.clock()), "what": what}
@@ -482,9 +534,9 @@ class LocalGitHub:
         state["next_id"][kind] = value + 1
         return value
 
-    async def find_comment(self, installation_id: int, repo: str, number: int) -> (
-        ObservedComment | None
-    ):
+    async def find_comment(
+        self, installation_id: int, repo: str, number: int
+    ) -> ObservedComment | None:
         self._check_repo(repo)
         for cid, c in sorted(self._state()["comments"].items(), key=lambda kv: int(kv[0])):
             if c["repo"] == repo and c["number"] == number and COMMENT_MARKER in c["body"]:
@@ -496,18 +548,28 @@ class LocalGitHub:
         state = self._state()
         cid = self._next(state, "comment")
         now = _iso(self.clock())
-        state["comments"][str(cid)] = {"repo": repo, "number": number, "body": body,
-                                       "created_at": now, "updated_at": now}
+        state["comments"][str(cid)] = {
+            "repo": repo,
+            "number": number,
+            "body": body,
+            "created_at": now,
+            "updated_at": now,
+        }
         title = _comment_title(body)
         self._event(state, repo, number, f"comment {cid} created: {title}", body)
         self._save(state, repo, number)
-        log.info("comment %d created: %s (%s)", cid, title, self.layout.pr_md(number),
-                 extra={"repo": repo, "pr": number})
+        log.info(
+            "comment %d created: %s (%s)",
+            cid,
+            title,
+            self.layout.pr_md(number),
+            extra={"repo": repo, "pr": number},
+        )
         return cid
 
-    async def edit_comment(self, installation_id: int, repo: str, comment_id: int, body: str) -> (
-        bool
-    ):
+    async def edit_comment(
+        self, installation_id: int, repo: str, comment_id: int, body: str
+    ) -> bool:
         self._check_repo(repo)
         state = self._state()
         found = state["comments"].get(str(comment_id))
@@ -518,8 +580,13 @@ class LocalGitHub:
         title = _comment_title(body)
         self._event(state, repo, number, f"comment {comment_id} edited: {title}", body)
         self._save(state, repo, number)
-        log.info("comment %d edited: %s (%s)", comment_id, title, self.layout.pr_md(number),
-                 extra={"repo": repo, "pr": number})
+        log.info(
+            "comment %d edited: %s (%s)",
+            comment_id,
+            title,
+            self.layout.pr_md(number),
+            extra={"repo": repo, "pr": number},
+        )
         return True
 
     def _pr_of_environment(self, repo: str, environment: str) -> int | None:
@@ -538,44 +605,78 @@ class LocalGitHub:
         did = self._next(state, "deployment")
         number = self._pr_of_environment(repo, environment)
         state["deployments"][str(did)] = {
-            "repo": repo, "pr": number, "sha": sha, "environment": environment,
-            "description": description, "created_at": _iso(self.clock()), "statuses": [],
+            "repo": repo,
+            "pr": number,
+            "sha": sha,
+            "environment": environment,
+            "description": description,
+            "created_at": _iso(self.clock()),
+            "statuses": [],
         }
-        self._event(state, repo, number,
-                    f"deployment {did} created: {sha[:8]} to environment {environment}")
+        self._event(
+            state, repo, number, f"deployment {did} created: {sha[:8]} to environment {environment}"
+        )
         self._save(state, repo, number)
-        log.info("deployment %d created: %s to %s", did, sha[:8], environment,
-                 extra={"repo": repo, "pr": number})
+        log.info(
+            "deployment %d created: %s to %s",
+            did,
+            sha[:8],
+            environment,
+            extra={"repo": repo, "pr": number},
+        )
         return did
 
     async def set_deployment_status(
-        self, installation_id: int, repo: str, deployment_id: int, state: str,
-        environment_url: str | None, log_url: str | None, description: str,
+        self,
+        installation_id: int,
+        repo: str,
+        deployment_id: int,
+        state: str,
+        environment_url: str | None,
+        log_url: str | None,
+        description: str,
     ) -> bool:
         self._check_repo(repo)
         data = self._state()
         dep = data["deployments"].get(str(deployment_id))
         if dep is None or dep["repo"] != repo:
             return False
-        dep["statuses"].append({"state": state, "description": description,
-                                "environment_url": environment_url, "log_url": log_url,
-                                "created_at": _iso(self.clock())})
+        dep["statuses"].append(
+            {
+                "state": state,
+                "description": description,
+                "environment_url": environment_url,
+                "log_url": log_url,
+                "created_at": _iso(self.clock()),
+            }
+        )
         where = f" ({environment_url})" if environment_url else ""
-        self._event(data, repo, dep["pr"],
-                    f"deployment {deployment_id} status {state}: {description}{where}")
+        self._event(
+            data,
+            repo,
+            dep["pr"],
+            f"deployment {deployment_id} status {state}: {description}{where}",
+        )
         self._save(data, repo, dep["pr"])
-        log.info("deployment %d status %s: %s", deployment_id, state, description,
-                 extra={"repo": repo, "pr": dep["pr"]})
+        log.info(
+            "deployment %d status %s: %s",
+            deployment_id,
+            state,
+            description,
+            extra={"repo": repo, "pr": dep["pr"]},
+        )
         return True
 
-    async def active_deployments(self, installation_id: int, repo: str, environment: str) -> (
-        list[int]
-    ):
+    async def active_deployments(
+        self, installation_id: int, repo: str, environment: str
+    ) -> list[int]:
         self._check_repo(repo)
         deps = self._state()["deployments"]
         active = [
-            int(did) for did, d in deps.items()
-            if d["repo"] == repo and d["environment"] == environment
+            int(did)
+            for did, d in deps.items()
+            if d["repo"] == repo
+            and d["environment"] == environment
             and (not d["statuses"] or d["statuses"][-1]["state"] != "inactive")
         ]
         return sorted(active, reverse=True)
@@ -603,9 +704,9 @@ class LocalGitHub:
             raise PermanentError(f"branch {branch} not found in {self.repo.path}", 404)
         return head
 
-    async def get_file_sha(self, installation_id: int, repo: str, path: str, ref: str) -> (
-        str | None
-    ):
+    async def get_file_sha(
+        self, installation_id: int, repo: str, path: str, ref: str
+    ) -> str | None:
         self._check_repo(repo)
 
         def read() -> str | None:
@@ -615,9 +716,7 @@ class LocalGitHub:
         result: str | None = await self._git(read)
         return result
 
-    async def has_kustomization(self, installation_id: int, repo: str, path: str, ref: str) -> (
-        bool
-    ):
+    async def has_kustomization(self, installation_id: int, repo: str, path: str, ref: str) -> bool:
         self._check_repo(repo)
 
         def read() -> bool:
@@ -629,8 +728,9 @@ class LocalGitHub:
         result: bool = await self._git(read)
         return result
 
-    def _commit_file(self, path: str, branch: str, content: bytes | None, message: str,
-                     sha: str | None) -> tuple[str | None, str | None]:
+    def _commit_file(
+        self, path: str, branch: str, content: bytes | None, message: str, sha: str | None
+    ) -> tuple[str | None, str | None]:
         """One commit writing (or deleting) `path` on `branch`, if `sha` still names the file.
 
         Mirrors the contents API: a stale or missing `sha` is a Conflict (GitHub's 409/422);
@@ -657,16 +757,21 @@ class LocalGitHub:
         raise Conflict(f"branch {branch} kept moving while committing {path}")
 
     async def put_file(
-        self, installation_id: int, repo: str, path: str, branch: str, content: str,
-        message: str, sha: str | None,
+        self,
+        installation_id: int,
+        repo: str,
+        path: str,
+        branch: str,
+        content: str,
+        message: str,
+        sha: str | None,
     ) -> tuple[str, str]:
         self._check_repo(repo)
         async with self._git_lock:
             blob, commit = await self._git(
                 lambda: self._commit_file(path, branch, content.encode(), message, sha)
             )
-        log.info("committed %s on %s: %s", path, branch, (commit or "")[:12],
-                 extra={"repo": repo})
+        log.info("committed %s on %s: %s", path, branch, (commit or "")[:12], extra={"repo": repo})
         return str(blob), str(commit)
 
     async def delete_file(
@@ -675,13 +780,12 @@ class LocalGitHub:
         """Delete the file in one commit; False when it was already gone."""
         self._check_repo(repo)
         async with self._git_lock:
-            _, commit = await self._git(
-                lambda: self._commit_file(path, branch, None, message, sha)
-            )
+            _, commit = await self._git(lambda: self._commit_file(path, branch, None, message, sha))
         if commit is None:
             return False
-        log.info("committed removal of %s on %s: %s", path, branch, commit[:12],
-                 extra={"repo": repo})
+        log.info(
+            "committed removal of %s on %s: %s", path, branch, commit[:12], extra={"repo": repo}
+        )
         return True
 
 
@@ -695,13 +799,22 @@ def _comment_title(body: str) -> str:
 
 def render_pr_markdown(state: Mapping[str, Any], repo: str, number: int) -> str:
     """DIR/prs/pr-N.md: the bot's comment as GitHub would show it now, then its whole history."""
-    comments = [c for c in state.get("comments", {}).values()
-                if c["repo"] == repo and c["number"] == number]
+    comments = [
+        c for c in state.get("comments", {}).values() if c["repo"] == repo and c["number"] == number
+    ]
     lines = [f"# {repo}#{number}: what preview-bot wrote on GitHub (local mode)", ""]
     if comments:
         current = comments[-1]
-        lines += [f"The bot's comment, as of {current['updated_at']}:", "", "---", "",
-                  current["body"].rstrip(), "", "---", ""]
+        lines += [
+            f"The bot's comment, as of {current['updated_at']}:",
+            "",
+            "---",
+            "",
+            current["body"].rstrip(),
+            "",
+            "---",
+            "",
+        ]
     else:
         lines += ["No comment yet.", ""]
     history = state.get("history", {}).get(f"{repo}#{number}", [])
@@ -711,8 +824,14 @@ def render_pr_markdown(state: Mapping[str, Any], repo: str, number: int) -> str:
     for entry in history:
         if "body" in entry:
             # Four backticks: the comment itself contains inline code.
-            lines += [f"### {entry['what']} ({_when(entry['at'])})", "", "````markdown",
-                      entry["body"].rstrip(), "````", ""]
+            lines += [
+                f"### {entry['what']} ({_when(entry['at'])})",
+                "",
+                "````markdown",
+                entry["body"].rstrip(),
+                "````",
+                "",
+            ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -774,8 +893,9 @@ class FileCluster:
         async with self._lock:
             meta = manifest["metadata"]
             if meta.get("namespace", self.namespace) != self.namespace:
-                raise ValueError(f"Application namespace {meta['namespace']} is not "
-                                 f"{self.namespace}")
+                raise ValueError(
+                    f"Application namespace {meta['namespace']} is not {self.namespace}"
+                )
             old = self._read(self._path(meta["name"]))
             obj = copy.deepcopy(manifest)
             new_meta = obj["metadata"]
@@ -792,9 +912,13 @@ class FileCluster:
             new_meta["generation"] = generation
             self._bump(new_meta, old)
             self._write(obj)
-        log.info("Application %s %s in %s", meta["name"],
-                 "created" if old is None else "updated", self._path(meta["name"]),
-                 extra={"app": meta["name"]})
+        log.info(
+            "Application %s %s in %s",
+            meta["name"],
+            "created" if old is None else "updated",
+            self._path(meta["name"]),
+            extra={"app": meta["name"]},
+        )
 
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
         async with self._lock:
@@ -827,16 +951,21 @@ class FileCluster:
                 obj = yaml.safe_load(text)
             except yaml.YAMLError:
                 obj = None
-            found[path.stem] = (hashlib.sha256(text.encode()).hexdigest(),
-                                obj if isinstance(obj, dict) else None)
+            found[path.stem] = (
+                hashlib.sha256(text.encode()).hexdigest(),
+                obj if isinstance(obj, dict) else None,
+            )
         return found
 
     async def list_managed(self) -> list[dict[str, Any]]:
         """Like ArgoCD.list_managed: every Application file that parses."""
         return [obj for _, obj in self._scan().values() if obj is not None]
 
-    async def watch(self, on_event: Callable[[str, dict[str, Any]], Awaitable[None]],
-                    poll: float = WATCH_POLL_SECONDS) -> None:
+    async def watch(
+        self,
+        on_event: Callable[[str, dict[str, Any]], Awaitable[None]],
+        poll: float = WATCH_POLL_SECONDS,
+    ) -> None:
         """Like ArgoCD.watch: every change of a file (the bot's or a hand edit) is an event."""
         seen: dict[str, tuple[str, dict[str, Any] | None]] = {}
         first = True
@@ -846,11 +975,11 @@ class FileCluster:
                 if name in seen and seen[name][0] == digest:
                     continue
                 if obj is None:
-                    log.warning("%s is not a YAML mapping; ignored until fixed",
-                                self._path(name))
+                    log.warning("%s is not a YAML mapping; ignored until fixed", self._path(name))
                 else:
-                    await on_event("SYNCED" if first else (
-                        "MODIFIED" if name in seen else "ADDED"), obj)
+                    await on_event(
+                        "SYNCED" if first else ("MODIFIED" if name in seen else "ADDED"), obj
+                    )
             for name, (_, obj) in seen.items():
                 if name not in now and obj is not None:
                     await on_event("DELETED", obj)
@@ -902,23 +1031,29 @@ async def connect_cluster(settings: Settings, cluster_dir: Path) -> ClusterChoic
         api = await load_kube_client(settings)
     except Exception as exc:  # no kubeconfig, a broken one: any reason means "use files"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return ClusterChoice(files, files.watch, f"{where} (no Kubernetes configuration: "
-                                                 f"{reason})")
+        return ClusterChoice(files, files.watch, f"{where} (no Kubernetes configuration: {reason})")
     argocd = ArgoCD(api, settings.argocd_namespace)
     host = api.configuration.host
     try:
         await asyncio.wait_for(argocd.list_managed(), CLUSTER_PROBE_SECONDS)
     except ApiException as exc:
         await api.close()
-        why = ("it has no Argo CD Application CRD" if exc.status == 404
-               else f"listing Applications answered {exc.status} {exc.reason}")
+        why = (
+            "it has no Argo CD Application CRD"
+            if exc.status == 404
+            else f"listing Applications answered {exc.status} {exc.reason}"
+        )
         return ClusterChoice(files, files.watch, f"{where} (the cluster at {host}: {why})")
     except Exception as exc:  # unreachable, timed out, TLS: the user sees why
         await api.close()
-        return ClusterChoice(files, files.watch, f"{where} (the cluster at {host} did not "
-                                                 f"answer: {type(exc).__name__}: {exc})")
+        return ClusterChoice(
+            files,
+            files.watch,
+            f"{where} (the cluster at {host} did not answer: {type(exc).__name__}: {exc})",
+        )
     return ClusterChoice(
-        argocd, argocd.watch,
+        argocd,
+        argocd.watch,
         f"Argo CD Applications in namespace {settings.argocd_namespace} of the cluster at {host}",
         api,
     )
@@ -927,22 +1062,30 @@ async def connect_cluster(settings: Settings, cluster_dir: Path) -> ClusterChoic
 # ---- serve --local ---------------------------------------------------------------------------
 
 
-def local_settings(secret: str, config_file: str | None = None,
-                   environ: Mapping[str, str] | None = None) -> Settings:
+def local_settings(
+    secret: str, config_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Production's settings (file and environment), minus the App, plus the local secret.
 
     Raises SettingsError like load_settings.
     """
-    env = {k: v for k, v in (os.environ if environ is None else environ).items()
-           if k not in _GITHUB_ENV}
+    env = {
+        k: v
+        for k, v in (os.environ if environ is None else environ).items()
+        if k not in _GITHUB_ENV
+    }
     settings = load_settings(env, config_file, require_github=False)
-    return dataclasses.replace(settings, github_app_id=UNUSED_APP_ID,
-                               github_private_key=UNUSED_PRIVATE_KEY,
-                               github_webhook_secret=secret)
+    return dataclasses.replace(
+        settings,
+        github_app_id=UNUSED_APP_ID,
+        github_private_key=UNUSED_PRIVATE_KEY,
+        github_webhook_secret=secret,
+    )
 
 
-def prepare(root: Path, repo_path: Path | None = None, host: str | None = None,
-            port: int | None = None) -> tuple[Layout, LocalConfig, LocalRepo]:
+def prepare(
+    root: Path, repo_path: Path | None = None, host: str | None = None, port: int | None = None
+) -> tuple[Layout, LocalConfig, LocalRepo]:
     """Create DIR on the first run (secret, repository), or check and reuse it."""
     layout = Layout(root)
     if root.exists() and not root.is_dir():
@@ -960,8 +1103,10 @@ def prepare(root: Path, repo_path: Path | None = None, host: str | None = None,
     elif config.repo_path:
         repo = LocalRepo(Path(config.repo_path))  # the --repo of an earlier run
         if not repo.is_repo():
-            raise LocalError(f"{config.repo_path} (from {layout.config}) is no longer a git "
-                             "repository: pass --repo, or remove repo_path from that file")
+            raise LocalError(
+                f"{config.repo_path} (from {layout.config}) is no longer a git "
+                "repository: pass --repo, or remove repo_path from that file"
+            )
     else:
         repo = LocalRepo(layout.default_repo.resolve())
         if not repo.is_repo():
@@ -981,13 +1126,19 @@ def prepare(root: Path, repo_path: Path | None = None, host: str | None = None,
 def _github_name(repo: LocalRepo) -> str | None:
     """owner/name of the repository's GitHub origin, so Applications name the real repository."""
     done = repo.run("remote", "get-url", "origin", check=False)
-    found = re.search(r"github\.com[:/]([^/\s]+)/([^/\s]+?)(?:\.git)?/?$",
-                      done.stdout.decode().strip())
+    found = re.search(
+        r"github\.com[:/]([^/\s]+)/([^/\s]+?)(?:\.git)?/?$", done.stdout.decode().strip()
+    )
     return f"{found.group(1)}/{found.group(2)}" if done.returncode == 0 and found else None
 
 
-def build_local_app(settings: Settings, layout: Layout, config: LocalConfig, repo: LocalRepo,
-                    banner: Callable[[str], None] | None = None) -> tuple[Starlette, Bot]:
+def build_local_app(
+    settings: Settings,
+    layout: Layout,
+    config: LocalConfig,
+    repo: LocalRepo,
+    banner: Callable[[str], None] | None = None,
+) -> tuple[Starlette, Bot]:
     """The production app and Bot on local adapters; `banner` gets the start-up text."""
     bot = Bot(settings)
     github = LocalGitHub(layout, repo, config.repository, settings)
@@ -1014,8 +1165,9 @@ def _prog() -> str:
     argv0 = Path(sys.argv[0])
     if argv0.name == "preview-bot":
         found = shutil.which("preview-bot")
-        return "preview-bot" if found and Path(found).resolve() == argv0.resolve() else (
-            _shown(argv0))
+        return (
+            "preview-bot" if found and Path(found).resolve() == argv0.resolve() else (_shown(argv0))
+        )
     return "preview-bot" if shutil.which("preview-bot") else f"{Path(sys.executable).name} -m bot"
 
 
@@ -1031,8 +1183,9 @@ def _shown(path: Path) -> str:
     return shlex.quote(str(path) if relative.startswith("..") else relative)
 
 
-def start_text(settings: Settings, layout: Layout, config: LocalConfig, repo: LocalRepo,
-               cluster: str) -> str:
+def start_text(
+    settings: Settings, layout: Layout, config: LocalConfig, repo: LocalRepo, cluster: str
+) -> str:
     """What `serve --local` prints at start: where things are, and what to try next."""
     d = _shown(layout.root)
     prog = _prog()
@@ -1045,32 +1198,36 @@ def start_text(settings: Settings, layout: Layout, config: LocalConfig, repo: Lo
     if head is None or not any(
         name in KUSTOMIZATION_NAMES for name in repo.children(head, n.base_dir)
     ):
-        warning = [f"  WARNING     {config.branch} has no kustomization in {n.base_dir}/: every "
-                   "preview will fail until it does (bot/skeleton/infra shows one)"]
-    return "\n".join([
-        "",
-        "preview-bot local mode: the production bot, with GitHub played by files.",
-        f"  webhook     POST {config.url}",
-        f"  secret      {config.secret}   (kept in {_shown(layout.config)})",
-        f"  repository  {_shown(repo.path)}{' (created now)' if repo.created else ''}: "
-        f"{config.repository}, overlays committed on {config.branch}",
-        f"  cluster     {cluster}",
-        f"  PR state    {_shown(layout.prs)}/pr-N.json (from deliveries), pr-N.md "
-        "(the comment, its history, deployments)",
-        *warning,
-        "",
-        "Next, in another terminal:",
-        f"  {sim} label --pr 7{dir_arg}   # open PR 7 with the `{settings.trigger_label}` "
-        "label: deploy",
-        f"  {sim} push  --pr 7{dir_arg}   # a new commit on pr-7: redeploy with the new tag",
-        f"  {sim} close --pr 7{dir_arg}   # close it: everything is removed",
-        "and look at:",
-        f"  git -C {_shown(repo.path)} log --stat {config.branch}",
-        f"  {_kubectl()} kustomize {_shown(repo.path)}/{n.overlay_dir}",
-        f"  cat {app_file}",
-        f"  cat {_shown(layout.pr_md(7))}",
-        "",
-    ])
+        warning = [
+            f"  WARNING     {config.branch} has no kustomization in {n.base_dir}/: every "
+            "preview will fail until it does (bot/skeleton/infra shows one)"
+        ]
+    return "\n".join(
+        [
+            "",
+            "preview-bot local mode: the production bot, with GitHub played by files.",
+            f"  webhook     POST {config.url}",
+            f"  secret      {config.secret}   (kept in {_shown(layout.config)})",
+            f"  repository  {_shown(repo.path)}{' (created now)' if repo.created else ''}: "
+            f"{config.repository}, overlays committed on {config.branch}",
+            f"  cluster     {cluster}",
+            f"  PR state    {_shown(layout.prs)}/pr-N.json (from deliveries), pr-N.md "
+            "(the comment, its history, deployments)",
+            *warning,
+            "",
+            "Next, in another terminal:",
+            f"  {sim} label --pr 7{dir_arg}   # open PR 7 with the `{settings.trigger_label}` "
+            "label: deploy",
+            f"  {sim} push  --pr 7{dir_arg}   # a new commit on pr-7: redeploy with the new tag",
+            f"  {sim} close --pr 7{dir_arg}   # close it: everything is removed",
+            "and look at:",
+            f"  git -C {_shown(repo.path)} log --stat {config.branch}",
+            f"  {_kubectl()} kustomize {_shown(repo.path)}/{n.overlay_dir}",
+            f"  cat {app_file}",
+            f"  cat {_shown(layout.pr_md(7))}",
+            "",
+        ]
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -1081,21 +1238,26 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise LocalError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
-                         "pass another --port") from exc
+        raise LocalError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --port"
+        ) from exc
     return sock
 
 
-def run_local(directory: Path | str = DEFAULT_DIR, repo: Path | str | None = None,
-              host: str | None = None, port: int | None = None,
-              config_file: str | None = None, out: TextIO | None = None) -> int:
+def run_local(
+    directory: Path | str = DEFAULT_DIR,
+    repo: Path | str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    config_file: str | None = None,
+    out: TextIO | None = None,
+) -> int:
     """`preview-bot serve --local DIR`: prepare DIR, print where things are, serve until ^C.
 
     Raises LocalError (bad DIR/--repo/port) and SettingsError (bad settings) for the CLI.
     """
     stream = out or sys.stdout
-    layout, config, local_repo = prepare(Path(directory), Path(repo) if repo else None,
-                                         host, port)
+    layout, config, local_repo = prepare(Path(directory), Path(repo) if repo else None, host, port)
     settings = local_settings(config.secret, config_file)
     setup_logging(settings.log_level)
     sock = _bind(config.host, config.port)
@@ -1107,8 +1269,7 @@ def run_local(directory: Path | str = DEFAULT_DIR, repo: Path | str | None = Non
         print(text, file=stream, flush=True)
 
     app, _ = build_local_app(settings, layout, config, local_repo, banner)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                           lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:
@@ -1135,9 +1296,16 @@ def _check_sha(repo: LocalRepo, sha: str) -> str:
     return sha
 
 
-def simulate(directory: Path | str, command: str, number: int, *, sha: str | None = None,
-             url: str | None = None, print_only: bool = False,
-             out: TextIO | None = None) -> int:
+def simulate(
+    directory: Path | str,
+    command: str,
+    number: int,
+    *,
+    sha: str | None = None,
+    url: str | None = None,
+    print_only: bool = False,
+    out: TextIO | None = None,
+) -> int:
     """`preview-bot simulate COMMAND --pr N`: change the simulated PR and deliver the webhook.
 
     Nothing changes (no branch move, no saved state) unless the server accepts the delivery
@@ -1152,12 +1320,16 @@ def simulate(directory: Path | str, command: str, number: int, *, sha: str | Non
     layout = Layout(Path(directory))
     config = LocalConfig.load(layout)
     if config is None:
-        raise LocalError(f"{layout.config} not found: start the local server first with "
-                         f"`preview-bot serve --local {_shown(layout.root)}`")
+        raise LocalError(
+            f"{layout.config} not found: start the local server first with "
+            f"`preview-bot serve --local {_shown(layout.root)}`"
+        )
     repo = LocalRepo(config.repo_dir(layout))
     if not repo.is_repo():
-        raise LocalError(f"{repo.path} is not a git repository: run `preview-bot serve --local "
-                         f"{_shown(layout.root)}` once to make it")
+        raise LocalError(
+            f"{repo.path} is not a git repository: run `preview-bot serve --local "
+            f"{_shown(layout.root)}` once to make it"
+        )
     stored = _read_json(layout.simulated(number))
     pr = PullState.from_json(stored) if isinstance(stored, dict) else None
     now = _now()
@@ -1170,40 +1342,61 @@ def simulate(directory: Path | str, command: str, number: int, *, sha: str | Non
     if sha is not None and not SHA_RE.match(sha):
         raise LocalError(f"--sha: expected a 40-hex-digit commit SHA (lowercase), got {sha!r}")
     if pr is None and command != "label":
-        raise LocalError(f"PR #{number} does not exist yet: create it with "
-                         f"`simulate label --pr {number}`")
+        raise LocalError(
+            f"PR #{number} does not exist yet: create it with `simulate label --pr {number}`"
+        )
     if pr is None:  # label of a new PR: open it, on branch pr-N with one commit
         base = repo.branch_sha(config.branch)
         if base is None:
             raise LocalError(f"{repo.path}: branch {config.branch} not found")
         branch = f"pr-{number}"
         old = repo.branch_sha(branch)
-        head = _check_sha(repo, sha) if sha else repo.make_commit(
-            old or base, _app_change(repo, old or base, number, now),
-            f"Change for PR #{number}", DEVELOPER_IDENTITY)
+        head = (
+            _check_sha(repo, sha)
+            if sha
+            else repo.make_commit(
+                old or base,
+                _app_change(repo, old or base, number, now),
+                f"Change for PR #{number}",
+                DEVELOPER_IDENTITY,
+            )
+        )
         move = (branch, head, old)
-        pr = PullState(number=number, title=f"Simulated change #{number}", head_ref=branch,
-                       head_sha=head, base_ref=config.branch, base_sha=base,
-                       created_at=_iso(now), updated_at=_iso(now), labels=[label])
+        pr = PullState(
+            number=number,
+            title=f"Simulated change #{number}",
+            head_ref=branch,
+            head_sha=head,
+            base_ref=config.branch,
+            base_sha=base,
+            created_at=_iso(now),
+            updated_at=_iso(now),
+            labels=[label],
+        )
     elif command == "label":
         if sha is not None:
-            raise LocalError("--sha with label only applies to a new PR; use push to move the "
-                             "head")
+            raise LocalError("--sha with label only applies to a new PR; use push to move the head")
         if label in pr.labels:
             raise LocalError(f"PR #{number} already carries the label `{label}`")
         pr.labels.append(label)
     elif command == "push":
         if pr.state != "open":
-            raise LocalError(f"PR #{number} is closed: GitHub sends no synchronize for a closed "
-                             f"PR; `simulate reopen --pr {number}` first")
+            raise LocalError(
+                f"PR #{number} is closed: GitHub sends no synchronize for a closed "
+                f"PR; `simulate reopen --pr {number}` first"
+            )
         before = pr.head_sha
         if sha is not None:
             head = _check_sha(repo, sha)
             if head == pr.head_sha:
                 raise LocalError(f"--sha: {sha} already is the head of PR #{number}")
         else:
-            head = repo.make_commit(pr.head_sha, _app_change(repo, pr.head_sha, number, now),
-                                    f"Another change for PR #{number}", DEVELOPER_IDENTITY)
+            head = repo.make_commit(
+                pr.head_sha,
+                _app_change(repo, pr.head_sha, number, now),
+                f"Another change for PR #{number}",
+                DEVELOPER_IDENTITY,
+            )
         move = (pr.head_ref, head, repo.branch_sha(pr.head_ref))
         pr.head_sha = head
         pr.commits += 1
@@ -1223,16 +1416,25 @@ def simulate(directory: Path | str, command: str, number: int, *, sha: str | Non
     pr.base_sha = repo.branch_sha(config.branch) or pr.base_sha
 
     action = ACTIONS[command]
-    payload = build_payload(action, pr, full_name=config.repository,
-                            default_branch=config.branch, trigger_label=label, before=before)
+    payload = build_payload(
+        action,
+        pr,
+        full_name=config.repository,
+        default_branch=config.branch,
+        trigger_label=label,
+        before=before,
+    )
     body = json.dumps(payload, separators=(",", ":")).encode()
     if print_only:
         print(json.dumps(payload, indent=2), file=stream)
         return 0
 
     target = url or config.url
-    print(f"PR #{number}: {action} (head {pr.head_sha[:8]} on {pr.head_ref}, {pr.state}, labels "
-          f"{pr.labels or 'none'}) -> POST {target}", file=stream)
+    print(
+        f"PR #{number}: {action} (head {pr.head_sha[:8]} on {pr.head_ref}, {pr.state}, labels "
+        f"{pr.labels or 'none'}) -> POST {target}",
+        file=stream,
+    )
     status, answer = deliver(target, config.secret, "pull_request", body)
     print(f"HTTP {status}: {answer}", file=stream)
     if not 200 <= status < 300:
@@ -1270,5 +1472,7 @@ def deliver(url: str, secret: str, event: str, body: bytes) -> tuple[int, str]:
         return int(exc.code), exc.read().decode(errors="replace").strip()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DeliveryError(f"cannot deliver to {url}: {reason}. Is `preview-bot serve --local` "
-                            "running? Nothing was changed.") from exc
+        raise DeliveryError(
+            f"cannot deliver to {url}: {reason}. Is `preview-bot serve --local` "
+            "running? Nothing was changed."
+        ) from exc

@@ -136,9 +136,9 @@ def user(login: str) -> dict[str, Any]:
     return out
 
 
-def repository(full_name: str, default_branch: str, created_at: str, pushed_at: str) -> (
-    dict[str, Any]
-):
+def repository(
+    full_name: str, default_branch: str, created_at: str, pushed_at: str
+) -> dict[str, Any]:
     owner, name = full_name.split("/", 1)
     rid = _id("repo", full_name)
     api = f"{API}/repos/{full_name}"
@@ -155,40 +155,42 @@ def repository(full_name: str, default_branch: str, created_at: str, pushed_at: 
         "url": api,
     }
     out.update({key: api + suffix for key, suffix in _REPO_URLS})
-    out.update({
-        "created_at": created_at,
-        "updated_at": pushed_at,
-        "pushed_at": pushed_at,
-        "git_url": f"git://github.com/{full_name}.git",
-        "ssh_url": f"git@github.com:{full_name}.git",
-        "clone_url": f"{WEB}/{full_name}.git",
-        "svn_url": f"{WEB}/{full_name}",
-        "homepage": None,
-        "size": 0,
-        "stargazers_count": 0,
-        "watchers_count": 0,
-        "language": "Python",
-        "has_issues": True,
-        "has_projects": True,
-        "has_downloads": True,
-        "has_wiki": True,
-        "has_pages": False,
-        "forks_count": 0,
-        "mirror_url": None,
-        "archived": False,
-        "disabled": False,
-        "open_issues_count": 1,
-        "license": None,
-        "forks": 0,
-        "open_issues": 1,
-        "watchers": 0,
-        "default_branch": default_branch,
-        "is_template": False,
-        "topics": [],
-        "visibility": "public",
-        "web_commit_signoff_required": False,
-        "custom_properties": {},
-    })
+    out.update(
+        {
+            "created_at": created_at,
+            "updated_at": pushed_at,
+            "pushed_at": pushed_at,
+            "git_url": f"git://github.com/{full_name}.git",
+            "ssh_url": f"git@github.com:{full_name}.git",
+            "clone_url": f"{WEB}/{full_name}.git",
+            "svn_url": f"{WEB}/{full_name}",
+            "homepage": None,
+            "size": 0,
+            "stargazers_count": 0,
+            "watchers_count": 0,
+            "language": "Python",
+            "has_issues": True,
+            "has_projects": True,
+            "has_downloads": True,
+            "has_wiki": True,
+            "has_pages": False,
+            "forks_count": 0,
+            "mirror_url": None,
+            "archived": False,
+            "disabled": False,
+            "open_issues_count": 1,
+            "license": None,
+            "forks": 0,
+            "open_issues": 1,
+            "watchers": 0,
+            "default_branch": default_branch,
+            "is_template": False,
+            "topics": [],
+            "visibility": "public",
+            "web_commit_signoff_required": False,
+            "custom_properties": {},
+        }
+    )
     return out
 
 
@@ -205,9 +207,9 @@ def label(full_name: str, name: str, trigger: bool = True) -> dict[str, Any]:
     }
 
 
-def pull_request(pr: PullState, full_name: str, default_branch: str, trigger_label: str) -> (
-    dict[str, Any]
-):
+def pull_request(
+    pr: PullState, full_name: str, default_branch: str, trigger_label: str
+) -> dict[str, Any]:
     owner = full_name.split("/", 1)[0]
     pid = _id("pull", f"{full_name}#{pr.number}")
     api = f"{API}/repos/{full_name}"

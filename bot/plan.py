@@ -61,12 +61,17 @@ def wants_preview(pr: PullRequest, settings: Settings) -> bool:
     return pr.state == "open" and settings.trigger_label in pr.labels
 
 
-def needs_base_check(pr: PullRequest, settings: Settings, overlay_known: bool,
-                     app_is_ours_or_absent: bool) -> bool:
+def needs_base_check(
+    pr: PullRequest, settings: Settings, overlay_known: bool, app_is_ours_or_absent: bool
+) -> bool:
     """Whether the plan needs to know that the base overlay exists: only before a PR's first
     overlay (a redeploy builds on a base that existed), and only when it may deploy at all."""
-    return (wants_preview(pr, settings) and not pr.is_fork and not overlay_known
-            and app_is_ours_or_absent)
+    return (
+        wants_preview(pr, settings)
+        and not pr.is_fork
+        and not overlay_known
+        and app_is_ours_or_absent
+    )
 
 
 def app_state(app: ObservedApp | None, head_sha: str) -> State:
@@ -189,12 +194,14 @@ def _plan_deploy(obs: Observed, settings: Settings, now: datetime) -> Plan:
     if obs.deployed_sha != pr.head_sha or obs.deployment_id is None:
         if obs.deployment_id is not None:
             actions.append(
-                SetDeploymentStatus(obs.deployment_id, "inactive", None, log_url,
-                                    "Superseded by a newer commit")
+                SetDeploymentStatus(
+                    obs.deployment_id, "inactive", None, log_url, "Superseded by a newer commit"
+                )
             )
         actions.append(
-            CreateDeployment(pr.head_sha, n.app, n.preview_url, log_url,
-                             deployment_description(State.DEPLOYING))
+            CreateDeployment(
+                pr.head_sha, n.app, n.preview_url, log_url, deployment_description(State.DEPLOYING)
+            )
         )
         record[A_DEPLOYED_SHA] = pr.head_sha
     text = render_comment(settings, pr, state, now)
@@ -202,8 +209,9 @@ def _plan_deploy(obs: Observed, settings: Settings, now: datetime) -> Plan:
     if comment_actions and state in (State.READY, State.FAILED) and obs.deployment_id:
         gh_state = "success" if state is State.READY else "failure"
         actions.append(
-            SetDeploymentStatus(obs.deployment_id, gh_state, n.preview_url, log_url,
-                                deployment_description(state))
+            SetDeploymentStatus(
+                obs.deployment_id, gh_state, n.preview_url, log_url, deployment_description(state)
+            )
         )
     actions.extend(comment_actions)
     if actions:

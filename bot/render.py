@@ -261,4 +261,3 @@ def parse_comment_state(body: str) -> tuple[str | None, str | None]:
 
 def deployment_description(state: State) -> str:
     return f"Preview {state.value}"[:140]
-

@@ -96,13 +96,16 @@ class Bot:
         self._tasks: list[asyncio.Task[None]] = []
         self._attempts: dict[WorkKey, int] = {}
 
-    def start(self, github: GitHubPort, cluster: ClusterPort,
-              watch: WatchSource | None = None) -> None:
+    def start(
+        self, github: GitHubPort, cluster: ClusterPort, watch: WatchSource | None = None
+    ) -> None:
         """Start the workers (and the watch) on the running loop."""
         self.syncer = Syncer(self.settings, github, cluster, self.metrics)
         self.cluster = cluster
-        self._tasks += [asyncio.create_task(run_worker(self.queue, self.handle))
-                        for _ in range(self.settings.workers)]
+        self._tasks += [
+            asyncio.create_task(run_worker(self.queue, self.handle))
+            for _ in range(self.settings.workers)
+        ]
         self._tasks.append(asyncio.create_task(self._resync_loop()))
         if watch is not None:
             self._tasks.append(asyncio.create_task(watch(Watcher(self.queue).on_event)))
@@ -156,8 +159,11 @@ class Bot:
             attempt = self._attempts.get(work.key, 0) + 1
             self._attempts[work.key] = attempt
             hint = exc.retry_after if isinstance(exc, TemporaryError) else None
-            delay = hint if hint is not None else min(
-                self.settings.retry_seconds * 2 ** (attempt - 1), 300.0)
+            delay = (
+                hint
+                if hint is not None
+                else min(self.settings.retry_seconds * 2 ** (attempt - 1), 300.0)
+            )
             self.queue.put_later(work, delay)
             log.warning("retry %d in %.1fs", attempt, delay, extra=ctx)
             return
@@ -179,8 +185,10 @@ class Bot:
             else:
                 calm_since = None
             if now > deadline:
-                raise TimeoutError(f"bot still busy after {limit}s: {len(self.queue)} queued, "
-                                   f"{self.queue.running} running")
+                raise TimeoutError(
+                    f"bot still busy after {limit}s: {len(self.queue)} queued, "
+                    f"{self.queue.running} running"
+                )
             await asyncio.sleep(0.02)
 
 

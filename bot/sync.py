@@ -73,8 +73,14 @@ class GitHubPort(Protocol):
         self, installation_id: int, repo: str, path: str, ref: str
     ) -> bool: ...
     async def put_file(
-        self, installation_id: int, repo: str, path: str, branch: str, content: str,
-        message: str, sha: str | None,
+        self,
+        installation_id: int,
+        repo: str,
+        path: str,
+        branch: str,
+        content: str,
+        message: str,
+        sha: str | None,
     ) -> tuple[str, str]: ...
     async def delete_file(
         self, installation_id: int, repo: str, path: str, branch: str, message: str, sha: str
@@ -83,8 +89,14 @@ class GitHubPort(Protocol):
         self, installation_id: int, repo: str, sha: str, environment: str, description: str
     ) -> int: ...
     async def set_deployment_status(
-        self, installation_id: int, repo: str, deployment_id: int, state: str,
-        environment_url: str | None, log_url: str | None, description: str,
+        self,
+        installation_id: int,
+        repo: str,
+        deployment_id: int,
+        state: str,
+        environment_url: str | None,
+        log_url: str | None,
+        description: str,
     ) -> bool: ...
     async def active_deployments(
         self, installation_id: int, repo: str, environment: str
@@ -199,8 +211,12 @@ class Syncer:
             ctx["sha"] = observed.pr.head_sha[:8]
             outcome = Outcome(plan)
             if plan.actions:
-                log.info("plan: %s (%d actions)", plan.reason, len(plan.actions),
-                         extra={**ctx, "status": plan.state.value})
+                log.info(
+                    "plan: %s (%d actions)",
+                    plan.reason,
+                    len(plan.actions),
+                    extra={**ctx, "status": plan.state.value},
+                )
             await self.execute(observed, plan, outcome)
         except (TemporaryError, ClusterUnavailable) as exc:
             self._count("retry", started)
@@ -216,8 +232,9 @@ class Syncer:
             raise
         self._count("ok", started)
         if outcome.executed:
-            log.info("synced: %s", ", ".join(outcome.executed),
-                     extra={**ctx, "status": plan.state.value})
+            log.info(
+                "synced: %s", ", ".join(outcome.executed), extra={**ctx, "status": plan.state.value}
+            )
         return outcome
 
     async def _report(self, observed: Observed, exc: PermanentError, ctx: dict[str, Any]) -> None:
@@ -253,16 +270,26 @@ class Syncer:
                         inst, pr.repo, action.sha, action.environment, action.description
                     )
                     await self.github.set_deployment_status(
-                        inst, pr.repo, dep, "in_progress", action.environment_url,
-                        action.log_url, action.description,
+                        inst,
+                        pr.repo,
+                        dep,
+                        "in_progress",
+                        action.environment_url,
+                        action.log_url,
+                        action.description,
                     )
                     res.values[A_DEPLOYMENT] = str(dep)
                 case SetDeploymentStatus():
                     dep_id = action.deployment_id or _int(res.values.get(A_DEPLOYMENT))
                     if dep_id is not None:
                         await self.github.set_deployment_status(
-                            inst, pr.repo, dep_id, action.state, action.environment_url,
-                            action.log_url, action.description,
+                            inst,
+                            pr.repo,
+                            dep_id,
+                            action.state,
+                            action.environment_url,
+                            action.log_url,
+                            action.description,
                         )
                 case DeactivateDeployments():
                     await self._deactivate(obs, action)
@@ -294,8 +321,11 @@ class Syncer:
                     res.values[A_OVERLAY_BLOB] = current
                     return
                 if current is not None and sha is not None:
-                    log.warning("overlay %s was changed outside preview-bot; overwriting it",
-                                action.path, extra={"repo": pr.repo, "pr": pr.number})
+                    log.warning(
+                        "overlay %s was changed outside preview-bot; overwriting it",
+                        action.path,
+                        extra={"repo": pr.repo, "pr": pr.number},
+                    )
                 sha = current
                 continue
             res.values[A_OVERLAY_BLOB] = blob
@@ -342,9 +372,10 @@ class Syncer:
             inst, pr.repo, comment_id, text.body
         ):
             comment_id = await self.github.create_comment(inst, pr.repo, pr.number, text.body)
-        res.values.update({
-            A_COMMENT: str(comment_id),
-            A_COMMENT_STATE: text.state.value,
-            A_COMMENT_FP: text.fingerprint,
-        })
-
+        res.values.update(
+            {
+                A_COMMENT: str(comment_id),
+                A_COMMENT_STATE: text.state.value,
+                A_COMMENT_FP: text.fingerprint,
+            }
+        )

@@ -113,9 +113,9 @@ def _installation(payload: dict[str, Any]) -> int | None:
     return None
 
 
-def classify(event: str, payload: dict[str, Any], trigger_label: str, delivery: str = "") -> (
-    Classified
-):
+def classify(
+    event: str, payload: dict[str, Any], trigger_label: str, delivery: str = ""
+) -> Classified:
     """Decide whether a delivery names a PR whose preview may need a sync."""
     action = payload.get("action")
     action = action if isinstance(action, str) else ""

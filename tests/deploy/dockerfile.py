@@ -116,8 +116,10 @@ def parse(text: str) -> tuple[dict[str, str], list[Stage]]:
     return global_args, stages
 
 
-_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
-                  r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
+    r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -207,7 +209,11 @@ class Builder:
     """Builds the Dockerfile in `context` into the folder `root`."""
 
     def __init__(
-        self, context: Path, root: Path, *, env: dict[str, str] | None = None,
+        self,
+        context: Path,
+        root: Path,
+        *,
+        env: dict[str, str] | None = None,
         unset: tuple[str, ...] = (),
     ) -> None:
         self.context = context
@@ -244,9 +250,15 @@ class Builder:
         if state is None:
             raise DockerfileError("no FROM in the Dockerfile")
         return Image(
-            root=self.root, env=state.env, workdir=state.workdir, user=state.user,
-            entrypoint=state.entrypoint, cmd=state.cmd, exposed=state.exposed,
-            labels=state.labels, skipped_runs=state.skipped_runs,
+            root=self.root,
+            env=state.env,
+            workdir=state.workdir,
+            user=state.user,
+            entrypoint=state.entrypoint,
+            cmd=state.cmd,
+            exposed=state.exposed,
+            labels=state.labels,
+            skipped_runs=state.skipped_runs,
         )
 
     def _stage(self, stage: Stage, args: dict[str, str], *, final: bool) -> _State:
@@ -278,8 +290,12 @@ class Builder:
                     state.skipped_runs.append(command)
                     continue
                 done = subprocess.run(
-                    ["/bin/sh", "-c", command], cwd=state.workdir, env=scope,
-                    capture_output=True, text=True, check=False,
+                    ["/bin/sh", "-c", command],
+                    cwd=state.workdir,
+                    env=scope,
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 )
                 if done.returncode != 0:
                     raise DockerfileError(
@@ -317,8 +333,10 @@ class Builder:
                 raise DockerfileError(f"{where}: no earlier stage named {from_stage}")
             for source in sources:
                 if source != dest or not self.path(source).exists():
-                    raise DockerfileError(f"{where}: expected `COPY --from` of an existing "
-                                          f"path onto itself, got {source} -> {dest}")
+                    raise DockerfileError(
+                        f"{where}: expected `COPY --from` of an existing "
+                        f"path onto itself, got {source} -> {dest}"
+                    )
             return
         target = state.workdir / dest if not dest.startswith("/") else self.path(dest)
         for source in sources:

@@ -26,9 +26,18 @@ from tests.rig.artifacts import openapi_path, webhook_examples
 MANIFEST = ROOT / "app.yaml"
 # The keys GitHub's App-manifest flow reads (docs: "Registering a GitHub App from a manifest").
 MANIFEST_KEYS = {
-    "name", "url", "hook_attributes", "redirect_url", "callback_urls", "setup_url",
-    "description", "public", "default_events", "default_permissions",
-    "request_oauth_on_install", "setup_on_update",
+    "name",
+    "url",
+    "hook_attributes",
+    "redirect_url",
+    "callback_urls",
+    "setup_url",
+    "description",
+    "public",
+    "default_events",
+    "default_permissions",
+    "request_oauth_on_install",
+    "setup_on_update",
 }
 # What GitHub documents ("Permissions required for GitHub Apps") for each operation the bot
 # calls: any one of the alternatives is enough. "app" means the App's own JWT, no permission.
@@ -53,8 +62,15 @@ EVENT_PERMISSION = {"pull_request": "pull_requests"}
 HELPER_ROUTES = {
     "get_installation_access_token": ("POST", "/app/installations/{installation_id}/access_tokens"),
 }
-GH_METHODS = {"getitem": "GET", "getiter": "GET", "getstatus": "GET", "post": "POST",
-              "put": "PUT", "patch": "PATCH", "delete": "DELETE"}
+GH_METHODS = {
+    "getitem": "GET",
+    "getiter": "GET",
+    "getstatus": "GET",
+    "post": "POST",
+    "put": "PUT",
+    "patch": "PATCH",
+    "delete": "DELETE",
+}
 LEVELS = {"read": 1, "write": 2}
 
 
@@ -79,8 +95,9 @@ def routes_in_source(source: str) -> set[tuple[str, str]]:
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
         name = node.func.attr
-        consts = [a.value for a in node.args
-                  if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        consts = [
+            a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+        ]
         if name in HELPER_ROUTES:
             method, route = HELPER_ROUTES[name]
             found.add((method, shape(route)))
@@ -101,11 +118,11 @@ def routes_in_code() -> set[tuple[str, str]]:
 
 def test_route_finder_sees_the_calls_it_should() -> None:
     source = (
-        'async def f():\n'
+        "async def f():\n"
         '    await self._call(i, "PUT", "/repos/{+repo}/contents/{+path}", url_vars=v)\n'
         '    await gh.getiter("/repos/{+repo}/issues/{number}/comments{?per_page}", v)\n'
-        '    await gh.getitem(url, url_vars)\n'  # the generic dispatch: no route of its own
-        '    await apps.get_installation_access_token(gh, installation_id=1)\n'
+        "    await gh.getitem(url, url_vars)\n"  # the generic dispatch: no route of its own
+        "    await apps.get_installation_access_token(gh, installation_id=1)\n"
     )
     assert routes_in_source(source) == {
         ("PUT", "/repos/{}/{}/contents/{}"),

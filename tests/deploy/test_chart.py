@@ -50,7 +50,9 @@ def test_rendered_output_passes_kubernetes_validate_strict(
     for version in ("1.25", "1.37"):
         done = subprocess.run(
             [str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(path)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         out = done.stdout + done.stderr
         assert done.returncode == 0, out
@@ -62,7 +64,13 @@ def test_rendered_output_passes_kubernetes_validate_strict(
 
 def test_value_sets_render_what_they_enable(rendered: dict[str, str]) -> None:
     assert kinds(documents(rendered["default"])) == [
-        "ConfigMap", "Deployment", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount",
+        "ConfigMap",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "Service",
+        "ServiceAccount",
     ]
     production = documents(rendered["production"])
     # existingSecret: the chart makes none; every optional template is on.
@@ -79,8 +87,16 @@ def _served(kube: KubeRig, docs: list[dict[str, Any]]) -> tuple[str, set[str]]:
 
 
 def _dry_run(kube: KubeRig, text: str) -> list[str]:
-    done = kubectl(kube, "apply", "--server-side", "--dry-run=server", "--field-manager=helm",
-                   "-f", "-", stdin=text)
+    done = kubectl(
+        kube,
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--field-manager=helm",
+        "-f",
+        "-",
+        stdin=text,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
@@ -110,9 +126,19 @@ def test_notes_tell_the_webhook_url(kube: KubeRig) -> None:
     # NOTES.txt is only rendered by install; a client dry-run still asks the server for its
     # version and kinds, and this one has no ServiceMonitor CRD.
     def notes(*values: str) -> str:
-        return helm("install", "notes", str(CHART), "--dry-run=client", "--namespace",
-                    "preview-bot", "--kubeconfig", str(kube.kubeconfig_path), *values,
-                    "--set", "serviceMonitor.enabled=false").stdout
+        return helm(
+            "install",
+            "notes",
+            str(CHART),
+            "--dry-run=client",
+            "--namespace",
+            "preview-bot",
+            "--kubeconfig",
+            str(kube.kubeconfig_path),
+            *values,
+            "--set",
+            "serviceMonitor.enabled=false",
+        ).stdout
 
     with_ingress = notes("-f", str(PRODUCTION_VALUES))
     assert "https://preview-bot.example.com/webhook" in with_ingress
@@ -146,8 +172,9 @@ def test_pod_is_locked_down(default_docs: list[dict[str, Any]]) -> None:
     # Secrets reach the bot as files only.
     env = {e["name"]: e for e in container["env"]}
     assert "GITHUB_PRIVATE_KEY" not in env and "GITHUB_WEBHOOK_SECRET" not in env
-    assert env["GITHUB_PRIVATE_KEY_FILE"]["value"].startswith(mounts["/var/run/secrets/preview-bot"]
-                                                               ["mountPath"])
+    assert env["GITHUB_PRIVATE_KEY_FILE"]["value"].startswith(
+        mounts["/var/run/secrets/preview-bot"]["mountPath"]
+    )
 
 
 def test_pod_matches_the_image(default_docs: list[dict[str, Any]]) -> None:
@@ -157,13 +184,16 @@ def test_pod_matches_the_image(default_docs: list[dict[str, Any]]) -> None:
     uid, _, gid = final["USER"].partition(":")
     pod = _pod(default_docs)
     assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
-        int(uid), int(gid),
+        int(uid),
+        int(gid),
     )
     (container,) = pod["containers"]
     assert [p["containerPort"] for p in container["ports"]] == [int(final["EXPOSE"])]
     assert container["args"][0] == json.loads(final["CMD"])[0]
-    probes = {container["livenessProbe"]["httpGet"]["path"],
-              container["readinessProbe"]["httpGet"]["path"]}
+    probes = {
+        container["livenessProbe"]["httpGet"]["path"],
+        container["readinessProbe"]["httpGet"]["path"],
+    }
     assert probes == {"/healthz", "/readyz"}
     service = one(default_docs, "Service")["spec"]["ports"]
     assert [(p["port"], p["targetPort"]) for p in service] == [(80, "http")]
@@ -178,8 +208,10 @@ def test_pod_anti_affinity_presets() -> None:
     assert list(soft) == ["preferredDuringSchedulingIgnoredDuringExecution"]
     hard = affinity("--set", "podAntiAffinity=hard")["podAntiAffinity"]
     assert list(hard) == ["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert helm("template", "x", str(CHART), "--set", "podAntiAffinity=always",
-                check=False).returncode != 0
+    assert (
+        helm("template", "x", str(CHART), "--set", "podAntiAffinity=always", check=False).returncode
+        != 0
+    )
 
 
 def test_role_grants_only_applications_and_leases_when_asked(
@@ -188,8 +220,12 @@ def test_role_grants_only_applications_and_leases_when_asked(
     def rules(docs: list[dict[str, Any]]) -> list[tuple[str, str, tuple[str, ...], str]]:
         role = one(docs, "Role")
         return [
-            (r["apiGroups"][0], r["resources"][0], tuple(r.get("resourceNames", ())),
-             ",".join(r["verbs"]))
+            (
+                r["apiGroups"][0],
+                r["resources"][0],
+                tuple(r.get("resourceNames", ())),
+                ",".join(r["verbs"]),
+            )
             for r in role["rules"]
         ]
 
@@ -197,8 +233,9 @@ def test_role_grants_only_applications_and_leases_when_asked(
     assert rules(default_docs) == [
         ("argoproj.io", "applications", (), "get,list,watch,create,patch,delete"),
     ]
-    leader = documents(render(("--set", "leaderElection.enabled=true",
-                               "--set", "argocd.namespace=gitops")))
+    leader = documents(
+        render(("--set", "leaderElection.enabled=true", "--set", "argocd.namespace=gitops"))
+    )
     assert one(leader, "Role")["metadata"]["namespace"] == "gitops"
     assert rules(leader)[1:] == [
         ("coordination.k8s.io", "leases", (), "create"),
@@ -216,8 +253,9 @@ def test_ingress_exposes_only_the_webhook(rendered: dict[str, str]) -> None:
     (rule,) = ingress["rules"]
     assert rule["http"]["paths"][0]["path"] == "/webhook"
     assert rule["http"]["paths"][0]["pathType"] == "Exact"
-    assert ingress["tls"] == [{"hosts": ["preview-bot.example.com"],
-                               "secretName": "preview-bot-tls"}]
+    assert ingress["tls"] == [
+        {"hosts": ["preview-bot.example.com"], "secretName": "preview-bot-tls"}
+    ]
 
 
 def _container_view(
@@ -251,7 +289,7 @@ def _container_view(
         value = var["value"]
         for path, folder in mounts.items():
             if value.startswith(path + "/"):
-                value = str(folder / value[len(path) + 1:])
+                value = str(folder / value[len(path) + 1 :])
                 break
         env[var["name"]] = value
     return env, where
@@ -351,8 +389,14 @@ def test_every_value_is_documented() -> None:
             first -= 1
         documented = first >= 0 and lines[first].strip().startswith("# --")
         inherited = any(doc for _, _, doc in stack)
-        following = next((line for line in lines[number + 1:]
-                          if line.strip() and not line.strip().startswith("#")), "")
+        following = next(
+            (
+                line
+                for line in lines[number + 1 :]
+                if line.strip() and not line.strip().startswith("#")
+            ),
+            "",
+        )
         # A group (`image:` over documented keys) needs no comment of its own.
         is_group = match["rest"].strip() == "" and (
             len(following) - len(following.lstrip()) > indent

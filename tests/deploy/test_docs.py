@@ -40,8 +40,15 @@ def test_settings_table_lists_exactly_the_settings() -> None:
 def test_guide_covers_what_operators_ask() -> None:
     text = GUIDE.read_text()
     for needle in (
-        "helm install", "helm upgrade", "helm uninstall", "app-manifests/CODE/conversions",
-        "Redeliver", "rate limit", "resources-finalizer.argocd.argoproj.io",
-        '{"metadata":{"finalizers":null}}', "/metrics", "kubectl -n preview-bot logs",
+        "helm install",
+        "helm upgrade",
+        "helm uninstall",
+        "app-manifests/CODE/conversions",
+        "Redeliver",
+        "rate limit",
+        "resources-finalizer.argocd.argoproj.io",
+        '{"metadata":{"finalizers":null}}',
+        "/metrics",
+        "kubectl -n preview-bot logs",
     ):
         assert needle in text, needle

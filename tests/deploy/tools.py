@@ -179,15 +179,19 @@ def settings_table() -> list[str]:
     """The guide's settings table, one row per setting."""
     from bot.config import SPECS
 
-    rows = ["| setting | environment variable | chart value | default | meaning |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| setting | environment variable | chart value | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
     for spec in SPECS:
         env = f"`{spec.env}`" + (f" or `{spec.file_env}`" if spec.file_env else "")
         key = values_key(spec.name)
         where = f"`{key}`" if key else "not set by the chart (in-cluster)"
         help_text = spec.help.replace("|", "\\|")
-        rows.append(f"| `{spec.name}` | {env} | {where} | "
-                    f"{default_cell(spec.default, spec.required)} | {help_text} |")
+        rows.append(
+            f"| `{spec.name}` | {env} | {where} | "
+            f"{default_cell(spec.default, spec.required)} | {help_text} |"
+        )
     return rows
 
 
@@ -198,8 +202,9 @@ def write_settings() -> None:
     text = GUIDE.read_text()
     head, rest = text.split(TABLE_START + "\n", 1)
     _, tail = rest.split(TABLE_END, 1)
-    GUIDE.write_text(head + TABLE_START + "\n" + "\n".join(settings_table()) + "\n"
-                     + TABLE_END + tail)
+    GUIDE.write_text(
+        head + TABLE_START + "\n" + "\n".join(settings_table()) + "\n" + TABLE_END + tail
+    )
 
 
 def main(argv: list[str]) -> None:

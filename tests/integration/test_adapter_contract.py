@@ -68,8 +68,12 @@ class LocalGitBackend:
 
         def other(files: dict[str, str]) -> None:
             head = str(repo.branch_sha(BRANCH))
-            commit = repo.make_commit(head, {p: t.encode() for p, t in files.items()},
-                                      "Change by someone else", ("octocat", "o@example.com"))
+            commit = repo.make_commit(
+                head,
+                {p: t.encode() for p, t in files.items()},
+                "Change by someone else",
+                ("octocat", "o@example.com"),
+            )
             assert repo.move_branch(BRANCH, commit, head)
 
         yield GitSide(port, 1, read, other)
@@ -87,11 +91,16 @@ class FakeGitBackend:
 
         fake = self.fake
         fake.create_repo(OWNER, NAME, files=skeleton_files())
-        settings = Settings(github_app_id=fake.app_id, github_private_key=fake.private_key_pem,
-                            github_webhook_secret="s", github_api_url=fake.url)
+        settings = Settings(
+            github_app_id=fake.app_id,
+            github_private_key=fake.private_key_pem,
+            github_webhook_secret="s",
+            github_api_url=fake.url,
+        )
         async with aiohttp.ClientSession() as session:
             yield GitSide(
-                GitHub(session, settings), fake.installation_for(OWNER).id,
+                GitHub(session, settings),
+                fake.installation_for(OWNER).id,
                 lambda path: fake.read_file(OWNER, NAME, BRANCH, path),
                 lambda files: fake.commit_as_other_actor(OWNER, NAME, BRANCH, files),
             )
@@ -121,9 +130,7 @@ async def test_put_file_creates_then_updates_given_the_current_sha(
         assert side.read(OVERLAY) == "a: 2\n"
 
 
-async def test_put_file_with_a_stale_or_missing_sha_is_a_conflict(git_backend: GitBackend) -> (
-    None
-):
+async def test_put_file_with_a_stale_or_missing_sha_is_a_conflict(git_backend: GitBackend) -> None:
     async with git_backend.open() as side:
         gh, inst = side.port, side.installation
         first, _ = await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 1\n", "create", None)
@@ -175,8 +182,7 @@ async def test_has_kustomization_and_directories(git_backend: GitBackend) -> Non
 @dataclass
 class ClusterSide:
     port: ClusterPort
-    watch: Callable[[Callable[[str, dict[str, Any]], Awaitable[None]]],
-                    Coroutine[Any, Any, None]]
+    watch: Callable[[Callable[[str, dict[str, Any]], Awaitable[None]]], Coroutine[Any, Any, None]]
     finish_deletion: Callable[[str], Awaitable[None]]  # what Argo CD does after pruning
 
 
@@ -226,10 +232,18 @@ def cluster_backend(request: pytest.FixtureRequest, tmp_path: Path) -> ClusterBa
 
 
 def manifest(sha: str = "1" * 40, branch: str = "main") -> dict[str, Any]:
-    pr = PullRequest(repo=REPO, number=7, state="open", merged=False,
-                     labels=frozenset({"preview"}), head_sha=sha, head_repo=REPO,
-                     default_branch="main", html_url=f"https://github.com/{REPO}/pull/7",
-                     repo_html_url=f"https://github.com/{REPO}")
+    pr = PullRequest(
+        repo=REPO,
+        number=7,
+        state="open",
+        merged=False,
+        labels=frozenset({"preview"}),
+        head_sha=sha,
+        head_repo=REPO,
+        default_branch="main",
+        html_url=f"https://github.com/{REPO}/pull/7",
+        repo_html_url=f"https://github.com/{REPO}",
+    )
     return render_application(SETTINGS, pr, branch, 1)
 
 
@@ -257,9 +271,7 @@ async def test_apply_creates_then_updates(cluster_backend: ClusterBackend) -> No
         assert got["metadata"]["annotations"][A_HEAD_SHA] == "2" * 40
 
 
-async def test_annotate_merges_and_survives_the_next_apply(cluster_backend: ClusterBackend) -> (
-    None
-):
+async def test_annotate_merges_and_survives_the_next_apply(cluster_backend: ClusterBackend) -> None:
     async with cluster_backend.open() as side:
         await side.port.apply(manifest())
         assert await side.port.annotate("dex-pr-7", {A_COMMENT: "12"}) is True

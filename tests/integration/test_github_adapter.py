@@ -14,8 +14,12 @@ pytestmark = pytest.mark.rig
 
 
 def settings_for(fake: FakeGitHub) -> Settings:
-    return Settings(github_app_id=fake.app_id, github_private_key=fake.private_key_pem,
-                    github_webhook_secret="s", github_api_url=fake.url)
+    return Settings(
+        github_app_id=fake.app_id,
+        github_private_key=fake.private_key_pem,
+        github_webhook_secret="s",
+        github_api_url=fake.url,
+    )
 
 
 async def test_one_token_per_installation_until_it_nears_expiry(github: FakeGitHub) -> None:

@@ -39,21 +39,24 @@ def repo(github: FakeGitHub) -> FakeGitHub:
     return github
 
 
-async def _app_client(fake: FakeGitHub, session: aiohttp.ClientSession,
-                      cache: dict[str, Any] | None = None) -> GitHubAPI:
+async def _app_client(
+    fake: FakeGitHub, session: aiohttp.ClientSession, cache: dict[str, Any] | None = None
+) -> GitHubAPI:
     """A client the way the bot builds one: App JWT -> installation token over HTTP."""
     app = GitHubAPI(session, "preview-bot-tests", base_url=fake.url)
     inst = fake.installation_for(OWNER)
     token = await get_installation_access_token(
-        app, installation_id=str(inst.id), app_id=str(fake.app_id),
-        private_key=fake.private_key_pem)
-    return GitHubAPI(session, "preview-bot-tests", oauth_token=token["token"],
-                     base_url=fake.url, cache=cache)
+        app, installation_id=str(inst.id), app_id=str(fake.app_id), private_key=fake.private_key_pem
+    )
+    return GitHubAPI(
+        session, "preview-bot-tests", oauth_token=token["token"], base_url=fake.url, cache=cache
+    )
 
 
 # -- App authentication ------------------------------------------------------------------------
-async def test_app_jwt_gives_installation_token(repo: FakeGitHub,
-                                                github_session: aiohttp.ClientSession) -> None:
+async def test_app_jwt_gives_installation_token(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     gh = await _app_client(repo, github_session)
     assert repo.token_requests == 1
     data = await gh.getitem(REPO)
@@ -65,18 +68,23 @@ async def test_app_jwt_gives_installation_token(repo: FakeGitHub,
 
 
 async def test_jwt_signed_by_another_key_is_rejected(
-        repo: FakeGitHub, github_session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    repo: FakeGitHub, github_session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     other = FakeGitHub(contract=False, workdir=tmp_path)  # another App, another key
     app = GitHubAPI(github_session, "preview-bot-tests", base_url=repo.url)
     with pytest.raises(BadRequest) as caught:
         await get_installation_access_token(
-            app, installation_id=str(repo.installation_for(OWNER).id),
-            app_id=str(repo.app_id), private_key=other.private_key_pem)
+            app,
+            installation_id=str(repo.installation_for(OWNER).id),
+            app_id=str(repo.app_id),
+            private_key=other.private_key_pem,
+        )
     assert caught.value.status_code == 401
 
 
-async def test_expired_token_gives_401(repo: FakeGitHub,
-                                       github_session: aiohttp.ClientSession) -> None:
+async def test_expired_token_gives_401(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     repo.token_lifetime = 1
     gh = await _app_client(repo, github_session)
     await gh.getitem(REPO)
@@ -90,29 +98,38 @@ async def test_expired_token_gives_401(repo: FakeGitHub,
     assert repo.token_requests == 2
 
 
-async def test_token_lifetime_is_reported(repo: FakeGitHub,
-                                          github_session: aiohttp.ClientSession) -> None:
+async def test_token_lifetime_is_reported(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     repo.token_lifetime = 120
     app = GitHubAPI(github_session, "preview-bot-tests", base_url=repo.url)
     token = await get_installation_access_token(
-        app, installation_id=str(repo.installation_for(OWNER).id), app_id=str(repo.app_id),
-        private_key=repo.private_key_pem)
+        app,
+        installation_id=str(repo.installation_for(OWNER).id),
+        app_id=str(repo.app_id),
+        private_key=repo.private_key_pem,
+    )
     expires = time.mktime(time.strptime(token["expires_at"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
     assert 100 < expires - time.time() <= 121
     assert token["repository_selection"] == "all"
     assert token["permissions"]["contents"] == "write"
 
 
-async def test_missing_permission_and_foreign_repo(repo: FakeGitHub,
-                                                   github_session: aiohttp.ClientSession) -> None:
-    narrow = repo.add_installation("other-org", permissions={"metadata": "read",
-                                                             "contents": "read"})
+async def test_missing_permission_and_foreign_repo(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
+    narrow = repo.add_installation(
+        "other-org", permissions={"metadata": "read", "contents": "read"}
+    )
     repo.create_repo("other-org", "site", files={"README.md": "hi"})
     gh = repo.client(github_session, installation_id=narrow.id)
     await gh.getitem("/repos/other-org/site/contents/README.md")
     with pytest.raises(BadRequest) as caught:
-        await gh.put("/repos/other-org/site/contents/{+path}", {"path": "x.txt"},
-                     data={"message": "m", "content": _b64("x")})
+        await gh.put(
+            "/repos/other-org/site/contents/{+path}",
+            {"path": "x.txt"},
+            data={"message": "m", "content": _b64("x")},
+        )
     assert caught.value.status_code == 403  # "Resource not accessible by integration"
     with pytest.raises(BadRequest) as caught:
         await gh.getitem(REPO)  # another account's repository is invisible
@@ -120,24 +137,43 @@ async def test_missing_permission_and_foreign_repo(repo: FakeGitHub,
 
 
 # -- git data ----------------------------------------------------------------------------------
-async def test_git_data_round_trip(repo: FakeGitHub, github_session: aiohttp.ClientSession,
-                                   tmp_path: Path) -> None:
+async def test_git_data_round_trip(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     gh = repo.client(github_session)
     head = (await gh.getitem(REPO + "/git/ref/{+ref}", {"ref": "heads/main"}))["object"]["sha"]
     base_tree = (await gh.getitem(REPO + "/git/commits/{sha}", {"sha": head}))["tree"]["sha"]
-    blob = await gh.post(REPO + "/git/blobs", data={"content": "kind: Kustomization\n",
-                                                    "encoding": "utf-8"})
-    tree = await gh.post(REPO + "/git/trees", data={"base_tree": base_tree, "tree": [
-        {"path": "infra/argocd/previews/pr-42/kustomization.yaml", "mode": "100644",
-         "type": "blob", "sha": blob["sha"]},
-        {"path": "infra/argocd/previews/pr-42/values.yaml", "mode": "100644", "type": "blob",
-         "content": "replicas: 1\n"},
-        {"path": "README.md", "mode": "100644", "type": "blob", "sha": None},
-    ]})
-    commit = await gh.post(REPO + "/git/commits", data={
-        "message": "preview: pr-42", "tree": tree["sha"], "parents": [head]})
-    ref = await gh.patch(REPO + "/git/refs/{+ref}", {"ref": "heads/main"},
-                         data={"sha": commit["sha"]})
+    blob = await gh.post(
+        REPO + "/git/blobs", data={"content": "kind: Kustomization\n", "encoding": "utf-8"}
+    )
+    tree = await gh.post(
+        REPO + "/git/trees",
+        data={
+            "base_tree": base_tree,
+            "tree": [
+                {
+                    "path": "infra/argocd/previews/pr-42/kustomization.yaml",
+                    "mode": "100644",
+                    "type": "blob",
+                    "sha": blob["sha"],
+                },
+                {
+                    "path": "infra/argocd/previews/pr-42/values.yaml",
+                    "mode": "100644",
+                    "type": "blob",
+                    "content": "replicas: 1\n",
+                },
+                {"path": "README.md", "mode": "100644", "type": "blob", "sha": None},
+            ],
+        },
+    )
+    commit = await gh.post(
+        REPO + "/git/commits",
+        data={"message": "preview: pr-42", "tree": tree["sha"], "parents": [head]},
+    )
+    ref = await gh.patch(
+        REPO + "/git/refs/{+ref}", {"ref": "heads/main"}, data={"sha": commit["sha"]}
+    )
     assert ref["object"]["sha"] == commit["sha"]
 
     files = repo.files(OWNER, NAME, "main")
@@ -151,12 +187,18 @@ async def test_git_data_round_trip(repo: FakeGitHub, github_session: aiohttp.Cli
     assert not (out / "README.md").exists()
     # Real objects: plain git can clone the repository and agrees on every sha.
     clone = tmp_path / "clone"
-    await asyncio.to_thread(subprocess.run, ["git", "clone", "-q",
-                                             str(repo.repo(OWNER, NAME).store.path), str(clone)],
-                            check=True)
-    done = await asyncio.to_thread(subprocess.run,
-                                   ["git", "-C", str(clone), "rev-parse", "HEAD", "HEAD^{tree}"],
-                                   check=True, capture_output=True, text=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        ["git", "clone", "-q", str(repo.repo(OWNER, NAME).store.path), str(clone)],
+        check=True,
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["git", "-C", str(clone), "rev-parse", "HEAD", "HEAD^{tree}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     rev = done.stdout.split()
     assert rev == [commit["sha"], tree["sha"]]
 
@@ -171,23 +213,32 @@ async def test_git_data_round_trip(repo: FakeGitHub, github_session: aiohttp.Cli
     assert log[0]["files"]["README.md"] == "D"
 
 
-async def test_update_ref_must_fast_forward(repo: FakeGitHub,
-                                            github_session: aiohttp.ClientSession) -> None:
+async def test_update_ref_must_fast_forward(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     gh = repo.client(github_session)
     start = repo.branch_sha(OWNER, NAME, "main")
     assert start is not None
     ref = await gh.post(REPO + "/git/refs", data={"ref": "refs/heads/previews", "sha": start})
     assert ref["ref"] == "refs/heads/previews"
-    ours = (await gh.post(REPO + "/git/commits", data={
-        "message": "ours", "tree": repo.repo(OWNER, NAME).store.read_commit(start).tree,
-        "parents": [start]}))["sha"]
+    ours = (
+        await gh.post(
+            REPO + "/git/commits",
+            data={
+                "message": "ours",
+                "tree": repo.repo(OWNER, NAME).store.read_commit(start).tree,
+                "parents": [start],
+            },
+        )
+    )["sha"]
     # Someone else moves the branch first: our commit no longer descends from its head.
     repo.commit_as_other_actor(OWNER, NAME, "previews", {"other.txt": "x"}, "theirs")
     with pytest.raises(InvalidField) as caught:
         await gh.patch(REPO + "/git/refs/{+ref}", {"ref": "heads/previews"}, data={"sha": ours})
     assert "Update is not a fast forward" in str(caught.value)
-    await gh.patch(REPO + "/git/refs/{+ref}", {"ref": "heads/previews"},
-                   data={"sha": ours, "force": True})
+    await gh.patch(
+        REPO + "/git/refs/{+ref}", {"ref": "heads/previews"}, data={"sha": ours, "force": True}
+    )
     assert repo.branch_sha(OWNER, NAME, "previews") == ours
     with pytest.raises(InvalidField):
         await gh.post(REPO + "/git/refs", data={"ref": "refs/heads/previews", "sha": start})
@@ -195,45 +246,58 @@ async def test_update_ref_must_fast_forward(repo: FakeGitHub,
     assert repo.branch_sha(OWNER, NAME, "previews") is None
 
 
-async def test_contents_put_delete_one_commit_each(repo: FakeGitHub,
-                                                   github_session: aiohttp.ClientSession) -> None:
+async def test_contents_put_delete_one_commit_each(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     gh = repo.client(github_session)
     path = "infra/argocd/previews/pr-7/kustomization.yaml"
     url = REPO + "/contents/{+path}"
-    created = await gh.put(url, {"path": path},
-                           data={"message": "add pr-7", "content": _b64("a: 1\n")})
+    created = await gh.put(
+        url, {"path": path}, data={"message": "add pr-7", "content": _b64("a: 1\n")}
+    )
     assert created["content"]["path"] == path
     assert len(repo.log(OWNER, NAME, "main")) == 2
     got = await gh.getitem(url + "{?ref}", {"path": path, "ref": "main"})
     assert base64.b64decode(got["content"]).decode() == "a: 1\n"
     assert got["sha"] == created["content"]["sha"]
 
-    updated = await gh.put(url, {"path": path}, data={
-        "message": "update pr-7", "content": _b64("a: 2\n"), "sha": got["sha"]})
+    updated = await gh.put(
+        url,
+        {"path": path},
+        data={"message": "update pr-7", "content": _b64("a: 2\n"), "sha": got["sha"]},
+    )
     assert repo.read_file(OWNER, NAME, "main", path) == "a: 2\n"
     assert len(repo.log(OWNER, NAME, "main")) == 3
     assert updated["commit"]["parents"][0]["sha"] == created["commit"]["sha"]
 
     with pytest.raises(BadRequest) as stale:  # the sha we read is no longer current
-        await gh.put(url, {"path": path}, data={
-            "message": "stale", "content": _b64("a: 3\n"), "sha": got["sha"]})
+        await gh.put(
+            url,
+            {"path": path},
+            data={"message": "stale", "content": _b64("a: 3\n"), "sha": got["sha"]},
+        )
     assert stale.value.status_code == 409
     with pytest.raises(InvalidField):  # updating an existing file needs its sha
         await gh.put(url, {"path": path}, data={"message": "no sha", "content": _b64("x")})
     assert len(repo.log(OWNER, NAME, "main")) == 3
 
     # A sha for a path that does not exist is ignored, as GitHub does: the file is created.
-    other = await gh.put(url, {"path": "notes.txt"}, data={
-        "message": "notes", "content": _b64("n\n"), "sha": got["sha"]})
+    other = await gh.put(
+        url,
+        {"path": "notes.txt"},
+        data={"message": "notes", "content": _b64("n\n"), "sha": got["sha"]},
+    )
     assert other["content"]["path"] == "notes.txt"
-    await gh.delete(url, {"path": "notes.txt"}, data={"message": "rm notes",
-                                                      "sha": other["content"]["sha"]})
+    await gh.delete(
+        url, {"path": "notes.txt"}, data={"message": "rm notes", "sha": other["content"]["sha"]}
+    )
     assert len(repo.log(OWNER, NAME, "main")) == 5
 
     listing = await gh.getitem(url, {"path": "infra/argocd/previews"})
     assert [e["name"] for e in listing] == ["pr-7"]
-    await gh.delete(url, {"path": path}, data={
-        "message": "remove pr-7", "sha": updated["content"]["sha"]})
+    await gh.delete(
+        url, {"path": path}, data={"message": "remove pr-7", "sha": updated["content"]["sha"]}
+    )
     log = repo.log(OWNER, NAME, "main")
     assert len(log) == 6
     assert log[0]["files"] == {path: "D"}
@@ -244,8 +308,9 @@ async def test_contents_put_delete_one_commit_each(repo: FakeGitHub,
 
 
 # -- caching, pagination, rate limits ----------------------------------------------------------
-async def test_etag_304_costs_no_rate_limit(repo: FakeGitHub,
-                                            github_session: aiohttp.ClientSession) -> None:
+async def test_etag_304_costs_no_rate_limit(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     repo.create_pull(OWNER, NAME, 42, labels=["preview"])
     cache: dict[str, Any] = {}
     gh = repo.client(github_session, cache=cache)
@@ -262,8 +327,9 @@ async def test_etag_304_costs_no_rate_limit(repo: FakeGitHub,
     assert bucket.remaining == remaining - 1
 
 
-async def test_link_pagination_through_getiter(repo: FakeGitHub,
-                                               github_session: aiohttp.ClientSession) -> None:
+async def test_link_pagination_through_getiter(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     repo.create_pull(OWNER, NAME, 5)
     for i in range(45):
         repo.add_comment(OWNER, NAME, 5, f"comment {i}")
@@ -280,8 +346,9 @@ async def test_link_pagination_through_getiter(repo: FakeGitHub,
     assert sorted(open_prs) == [5, *range(7, 40)]
 
 
-async def test_rate_limit_headers_and_exhaustion(repo: FakeGitHub,
-                                                 github_session: aiohttp.ClientSession) -> None:
+async def test_rate_limit_headers_and_exhaustion(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     gh = repo.client(github_session)
     await gh.getitem(REPO)
     inst = repo.installation_for(OWNER).id
@@ -315,11 +382,18 @@ async def test_fault_injection(repo: FakeGitHub, github_session: aiohttp.ClientS
     assert secondary.value.status_code == 429
     assert secondary.value.headers["retry-after"] == "7"
 
-    repo.fail_next("PUT", r"/contents/", 409, body={"message": "is at abc but expected def",
-                                                    "documentation_url": "x", "status": "409"})
+    repo.fail_next(
+        "PUT",
+        r"/contents/",
+        409,
+        body={"message": "is at abc but expected def", "documentation_url": "x", "status": "409"},
+    )
     with pytest.raises(BadRequest) as conflict:
-        await gh.put(REPO + "/contents/{+path}", {"path": "a.txt"},
-                     data={"message": "m", "content": _b64("a")})
+        await gh.put(
+            REPO + "/contents/{+path}",
+            {"path": "a.txt"},
+            data={"message": "m", "content": _b64("a")},
+        )
     assert conflict.value.status_code == 409
     assert repo.read_file(OWNER, NAME, "main", "a.txt") is None  # the fault served nothing
 
@@ -334,16 +408,25 @@ async def test_fault_injection(repo: FakeGitHub, github_session: aiohttp.ClientS
 
 
 # -- contract checks ---------------------------------------------------------------------------
-async def test_contract_violations_are_caught(repo: FakeGitHub,
-                                              github_session: aiohttp.ClientSession) -> None:
+async def test_contract_violations_are_caught(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     repo.create_pull(OWNER, NAME, 9)
     gh = repo.client(github_session)
-    deployment = await gh.post(REPO + "/deployments", data={
-        "ref": "feature-9", "environment": "pr-9", "required_contexts": [],
-        "transient_environment": True, "production_environment": False})
+    deployment = await gh.post(
+        REPO + "/deployments",
+        data={
+            "ref": "feature-9",
+            "environment": "pr-9",
+            "required_contexts": [],
+            "transient_environment": True,
+            "production_environment": False,
+        },
+    )
     with pytest.raises(InvalidField):  # GitHub answers a schema violation with 422
-        await gh.post(REPO + "/deployments/{id}/statuses", {"id": deployment["id"]},
-                      data={"state": "bogus"})
+        await gh.post(
+            REPO + "/deployments/{id}/statuses", {"id": deployment["id"]}, data={"state": "bogus"}
+        )
     with pytest.raises(InvalidField):
         await gh.post(REPO + "/issues/9/comments", data={"body": 42})
     found = repo.take_violations()
@@ -354,8 +437,9 @@ async def test_contract_violations_are_caught(repo: FakeGitHub,
     assert repo.deployments(OWNER, NAME)[0].statuses == []
 
 
-async def test_unknown_endpoints_are_reported(repo: FakeGitHub,
-                                             github_session: aiohttp.ClientSession) -> None:
+async def test_unknown_endpoints_are_reported(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     gh = repo.client(github_session)
     with pytest.raises(BadRequest) as caught:
         await gh.getitem(REPO + "/branches/main")
@@ -371,19 +455,34 @@ def test_contract_catches_a_response_that_breaks_the_schema(github: FakeGitHub) 
     from multidict import MultiDict
 
     problems = checker.check_response(
-        "GET", "/repos/{owner}/{repo}/pulls/{pull_number}",
-        {"owner": "a", "repo": "b", "pull_number": "1"}, 200, {},
-        json.dumps({"number": "one"}).encode(), "application/json")
+        "GET",
+        "/repos/{owner}/{repo}/pulls/{pull_number}",
+        {"owner": "a", "repo": "b", "pull_number": "1"},
+        200,
+        {},
+        json.dumps({"number": "one"}).encode(),
+        "application/json",
+    )
     assert problems
-    assert checker.check_request("GET", "/repos/{owner}/{repo}/contents/{path}",
-                                 {"owner": "a", "repo": "b", "path": "a/b c.yaml"},
-                                 MultiDict(ref="main"), {}, b"", "") == []
+    assert (
+        checker.check_request(
+            "GET",
+            "/repos/{owner}/{repo}/contents/{path}",
+            {"owner": "a", "repo": "b", "path": "a/b c.yaml"},
+            MultiDict(ref="main"),
+            {},
+            b"",
+            "",
+        )
+        == []
+    )
     assert checker.errata  # the patched errors of @octokit/openapi are listed
 
 
 # -- pull requests, comments, labels, permissions --------------------------------------------
-async def test_pull_request_shape_and_life_cycle(repo: FakeGitHub,
-                                                 github_session: aiohttp.ClientSession) -> None:
+async def test_pull_request_shape_and_life_cycle(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     pr = repo.create_pull(OWNER, NAME, 12, labels=["preview"], files={"app.py": "print(1)\n"})
     fork = repo.create_pull(OWNER, NAME, 13, fork=True, user="outsider")
     gh = repo.client(github_session)
@@ -421,16 +520,18 @@ async def test_pull_request_shape_and_life_cycle(repo: FakeGitHub,
     assert perm["permission"] == "read"
 
 
-async def test_one_comment_kept_up_to_date(repo: FakeGitHub,
-                                           github_session: aiohttp.ClientSession) -> None:
+async def test_one_comment_kept_up_to_date(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     repo.create_pull(OWNER, NAME, 4)
     repo.add_comment(OWNER, NAME, 4, "LGTM", user="reviewer")
     gh = repo.client(github_session)
     created = await gh.post(REPO + "/issues/4/comments", data={"body": "preview: pending"})
     assert created["user"]["login"] == "preview-bot[bot]"
     assert created["performed_via_github_app"]["slug"] == "preview-bot"
-    edited = await gh.patch(REPO + "/issues/comments/{id}", {"id": created["id"]},
-                            data={"body": "preview: ready"})
+    edited = await gh.patch(
+        REPO + "/issues/comments/{id}", {"id": created["id"]}, data={"body": "preview: ready"}
+    )
     assert edited["body"] == "preview: ready"
     again = await gh.getitem(REPO + "/issues/comments/{id}", {"id": created["id"]})
     assert again["body"] == "preview: ready"
@@ -439,19 +540,34 @@ async def test_one_comment_kept_up_to_date(repo: FakeGitHub,
 
 
 # -- deployments, checks, statuses -------------------------------------------------------------
-async def test_deployments_and_auto_inactive(repo: FakeGitHub,
-                                             github_session: aiohttp.ClientSession) -> None:
+async def test_deployments_and_auto_inactive(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     pr = repo.create_pull(OWNER, NAME, 21)
     gh = repo.client(github_session)
 
     async def deploy(transient: bool) -> dict[str, Any]:
-        d: dict[str, Any] = await gh.post(REPO + "/deployments", data={
-            "ref": pr.head_sha, "environment": "pr-21", "required_contexts": [],
-            "auto_merge": False, "transient_environment": transient,
-            "production_environment": False, "payload": {"pr": 21}})
-        await gh.post(REPO + "/deployments/{id}/statuses", {"id": d["id"]}, data={
-            "state": "success", "environment_url": "https://pr-21.preview.example",
-            "log_url": "https://argo.example/app/pr-21"})
+        d: dict[str, Any] = await gh.post(
+            REPO + "/deployments",
+            data={
+                "ref": pr.head_sha,
+                "environment": "pr-21",
+                "required_contexts": [],
+                "auto_merge": False,
+                "transient_environment": transient,
+                "production_environment": False,
+                "payload": {"pr": 21},
+            },
+        )
+        await gh.post(
+            REPO + "/deployments/{id}/statuses",
+            {"id": d["id"]},
+            data={
+                "state": "success",
+                "environment_url": "https://pr-21.preview.example",
+                "log_url": "https://argo.example/app/pr-21",
+            },
+        )
         return d
 
     first = await deploy(transient=False)
@@ -471,23 +587,33 @@ async def test_deployments_and_auto_inactive(repo: FakeGitHub,
     assert listed[0]["payload"] == {"pr": 21}
 
 
-async def test_deployment_verifies_commit_contexts(repo: FakeGitHub,
-                                                   github_session: aiohttp.ClientSession) -> None:
+async def test_deployment_verifies_commit_contexts(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     pr = repo.create_pull(OWNER, NAME, 22)
     gh = repo.client(github_session)
-    run = await gh.post(REPO + "/check-runs", data={"name": "preview", "head_sha": pr.head_sha,
-                                                    "status": "in_progress"})
+    run = await gh.post(
+        REPO + "/check-runs",
+        data={"name": "preview", "head_sha": pr.head_sha, "status": "in_progress"},
+    )
     assert run["conclusion"] is None
     with pytest.raises(BadRequest) as conflict:  # required_contexts defaults to all contexts
         await gh.post(REPO + "/deployments", data={"ref": pr.head_sha, "environment": "pr-22"})
     assert conflict.value.status_code == 409
     assert "Commit status checks failed" in str(conflict.value)
-    await gh.patch(REPO + "/check-runs/{id}", {"id": run["id"]},
-                   data={"conclusion": "success", "output": {"title": "ok", "summary": "done"}})
-    await gh.post(REPO + "/statuses/{sha}", {"sha": pr.head_sha},
-                  data={"state": "success", "context": "ci/test"})
-    deployment = await gh.post(REPO + "/deployments", data={"ref": pr.head_sha,
-                                                            "environment": "pr-22"})
+    await gh.patch(
+        REPO + "/check-runs/{id}",
+        {"id": run["id"]},
+        data={"conclusion": "success", "output": {"title": "ok", "summary": "done"}},
+    )
+    await gh.post(
+        REPO + "/statuses/{sha}",
+        {"sha": pr.head_sha},
+        data={"state": "success", "context": "ci/test"},
+    )
+    deployment = await gh.post(
+        REPO + "/deployments", data={"ref": pr.head_sha, "environment": "pr-22"}
+    )
     assert deployment["sha"] == pr.head_sha
     runs = await gh.getitem(REPO + "/commits/{ref}/check-runs", {"ref": pr.head_sha})
     assert runs["total_count"] == 1
@@ -496,12 +622,14 @@ async def test_deployment_verifies_commit_contexts(repo: FakeGitHub,
 
 
 async def test_deployment_auto_merges_a_branch_behind_default(
-        repo: FakeGitHub, github_session: aiohttp.ClientSession) -> None:
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
     repo.create_pull(OWNER, NAME, 23)
     repo.commit_as_other_actor(OWNER, NAME, "main", {"NEWS.md": "news\n"})
     gh = repo.client(github_session)
-    answer = await gh.post(REPO + "/deployments", data={"ref": "feature-23",
-                                                        "required_contexts": []})
+    answer = await gh.post(
+        REPO + "/deployments", data={"ref": "feature-23", "required_contexts": []}
+    )
     assert "Auto-merged main into feature-23" in answer["message"]
     assert repo.read_file(OWNER, NAME, "feature-23", "NEWS.md") == "news\n"
     assert repo.deployments(OWNER, NAME) == []

@@ -67,8 +67,10 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
     assert app["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "preview-bot"
     assert app["spec"]["source"]["path"] == "infra/argocd/previews/pr-42"
     assert app["spec"]["source"]["targetRevision"] == "main"
-    assert app["spec"]["destination"] == {"server": "https://kubernetes.default.svc",
-                                          "namespace": "dex-pr-42"}
+    assert app["spec"]["destination"] == {
+        "server": "https://kubernetes.default.svc",
+        "namespace": "dex-pr-42",
+    }
     assert app["spec"]["syncPolicy"]["syncOptions"] == ["CreateNamespace=true"]
     assert comment_state(h, 42) == "deploying"
     body = h.comments(42)[0].body
@@ -83,8 +85,13 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
 
     # ---- Argo CD reports healthy -> ready (the watch queues the sync)
     fake.reset_counts()
-    await h.standin.set_status("dex-pr-42", sync="Synced", health="Healthy",
-                               revision=log[0]["sha"], operation_phase="Succeeded")
+    await h.standin.set_status(
+        "dex-pr-42",
+        sync="Synced",
+        health="Healthy",
+        revision=log[0]["sha"],
+        operation_phase="Succeeded",
+    )
     await h.settle()
     assert comment_state(h, 42) == "ready"
     assert dep1.latest_state == "success"
@@ -117,8 +124,9 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
     teardown_requests = fake.count()
     assert await h.app(42) is None
     assert h.overlay(42) is None
-    assert not any(p.startswith("infra/argocd/previews/pr-42")
-                   for p in fake.files(OWNER, NAME, "main"))
+    assert not any(
+        p.startswith("infra/argocd/previews/pr-42") for p in fake.files(OWNER, NAME, "main")
+    )
     assert len(h.commits()) == commits_before + 3
     assert comment_state(h, 42) == "destroyed"
     assert len(h.comments(42)) == 1
@@ -133,9 +141,11 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
     second = fake.count()
     second_304 = fake.count(status=304)
 
-    print(f"\nGitHub requests (token requests aside): first deploy {deploy_requests}, "
-          f"next deploy {second} ({second_304} of them 304, free), redeploy "
-          f"{redeploy_requests}, teardown {teardown_requests}")
+    print(
+        f"\nGitHub requests (token requests aside): first deploy {deploy_requests}, "
+        f"next deploy {second} ({second_304} of them 304, free), redeploy "
+        f"{redeploy_requests}, teardown {teardown_requests}"
+    )
     assert deploy_requests <= 6
     assert second - second_304 <= 6
     assert redeploy_requests <= 6
@@ -157,8 +167,9 @@ async def test_replays_and_duplicates_change_nothing(harness: Harness) -> None:
     assert len(h.comments(7)) == 1
     assert len(h.deployments(7)) == 1
     # A replay costs reads only: the PR, nothing written.
-    assert h.fake.count(method="POST") + h.fake.count(method="PUT") + h.fake.count(
-        method="PATCH") == 0
+    assert (
+        h.fake.count(method="POST") + h.fake.count(method="PUT") + h.fake.count(method="PATCH") == 0
+    )
 
 
 async def test_an_old_synchronize_after_a_newer_one_keeps_the_newest(harness: Harness) -> None:
@@ -208,7 +219,8 @@ async def test_two_prs_at_once(harness: Harness, tmp_path: Path) -> None:
         assert await h.app(n) is not None
         assert len(h.comments(n)) == 1
         assert images(h.build(n, tmp_path / f"co{n}")) == [
-            TAG + h.fake.pull(OWNER, NAME, n).head_sha[:8]]
+            TAG + h.fake.pull(OWNER, NAME, n).head_sha[:8]
+        ]
 
 
 async def test_another_actor_moves_the_branch_and_hand_edits_the_overlay(
@@ -218,8 +230,9 @@ async def test_another_actor_moves_the_branch_and_hand_edits_the_overlay(
     await label(h, 13)
     # Someone else commits to main, and someone hand-edits the managed overlay.
     h.fake.commit_as_other_actor(OWNER, NAME, "main", {"README.md": "docs\n"}, "docs")
-    h.fake.commit_as_other_actor(OWNER, NAME, "main",
-                                 {h.overlay_path(13): "# hand edit\nresources: []\n"}, "tweak")
+    h.fake.commit_as_other_actor(
+        OWNER, NAME, "main", {h.overlay_path(13): "# hand edit\nresources: []\n"}, "tweak"
+    )
     sha = h.fake.push(OWNER, NAME, 13, files={"c.txt": "x"})
     caplog.set_level(logging.WARNING, logger="bot.sync")
     await h.deliver("synchronize", 13)
@@ -300,10 +313,16 @@ async def test_missing_base_overlay_fails_clearly_without_a_commit(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     h = harness
-    h.fake.commit_as_other_actor(OWNER, NAME, "main", {
-        "infra/argocd/overlays/preview/kustomization.yaml": None,
-        "infra/argocd/overlays/preview/ingress.yaml": None,
-    }, "drop the preview overlay")
+    h.fake.commit_as_other_actor(
+        OWNER,
+        NAME,
+        "main",
+        {
+            "infra/argocd/overlays/preview/kustomization.yaml": None,
+            "infra/argocd/overlays/preview/ingress.yaml": None,
+        },
+        "drop the preview overlay",
+    )
     commits = len(h.commits())
     caplog.set_level(logging.INFO)
     await label(h, 18)
@@ -330,16 +349,22 @@ async def test_github_outage_is_retried_until_it_works(harness: Harness) -> None
 async def test_an_application_the_bot_does_not_manage_is_left_alone(harness: Harness) -> None:
     h = harness
     foreign = {
-        "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
         "metadata": {"name": "dex-pr-21", "namespace": "argocd", "labels": {"team": "humans"}},
-        "spec": {"project": "default",
-                 "source": {"repoURL": "https://example.com/x.git", "path": "x",
-                            "targetRevision": "main"},
-                 "destination": {"server": "https://kubernetes.default.svc",
-                                 "namespace": "elsewhere"}},
+        "spec": {
+            "project": "default",
+            "source": {
+                "repoURL": "https://example.com/x.git",
+                "path": "x",
+                "targetRevision": "main",
+            },
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": "elsewhere"},
+        },
     }
     await h.argocd.api.create_namespaced_custom_object(
-        "argoproj.io", "v1alpha1", "argocd", "applications", foreign)
+        "argoproj.io", "v1alpha1", "argocd", "applications", foreign
+    )
     before = await h.app(21)
     await label(h, 21)
     after = await h.app(21)
@@ -349,7 +374,8 @@ async def test_an_application_the_bot_does_not_manage_is_left_alone(harness: Har
     assert h.overlay(21) is None
     (comment,) = h.comments(21)
     assert "not managed by preview-bot" in comment.body or "managed by something other" in (
-        comment.body)
+        comment.body
+    )
     h.fake.close(OWNER, NAME, 21)
     await h.deliver("closed", 21)
     await h.settle()
@@ -360,9 +386,17 @@ async def test_a_permanent_github_refusal_is_said_once_on_the_pr(harness: Harnes
     h = harness
     h.fake.create_pull(OWNER, NAME, 22)
     h.fake.add_label(OWNER, NAME, 22, "preview")
-    h.fake.fail_next("POST", r"/deployments$", 422, count=2,
-                     body={"message": "Validation Failed", "errors": [],
-                           "documentation_url": "https://docs.github.com/rest"})
+    h.fake.fail_next(
+        "POST",
+        r"/deployments$",
+        422,
+        count=2,
+        body={
+            "message": "Validation Failed",
+            "errors": [],
+            "documentation_url": "https://docs.github.com/rest",
+        },
+    )
     await h.deliver("labeled", 22)
     await h.settle()
     (comment,) = h.comments(22)

@@ -51,12 +51,13 @@ def _cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "bot"]
 
 
-
-
 def _clean_env(**extra: str) -> dict[str, str]:
     # The developer's own settings must not leak into the walkthrough.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREVIEW_BOT_", "GITHUB_")) and k != "KUBECONFIG"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREVIEW_BOT_", "GITHUB_")) and k != "KUBECONFIG"
+    }
     env.update(extra)
     return env
 
@@ -74,9 +75,14 @@ class LocalServer:
         return self.log.read_text(errors="replace")[-6000:]
 
     def simulate(self, *args: str) -> str:
-        done = subprocess.run([*_cli(), "simulate", *args, "--pr", "7", "--dir", str(self.dir)],
-                              capture_output=True, text=True, timeout=WAIT, env=self.env,
-                              check=False)
+        done = subprocess.run(
+            [*_cli(), "simulate", *args, "--pr", "7", "--dir", str(self.dir)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            env=self.env,
+            check=False,
+        )
         assert done.returncode == 0, f"simulate {args}: {done.stdout}{done.stderr}"
         return done.stdout
 
@@ -97,8 +103,13 @@ class LocalServer:
         return str(state["head_sha"])
 
     def git(self, *args: str, check: bool = True) -> str:
-        done = subprocess.run(["git", "-C", str(self.dir / "repo"), *args], capture_output=True,
-                              text=True, timeout=WAIT, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(self.dir / "repo"), *args],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
         if check:
             assert done.returncode == 0, done.stderr
         return done.stdout if done.returncode == 0 else ""
@@ -107,8 +118,11 @@ class LocalServer:
         return self.git("show", f"main:{OVERLAY}", check=False)
 
     def comment_history(self) -> list[str]:
-        md = (self.dir / "prs" / "pr-7.md").read_text() if (self.dir / "prs" / "pr-7.md").exists(
-        ) else ""
+        md = (
+            (self.dir / "prs" / "pr-7.md").read_text()
+            if (self.dir / "prs" / "pr-7.md").exists()
+            else ""
+        )
         return re.findall(r"^- .* · (comment \d+ \w+: .*)$", md, flags=re.MULTILINE)
 
     def wait(self, what: str, probe: Callable[[], T | None]) -> T:
@@ -118,11 +132,14 @@ class LocalServer:
             if value:
                 return value
             if self.proc.poll() is not None:
-                pytest.fail(f"the server exited ({self.proc.returncode}) while waiting for "
-                            f"{what}:\n{self.logs()}")
+                pytest.fail(
+                    f"the server exited ({self.proc.returncode}) while waiting for "
+                    f"{what}:\n{self.logs()}"
+                )
             if time.monotonic() > deadline:
-                pytest.fail(f"after {WAIT:.0f}s still waiting for {what}; server log:\n"
-                            f"{self.logs()}")
+                pytest.fail(
+                    f"after {WAIT:.0f}s still waiting for {what}; server log:\n{self.logs()}"
+                )
             time.sleep(0.05)
 
 
@@ -134,12 +151,23 @@ def serve_local(tmp: Path, **env: str) -> Iterator[LocalServer]:
     full_env = _clean_env(**env)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*_cli(), "serve", "--local", str(directory), "--host", "127.0.0.1",
-             "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=full_env,
+            [
+                *_cli(),
+                "serve",
+                "--local",
+                str(directory),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
         )
     server = LocalServer(directory, proc, log, full_env)
     try:
+
         def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
@@ -169,8 +197,11 @@ def _expected_spec(server: LocalServer) -> dict[str, Any]:
 def _build_main(server: LocalServer, dest: Path) -> list[dict[str, Any]]:
     """Build the PR's overlay as committed on main (not the working tree) with real kustomize."""
     archive = dest.with_suffix(".tar")
-    subprocess.run(["git", "-C", str(server.dir / "repo"), "archive", "-o", str(archive),
-                    "main"], check=True, timeout=WAIT)
+    subprocess.run(
+        ["git", "-C", str(server.dir / "repo"), "archive", "-o", str(archive), "main"],
+        check=True,
+        timeout=WAIT,
+    )
     if dest.exists():
         shutil.rmtree(dest)
     with tarfile.open(archive) as tar:
@@ -209,8 +240,9 @@ def test_label_push_close_walkthrough_with_files(tmp_path: Path) -> None:
         # play Argo CD, as the file's header suggests: its watch turns the comment to ready
         with app_file.open("a") as f:
             f.write("status:\n  sync: {status: Synced}\n  health: {status: Healthy}\n")
-        server.wait("the ready comment", lambda: any("ready" in h for h in
-                                                      server.comment_history()))
+        server.wait(
+            "the ready comment", lambda: any("ready" in h for h in server.comment_history())
+        )
 
         # push: a new commit on pr-7 -> new tag, one more overlay commit, the comment edited
         server.check_payload("push")
@@ -229,8 +261,9 @@ def test_label_push_close_walkthrough_with_files(tmp_path: Path) -> None:
         server.check_payload("close")
         assert "HTTP 202" in server.simulate("close")
         server.check_payload("reopen")
-        server.wait("the destroyed comment",
-                    lambda: any("destroyed" in h for h in server.comment_history()))
+        server.wait(
+            "the destroyed comment", lambda: any("destroyed" in h for h in server.comment_history())
+        )
         assert server.overlay() == ""
         assert not app_file.exists()
         assert server.git("ls-tree", "-r", "--name-only", "main").split() == [

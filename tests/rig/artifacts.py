@@ -95,7 +95,6 @@ def webhook_schema() -> dict[str, Any]:
     return result
 
 
-
 @functools.cache
 def webhook_validator(definition: str) -> Any:
     """A draft-07 validator (formats checked too) for one definition such as
@@ -125,9 +124,9 @@ def validate_webhook(event: str, payload: dict[str, Any]) -> None:
         raise errors[0]
 
 
-def official_example(event: str, action: str | None = None, *, installation: bool = True) -> (
-    dict[str, Any]
-):
+def official_example(
+    event: str, action: str | None = None, *, installation: bool = True
+) -> dict[str, Any]:
     """A deep copy of the first official example of `event`/`action`, checked against the schema.
 
     With `installation`, prefer an example that carries installation.id (an App delivery).

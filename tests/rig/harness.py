@@ -41,8 +41,16 @@ def skeleton_files() -> dict[str, str]:
 class Harness:
     """A running bot wired to the rig, plus helpers to act as GitHub and as a user."""
 
-    def __init__(self, fake: FakeGitHub, settings: Settings, bot: Bot, github: GitHub,
-                 argocd: ArgoCD, standin: ArgoCDStandIn, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        fake: FakeGitHub,
+        settings: Settings,
+        bot: Bot,
+        github: GitHub,
+        argocd: ArgoCD,
+        standin: ArgoCDStandIn,
+        http: httpx.AsyncClient,
+    ) -> None:
         self.fake = fake
         self.settings = settings
         self.bot = bot
@@ -51,23 +59,35 @@ class Harness:
         self.standin = standin
         self.http = http
 
-    async def deliver(self, action: str, number: int, *, event: str = "pull_request",
-                      delivery: str | None = None, **extra: Any) -> httpx.Response:
+    async def deliver(
+        self,
+        action: str,
+        number: int,
+        *,
+        event: str = "pull_request",
+        delivery: str | None = None,
+        **extra: Any,
+    ) -> httpx.Response:
         """Sign and POST a webhook built from the fake's current state."""
         payload = self.fake.event_payload(event, action, OWNER, NAME, number, **extra)
         return await self.post(payload, event=event, delivery=delivery)
 
-    async def post(self, payload: dict[str, Any], *, event: str = "pull_request",
-                   delivery: str | None = None) -> httpx.Response:
+    async def post(
+        self, payload: dict[str, Any], *, event: str = "pull_request", delivery: str | None = None
+    ) -> httpx.Response:
         import json
 
         body = json.dumps(payload).encode()
-        return await self.http.post("/webhook", content=body, headers={
-            "Content-Type": "application/json",
-            "X-GitHub-Event": event,
-            "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-            "X-Hub-Signature-256": sign(SECRET, body),
-        })
+        return await self.http.post(
+            "/webhook",
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-GitHub-Event": event,
+                "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+                "X-Hub-Signature-256": sign(SECRET, body),
+            },
+        )
 
     async def settle(self, limit: float = 30.0) -> None:
         await self.bot.idle(quiet=0.4, limit=limit)

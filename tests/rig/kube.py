@@ -73,8 +73,6 @@ def _crds_dir() -> Path:
     return Path(env) if env else SHARED / "argocd-crds"
 
 
-
-
 # Resolved in the parent so the child, between fork and exec, only makes one libc call.
 _PRCTL = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 _PR_SET_PDEATHSIG = 1

@@ -30,8 +30,13 @@ def kubectl() -> str:
 
 def build(directory: Path) -> str:
     """`kubectl kustomize DIR`, as text; KustomizeError with kustomize's message on failure."""
-    done = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [kubectl(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if done.returncode != 0:
         raise KustomizeError(f"kubectl kustomize {directory} failed: {done.stderr.strip()}")
     return done.stdout
@@ -43,9 +48,18 @@ def validate(manifests: str, kubernetes_version: str = "1.30") -> None:
         f.write(manifests)
         f.flush()
         done = subprocess.run(
-            [str(BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", kubernetes_version,
-             f.name],
-            capture_output=True, text=True, timeout=120, check=False,
+            [
+                str(BIN / "kubernetes-validate"),
+                "--strict",
+                "--quiet",
+                "-k",
+                kubernetes_version,
+                f.name,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
     if done.returncode != 0:
         raise KustomizeError(f"kubernetes-validate failed:\n{done.stdout}{done.stderr}")

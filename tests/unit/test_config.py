@@ -49,13 +49,15 @@ def test_unknown_placeholder_is_rejected_with_the_allowed_ones() -> None:
 
 
 def test_bad_values_each_get_a_line() -> None:
-    lines = problems({
-        **GOOD,
-        "GITHUB_APP_ID": "abc",
-        "GITHUB_API_URL": "api.github.com",
-        "PREVIEW_BOT_QUEUE_SIZE": "0",
-        "PREVIEW_BOT_IMAGE_TAG_TEMPLATE": "sha-{short_sha:>8}",
-    })
+    lines = problems(
+        {
+            **GOOD,
+            "GITHUB_APP_ID": "abc",
+            "GITHUB_API_URL": "api.github.com",
+            "PREVIEW_BOT_QUEUE_SIZE": "0",
+            "PREVIEW_BOT_IMAGE_TAG_TEMPLATE": "sha-{short_sha:>8}",
+        }
+    )
     assert "GITHUB_APP_ID: expected an integer" in lines
     assert any(line.startswith("GITHUB_API_URL: expected an http(s) URL") for line in lines)
     assert "PREVIEW_BOT_QUEUE_SIZE: expected a positive integer" in lines
@@ -67,8 +69,11 @@ def test_secret_files_and_the_yaml_file(tmp_path: Path) -> None:
     key.write_text(KEY)
     cfg = tmp_path / "bot.yaml"
     cfg.write_text("trigger_label: deploy-me\nargocd_namespace: gitops\ngithub_app_id: 7\n")
-    env = {"GITHUB_PRIVATE_KEY_FILE": str(key), "GITHUB_WEBHOOK_SECRET": "x",
-           "PREVIEW_BOT_ARGOCD_NAMESPACE": "argo"}
+    env = {
+        "GITHUB_PRIVATE_KEY_FILE": str(key),
+        "GITHUB_WEBHOOK_SECRET": "x",
+        "PREVIEW_BOT_ARGOCD_NAMESPACE": "argo",
+    }
     s = load_settings(env, cfg)
     assert s.github_private_key == KEY
     assert s.trigger_label == "deploy-me"
@@ -81,8 +86,10 @@ def test_secret_files_and_the_yaml_file(tmp_path: Path) -> None:
 def test_unknown_key_in_file_and_unreadable_secret_file(tmp_path: Path) -> None:
     cfg = tmp_path / "bot.yaml"
     cfg.write_text("trigger_lable: x\n")
-    lines = problems({**GOOD, "GITHUB_WEBHOOK_SECRET": "",
-                      "GITHUB_WEBHOOK_SECRET_FILE": str(tmp_path / "nope")}, cfg)
+    lines = problems(
+        {**GOOD, "GITHUB_WEBHOOK_SECRET": "", "GITHUB_WEBHOOK_SECRET_FILE": str(tmp_path / "nope")},
+        cfg,
+    )
     assert any("unknown setting 'trigger_lable'" in line for line in lines)
     assert any(line.startswith("GITHUB_WEBHOOK_SECRET_FILE: cannot read file") for line in lines)
 
@@ -94,8 +101,12 @@ def test_overlay_path_must_stay_inside_the_repository() -> None:
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args], env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "bot", *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -41,24 +41,42 @@ SHA_A, SHA_B = "a" * 40, "b" * 40
 
 
 def _pull(**changes: Any) -> PullState:
-    base = PullState(number=7, title="t", head_ref="pr-7", head_sha=SHA_A, base_ref="main",
-                     base_sha=SHA_B, created_at="2026-01-01T00:00:00Z",
-                     updated_at="2026-01-01T00:00:01Z", labels=["preview"])
+    base = PullState(
+        number=7,
+        title="t",
+        head_ref="pr-7",
+        head_sha=SHA_A,
+        base_ref="main",
+        base_sha=SHA_B,
+        created_at="2026-01-01T00:00:00Z",
+        updated_at="2026-01-01T00:00:01Z",
+        labels=["preview"],
+    )
     for key, value in changes.items():
         setattr(base, key, value)
     return base
 
 
 def _payload(action: str) -> dict[str, Any]:
-    pr = _pull(state="closed", closed_at="2026-01-01T00:00:02Z") if action == "closed" else (
-        _pull())
-    return build_payload(action, pr, full_name=DEFAULT_REPOSITORY, default_branch="main",
-                         trigger_label="preview", before=SHA_B)
+    pr = (
+        _pull(state="closed", closed_at="2026-01-01T00:00:02Z") if action == "closed" else (_pull())
+    )
+    return build_payload(
+        action,
+        pr,
+        full_name=DEFAULT_REPOSITORY,
+        default_branch="main",
+        trigger_label="preview",
+        before=SHA_B,
+    )
 
 
 def _official(action: str) -> dict[str, Any]:
-    found = [e for e in webhook_examples()["pull_request"]
-             if e["action"] == action and "installation" in e]
+    found = [
+        e
+        for e in webhook_examples()["pull_request"]
+        if e["action"] == action and "installation" in e
+    ]
     return found[0]
 
 
@@ -116,8 +134,12 @@ async def test_get_pull_reads_what_deliveries_said(local_github: LocalGitHub) ->
         await local_github.get_pull(1, DEFAULT_REPOSITORY, 7)
     local_github.observe_delivery("pull_request", _payload("labeled"))
     pr = await local_github.get_pull(1, DEFAULT_REPOSITORY, 7)
-    assert (pr.number, pr.state, pr.head_sha, pr.labels) == (7, "open", SHA_A,
-                                                              frozenset({"preview"}))
+    assert (pr.number, pr.state, pr.head_sha, pr.labels) == (
+        7,
+        "open",
+        SHA_A,
+        frozenset({"preview"}),
+    )
     assert not pr.is_fork
     with pytest.raises(PermanentError):
         await local_github.get_pull(1, "someone/else", 7)
@@ -126,12 +148,17 @@ async def test_get_pull_reads_what_deliveries_said(local_github: LocalGitHub) ->
 async def test_comment_and_deployments_are_kept_and_shown(local_github: LocalGitHub) -> None:
     gh, repo = local_github, DEFAULT_REPOSITORY
     gh.observe_delivery("pull_request", _payload("labeled"))
-    body = ("<!-- preview-bot:comment -->\n<!-- preview-bot:state "
-            '{"state": "deploying", "fingerprint": "f1"} -->\n### 🚧 Preview deploying\n')
+    body = (
+        "<!-- preview-bot:comment -->\n<!-- preview-bot:state "
+        '{"state": "deploying", "fingerprint": "f1"} -->\n### 🚧 Preview deploying\n'
+    )
     cid = await gh.create_comment(1, repo, 7, body)
     found = await gh.find_comment(1, repo, 7)
-    assert found is not None and (found.id, found.state, found.fingerprint) == (cid, "deploying",
-                                                                                "f1")
+    assert found is not None and (found.id, found.state, found.fingerprint) == (
+        cid,
+        "deploying",
+        "f1",
+    )
     assert await gh.edit_comment(1, repo, cid, body.replace("f1", "f2")) is True
     assert await gh.edit_comment(1, repo, cid + 100, body) is False
     dep = await gh.create_deployment(1, repo, SHA_A, "dex-pr-7", "Preview deploying")
@@ -166,10 +193,12 @@ async def test_commits_update_a_checked_out_branchs_files(local_github: LocalGit
 
 async def test_apply_keeps_argocds_status_and_counts_spec_generations(tmp_path: Path) -> None:
     files = FileCluster(tmp_path, "argocd")
-    app: dict[str, Any] = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
-                           "metadata": {"name": "dex-pr-7", "namespace": "argocd",
-                                        "annotations": {"a": "1"}},
-                           "spec": {"project": "default"}}
+    app: dict[str, Any] = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": "dex-pr-7", "namespace": "argocd", "annotations": {"a": "1"}},
+        "spec": {"project": "default"},
+    }
     await files.apply(app)
     path = tmp_path / "dex-pr-7.yaml"
     assert path.read_text().startswith("# An Argo CD Application")
@@ -188,8 +217,12 @@ async def test_apply_keeps_argocds_status_and_counts_spec_generations(tmp_path: 
 
 
 async def test_without_a_kubeconfig_applications_go_to_files(tmp_path: Path) -> None:
-    settings = Settings(github_app_id=1, github_private_key="k", github_webhook_secret="s",
-                        kubeconfig=str(tmp_path / "missing"))
+    settings = Settings(
+        github_app_id=1,
+        github_private_key="k",
+        github_webhook_secret="s",
+        kubeconfig=str(tmp_path / "missing"),
+    )
     choice = await connect_cluster(settings, tmp_path / "cluster")
     assert isinstance(choice.port, FileCluster)
     assert "does not exist" in choice.description
@@ -202,7 +235,8 @@ async def test_without_a_kubeconfig_applications_go_to_files(tmp_path: Path) -> 
 def test_first_run_makes_a_repository_and_a_secret_later_runs_reuse_them(tmp_path: Path) -> None:
     layout, config, repo = prepare(tmp_path / "d", port=0)
     assert repo.out("log", "--format=%s", "main").splitlines() == [
-        "Initial commit: DEX-style infra tree (base + overlays/preview)"]
+        "Initial commit: DEX-style infra tree (base + overlays/preview)"
+    ]
     assert (repo.path / "infra/argocd/overlays/preview/kustomization.yaml").is_file()
     assert not list(repo.path.rglob("__init__.py"))
     config.save(layout)
@@ -232,8 +266,11 @@ def test_an_existing_repository_lends_its_github_name(tmp_path: Path) -> None:
 
 
 def test_local_settings_need_no_app_and_use_the_local_secret() -> None:
-    env = {"GITHUB_APP_ID": "nope", "GITHUB_WEBHOOK_SECRET": "theirs",
-           "PREVIEW_BOT_TRIGGER_LABEL": "deploy-me"}
+    env = {
+        "GITHUB_APP_ID": "nope",
+        "GITHUB_WEBHOOK_SECRET": "theirs",
+        "PREVIEW_BOT_TRIGGER_LABEL": "deploy-me",
+    }
     settings = local_settings("ours", environ=env)
     assert settings.github_webhook_secret == "ours"
     assert settings.github_app_id == UNUSED_APP_ID
@@ -305,8 +342,7 @@ def test_label_push_close_deliver_signed_payloads(
         validate_webhook("pull_request", payload)
         actions.append(payload["action"])
     assert actions == ["labeled", "synchronize", "closed"]
-    first, second = (json.loads(b)["pull_request"]["head"]["sha"] for _, b in
-                     handler.received[:2])
+    first, second = (json.loads(b)["pull_request"]["head"]["sha"] for _, b in handler.received[:2])
     assert repo.branch_sha("pr-7") == second != first
     assert repo.out("rev-parse", f"{second}^") == first  # push added one commit on the branch
     changed = repo.out("diff", "--name-only", "main", second).splitlines()
@@ -348,7 +384,10 @@ def test_print_only_prints_the_payload_and_changes_nothing(
     ],
 )
 def test_bad_input_is_refused_clearly(
-    local_dir: Path, server: tuple[str, type[Recorder]], command: str, kw: dict[str, Any],
+    local_dir: Path,
+    server: tuple[str, type[Recorder]],
+    command: str,
+    kw: dict[str, Any],
     message: str,
 ) -> None:
     with pytest.raises(LocalError, match=message):

@@ -48,9 +48,15 @@ SETTINGS = Settings(github_app_id=1, github_private_key="k", github_webhook_secr
 
 def pr(**changes: Any) -> PullRequest:
     base = PullRequest(
-        repo="data-literate/DEX", number=42, state="open", merged=False,
-        labels=frozenset({"preview"}), head_sha=SHA1, head_repo="data-literate/DEX",
-        default_branch="main", html_url="https://github.com/data-literate/DEX/pull/42",
+        repo="data-literate/DEX",
+        number=42,
+        state="open",
+        merged=False,
+        labels=frozenset({"preview"}),
+        head_sha=SHA1,
+        head_repo="data-literate/DEX",
+        default_branch="main",
+        html_url="https://github.com/data-literate/DEX/pull/42",
         repo_html_url="https://github.com/data-literate/DEX",
     )
     return replace(base, **changes)
@@ -61,10 +67,14 @@ def deployed_app(head: str = SHA1, status: AppStatus | None = None, **ann: str) 
     p = pr(head_sha=head)
     comment = render_comment(SETTINGS, p, State.DEPLOYING, NOW)
     annotations = {
-        A_REPO: "data-literate/DEX", A_HEAD_SHA: head,
+        A_REPO: "data-literate/DEX",
+        A_HEAD_SHA: head,
         A_OVERLAY_BLOB: git_blob_sha(render_overlay(SETTINGS, p)),
-        A_DEPLOYMENT: "7", A_DEPLOYED_SHA: head, A_COMMENT: "99",
-        A_COMMENT_STATE: "deploying", A_COMMENT_FP: comment.fingerprint,
+        A_DEPLOYMENT: "7",
+        A_DEPLOYED_SHA: head,
+        A_COMMENT: "99",
+        A_COMMENT_STATE: "deploying",
+        A_COMMENT_FP: comment.fingerprint,
     }
     annotations.update(ann)
     return ObservedApp("dex-pr-42", True, False, annotations, status or AppStatus())
@@ -74,12 +84,18 @@ def observed(p: PullRequest | None = None, app: ObservedApp | None = None, **kw:
     ann = app.annotations if app else {}
     comment = None
     if A_COMMENT in ann:
-        comment = ObservedComment(int(ann[A_COMMENT]), ann.get(A_COMMENT_STATE),
-                                  ann.get(A_COMMENT_FP))
+        comment = ObservedComment(
+            int(ann[A_COMMENT]), ann.get(A_COMMENT_STATE), ann.get(A_COMMENT_FP)
+        )
     values: dict[str, Any] = {
-        "pr": p or pr(), "installation_id": 5, "app": app, "comment": comment,
-        "overlay_blob": ann.get(A_OVERLAY_BLOB) or None, "overlay_known": A_OVERLAY_BLOB in ann,
-        "base_ok": True, "branch": "main",
+        "pr": p or pr(),
+        "installation_id": 5,
+        "app": app,
+        "comment": comment,
+        "overlay_blob": ann.get(A_OVERLAY_BLOB) or None,
+        "overlay_known": A_OVERLAY_BLOB in ann,
+        "base_ok": True,
+        "branch": "main",
         "deployment_id": int(ann[A_DEPLOYMENT]) if ann.get(A_DEPLOYMENT) else None,
         "deployed_sha": ann.get(A_DEPLOYED_SHA),
         "deployments_done": ann.get(A_DEPLOYMENT) == "",
@@ -95,8 +111,13 @@ def kinds(plan: Any) -> list[str]:
 def test_first_deploy_commits_applies_deploys_and_comments_in_that_order() -> None:
     plan = plan_sync(observed(), SETTINGS, NOW)
     assert plan.state is State.DEPLOYING
-    assert kinds(plan) == ["PutOverlay", "ApplyApplication", "CreateDeployment",
-                           "UpsertComment", "RecordState"]
+    assert kinds(plan) == [
+        "PutOverlay",
+        "ApplyApplication",
+        "CreateDeployment",
+        "UpsertComment",
+        "RecordState",
+    ]
     put = plan.actions[0]
     assert isinstance(put, PutOverlay)
     assert put.path == "infra/argocd/previews/pr-42/kustomization.yaml"
@@ -106,7 +127,9 @@ def test_first_deploy_commits_applies_deploys_and_comments_in_that_order() -> No
     dep = plan.actions[2]
     assert isinstance(dep, CreateDeployment)
     assert (dep.environment, dep.environment_url) == (
-        "dex-pr-42", "https://dex-pr-42.preview.example.com")
+        "dex-pr-42",
+        "https://dex-pr-42.preview.example.com",
+    )
     comment = plan.actions[3]
     assert isinstance(comment, UpsertComment) and comment.comment_id is None
 
@@ -118,8 +141,14 @@ def test_replayed_event_after_deploy_plans_nothing() -> None:
 
 def test_push_redeploys_supersedes_the_old_deployment_and_edits_the_comment() -> None:
     plan = plan_sync(observed(pr(head_sha=SHA2), app=deployed_app(SHA1)), SETTINGS, NOW)
-    assert kinds(plan) == ["PutOverlay", "ApplyApplication", "SetDeploymentStatus",
-                           "CreateDeployment", "UpsertComment", "RecordState"]
+    assert kinds(plan) == [
+        "PutOverlay",
+        "ApplyApplication",
+        "SetDeploymentStatus",
+        "CreateDeployment",
+        "UpsertComment",
+        "RecordState",
+    ]
     put, _, old, new, comment, _ = plan.actions
     assert isinstance(put, PutOverlay) and put.previous_blob is not None
     assert "sha-9f8e7d6c" in put.content
@@ -134,8 +163,11 @@ def test_push_redeploys_supersedes_the_old_deployment_and_edits_the_comment() ->
     [
         (AppStatus(sync="Synced", health="Healthy"), State.READY, "success"),
         (AppStatus(sync="Synced", health="Degraded"), State.FAILED, "failure"),
-        (AppStatus(sync="OutOfSync", health="Missing", operation_phase="Failed"), State.FAILED,
-         "failure"),
+        (
+            AppStatus(sync="OutOfSync", health="Missing", operation_phase="Failed"),
+            State.FAILED,
+            "failure",
+        ),
     ],
 )
 def test_argo_health_drives_comment_and_deployment_status(
@@ -153,12 +185,19 @@ def test_progressing_changes_nothing() -> None:
     assert plan_sync(observed(app=app), SETTINGS, NOW).actions == ()
 
 
-@pytest.mark.parametrize("change", [{"state": "closed"}, {"state": "closed", "merged": True},
-                                    {"labels": frozenset({"bug"})}])
+@pytest.mark.parametrize(
+    "change",
+    [{"state": "closed"}, {"state": "closed", "merged": True}, {"labels": frozenset({"bug"})}],
+)
 def test_close_or_unlabel_deletes_app_first_and_waits_for_it_to_go(change: dict[str, Any]) -> None:
     plan = plan_sync(observed(pr(**change), app=deployed_app()), SETTINGS, NOW)
-    assert kinds(plan) == ["DeleteApplication", "DeleteOverlay", "DeactivateDeployments",
-                           "Requeue", "RecordState"]
+    assert kinds(plan) == [
+        "DeleteApplication",
+        "DeleteOverlay",
+        "DeactivateDeployments",
+        "Requeue",
+        "RecordState",
+    ]
     delete, overlay, deactivate, requeue, record = plan.actions
     assert isinstance(delete, DeleteApplication) and delete.name == "dex-pr-42"
     assert isinstance(overlay, DeleteOverlay) and overlay.previous_blob is not None
@@ -177,8 +216,13 @@ def done_annotations(**extra: str) -> dict[str, str]:
 def test_app_gone_after_teardown_steps_only_says_destroyed() -> None:
     ann = done_annotations()
     comment = ObservedComment(99, ann[A_COMMENT_STATE], ann[A_COMMENT_FP])
-    obs = observed(pr(state="closed"), comment=comment, overlay_known=True, overlay_blob=None,
-                   deployments_done=True)
+    obs = observed(
+        pr(state="closed"),
+        comment=comment,
+        overlay_known=True,
+        overlay_blob=None,
+        deployments_done=True,
+    )
     plan = plan_sync(obs, SETTINGS, NOW)
     assert kinds(plan) == ["UpsertComment", "RecordState"]
     assert plan.state is State.DESTROYED
@@ -187,8 +231,9 @@ def test_app_gone_after_teardown_steps_only_says_destroyed() -> None:
 
 def test_restart_after_pending_comment_only_says_destroyed() -> None:
     pending = render_comment(SETTINGS, pr(state="closed"), State.TEARDOWN_PENDING, NOW)
-    obs = observed(pr(state="closed"), comment=ObservedComment(99, pending.state.value,
-                                                               pending.fingerprint))
+    obs = observed(
+        pr(state="closed"), comment=ObservedComment(99, pending.state.value, pending.fingerprint)
+    )
     plan = plan_sync(obs, SETTINGS, NOW)
     assert kinds(plan) == ["UpsertComment", "RecordState"]
 
@@ -196,8 +241,7 @@ def test_restart_after_pending_comment_only_says_destroyed() -> None:
 def test_restart_after_a_crash_mid_teardown_redoes_the_github_steps() -> None:
     obs = observed(pr(state="closed"), comment=ObservedComment(99, "ready", "x"))
     plan = plan_sync(obs, SETTINGS, NOW)
-    assert kinds(plan) == ["DeleteOverlay", "DeactivateDeployments", "UpsertComment",
-                           "RecordState"]
+    assert kinds(plan) == ["DeleteOverlay", "DeactivateDeployments", "UpsertComment", "RecordState"]
     overlay, deactivate = plan.actions[:2]
     assert isinstance(overlay, DeleteOverlay) and overlay.previous_blob is None
     assert isinstance(deactivate, DeactivateDeployments) and deactivate.known_id is None
@@ -209,8 +253,12 @@ def test_terminating_past_the_grace_says_pending_once() -> None:
     assert kinds(plan) == ["UpsertComment", "RecordState"]
     assert plan.state is State.TEARDOWN_PENDING
     text = plan.actions[0].text  # type: ignore[union-attr]
-    app2 = replace(app, annotations=done_annotations(
-        **{A_COMMENT_STATE: text.state.value, A_COMMENT_FP: text.fingerprint}))
+    app2 = replace(
+        app,
+        annotations=done_annotations(
+            **{A_COMMENT_STATE: text.state.value, A_COMMENT_FP: text.fingerprint}
+        ),
+    )
     assert plan_sync(observed(pr(state="closed"), app=app2), SETTINGS, NOW).actions == ()
 
 
@@ -250,10 +298,15 @@ def test_missing_base_fails_in_the_comment_without_a_commit() -> None:
     assert "infra/argocd/overlays/preview" in body and "missing" in body
 
 
-@pytest.mark.parametrize("app", [
-    ObservedApp("dex-pr-42", managed=False, terminating=False),
-    ObservedApp("dex-pr-42", managed=True, terminating=False, annotations={A_REPO: "other/repo"}),
-])
+@pytest.mark.parametrize(
+    "app",
+    [
+        ObservedApp("dex-pr-42", managed=False, terminating=False),
+        ObservedApp(
+            "dex-pr-42", managed=True, terminating=False, annotations={A_REPO: "other/repo"}
+        ),
+    ],
+)
 def test_an_application_not_ours_is_never_touched(app: ObservedApp) -> None:
     plan = plan_sync(observed(app=app), SETTINGS, NOW)
     assert all(isinstance(a, UpsertComment) for a in plan.actions)
@@ -281,8 +334,12 @@ def test_lost_annotations_write_with_unknown_sha_and_find_the_comment() -> None:
 
 
 def test_preview_host_patches_the_ingress_and_templates_apply() -> None:
-    settings = replace(SETTINGS, preview_host_template="pr-{number}.{repo}.example.org",
-                       app_name_template="{repo}-pr-{number}", image_tag_template="{sha}")
+    settings = replace(
+        SETTINGS,
+        preview_host_template="pr-{number}.{repo}.example.org",
+        app_name_template="{repo}-pr-{number}",
+        image_tag_template="{sha}",
+    )
     plan = plan_sync(observed(), settings, NOW)
     put = plan.actions[0]
     assert isinstance(put, PutOverlay)

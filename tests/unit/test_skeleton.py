@@ -14,9 +14,15 @@ from tests.rig.kustomize import build_and_validate
 SKELETON = Path(__file__).resolve().parents[2] / "bot" / "skeleton"
 SETTINGS = Settings(github_app_id=1, github_private_key="k", github_webhook_secret="s")
 PR = PullRequest(
-    repo="data-literate/DEX", number=42, state="open", merged=False,
-    labels=frozenset({"preview"}), head_sha="1a2b3c4d" + "e" * 32, head_repo="data-literate/DEX",
-    default_branch="main", html_url="https://github.com/data-literate/DEX/pull/42",
+    repo="data-literate/DEX",
+    number=42,
+    state="open",
+    merged=False,
+    labels=frozenset({"preview"}),
+    head_sha="1a2b3c4d" + "e" * 32,
+    head_repo="data-literate/DEX",
+    default_branch="main",
+    html_url="https://github.com/data-literate/DEX/pull/42",
     repo_html_url="https://github.com/data-literate/DEX",
 )
 
@@ -57,8 +63,22 @@ def test_render_command_output_builds_against_a_dex_tree(tmp_path: Path) -> None
 
     sha = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d"
     done = subprocess.run(
-        [sys.executable, "-m", "bot", "render", "--repo", "data-literate/DEX", "--pr", "42",
-         "--sha", sha], capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "render",
+            "--repo",
+            "data-literate/DEX",
+            "--pr",
+            "42",
+            "--sha",
+            sha,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={"PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
@@ -71,8 +91,12 @@ def test_render_command_output_builds_against_a_dex_tree(tmp_path: Path) -> None
     target.mkdir(parents=True)
     (target / "kustomization.yaml").write_text(overlay)
     objs = build_and_validate(target)
-    images = [c["image"] for o in objs if o["kind"] == "Deployment"
-              for c in o["spec"]["template"]["spec"]["containers"]]
+    images = [
+        c["image"]
+        for o in objs
+        if o["kind"] == "Deployment"
+        for c in o["spec"]["template"]["spec"]["containers"]
+    ]
     assert images == ["ghcr.io/data-literate/dex:sha-1a2b3c4d"]
 
 
@@ -82,7 +106,11 @@ def test_render_refuses_a_bad_sha_with_exit_2() -> None:
 
     done = subprocess.run(
         [sys.executable, "-m", "bot", "render", "--repo", "o/r", "--pr", "1", "--sha", "abc"],
-        capture_output=True, text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 2
     assert "--sha: expected the 40-hex-digit commit SHA" in done.stderr

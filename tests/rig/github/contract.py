@@ -78,23 +78,32 @@ class _Request:
 
     host_url = HOST_URL
 
-    def __init__(self, method: str, route: str, path_params: Mapping[str, str],
-                 query: MultiMapping[str], headers: Mapping[str, str],
-                 body: bytes | None, content_type: str) -> None:
+    def __init__(
+        self,
+        method: str,
+        route: str,
+        path_params: Mapping[str, str],
+        query: MultiMapping[str],
+        headers: Mapping[str, str],
+        body: bytes | None,
+        content_type: str,
+    ) -> None:
         self.method = method.lower()
         self.path_pattern = route
         # The finder joins host_url with path_pattern; `/` inside values is percent-encoded so
         # the concrete path has one segment per parameter, as GitHub's router sees it.
         self.path = route.format_map({k: quote(v, safe="") for k, v in path_params.items()})
-        self.parameters = RequestParameters(query=query, header=headers, cookie=MultiDict(),
-                                            path=dict(path_params))
+        self.parameters = RequestParameters(
+            query=query, header=headers, cookie=MultiDict(), path=dict(path_params)
+        )
         self.body = body
         self.content_type = content_type
 
 
 class _Response:
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes,
-                 content_type: str) -> None:
+    def __init__(
+        self, status: int, headers: Mapping[str, str], body: bytes, content_type: str
+    ) -> None:
         self.status_code = status
         self.headers = headers
         self.data = body
@@ -124,8 +133,9 @@ def _prune(spec: dict[str, Any], routes: Iterable[tuple[str, str]]) -> dict[str,
         if item is None:
             raise KeyError(f"{route} is not in GitHub's OpenAPI description")
         paths[route] = {k: v for k, v in item.items() if k in methods or k == "parameters"}
-    pruned: dict[str, Any] = {k: v for k, v in spec.items() if k not in ("paths", "components",
-                                                                          "webhooks")}
+    pruned: dict[str, Any] = {
+        k: v for k, v in spec.items() if k not in ("paths", "components", "webhooks")
+    }
     pruned["paths"] = paths
     components: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
@@ -188,8 +198,11 @@ def apply_errata(spec: dict[str, Any]) -> list[str]:
     #    while the run is queued/in progress): OpenAPI 3.0.3 says enum wins, so add null.
     count = 0
     for node in _walk(spec["components"]):
-        if node.get("nullable") is True and isinstance(node.get("enum"), list) \
-                and None not in node["enum"]:
+        if (
+            node.get("nullable") is True
+            and isinstance(node.get("enum"), list)
+            and None not in node["enum"]
+        ):
             node["enum"].append(None)
             count += 1
     if count:
@@ -197,8 +210,10 @@ def apply_errata(spec: dict[str, Any]) -> list[str]:
 
     # 4. oneOf[basic-error, repository-rule-violation-error]: both are all-optional objects, so
     #    every error body matches both and oneOf fails. GitHub means anyOf.
-    pair = {"#/components/schemas/basic-error",
-            "#/components/schemas/repository-rule-violation-error"}
+    pair = {
+        "#/components/schemas/basic-error",
+        "#/components/schemas/repository-rule-violation-error",
+    }
     count = 0
     for node in _walk(spec):
         one_of = node.get("oneOf")
@@ -262,9 +277,11 @@ class _SharedFormatChecker(SchemaValidatorsFactory):
     """openapi-core deep-copies its format checker for every schema it validates (a third of
     a request check) so callers may add formats; nothing here does, so share one."""
 
-    def get_format_checker(self, format_validators: FormatValidatorsDict | None = None,
-                           extra_format_validators: FormatValidatorsDict | None = None
-                           ) -> FormatChecker:
+    def get_format_checker(
+        self,
+        format_validators: FormatValidatorsDict | None = None,
+        extra_format_validators: FormatValidatorsDict | None = None,
+    ) -> FormatChecker:
         if format_validators is None and extra_format_validators is None:
             return self.format_checker
         return super().get_format_checker(format_validators, extra_format_validators)
@@ -298,9 +315,14 @@ class ContractChecker:
         inline_refs(spec)
         self.spec = spec
         # The full-spec validation takes ~18 s and this description is known to be valid.
-        self.openapi = OpenAPI.from_dict(spec, config=Config(
-            spec_validator_cls=None, request_validator_cls=_RequestValidator,
-            response_validator_cls=_ResponseValidator))
+        self.openapi = OpenAPI.from_dict(
+            spec,
+            config=Config(
+                spec_validator_cls=None,
+                request_validator_cls=_RequestValidator,
+                response_validator_cls=_ResponseValidator,
+            ),
+        )
         self.stats = ContractStats()
         self._results: dict[tuple[Any, ...], list[str]] = {}
         self.stats.load_seconds = time.perf_counter() - started
@@ -327,34 +349,63 @@ class ContractChecker:
         url: str = docs.get("url", DOCS)
         return url
 
-    def check_request(self, method: str, route: str, path_params: Mapping[str, str],
-                      query: MultiMapping[str], headers: Mapping[str, str],
-                      body: bytes | None, content_type: str) -> list[str]:
+    def check_request(
+        self,
+        method: str,
+        route: str,
+        path_params: Mapping[str, str],
+        query: MultiMapping[str],
+        headers: Mapping[str, str],
+        body: bytes | None,
+        content_type: str,
+    ) -> list[str]:
         """Messages for everything wrong with the request ([] when it follows the contract)."""
-        key = ("request", method, route, tuple(sorted(path_params.items())),
-               tuple(sorted(query.items())), content_type, _digest(body or b""))
+        key = (
+            "request",
+            method,
+            route,
+            tuple(sorted(path_params.items())),
+            tuple(sorted(query.items())),
+            content_type,
+            _digest(body or b""),
+        )
         cached = self._cached(key)
         if cached is not None:
             return cached
         started = time.perf_counter()
-        request = _Request(method, route, path_params, query, CIMultiDict(headers),
-                           body or None, content_type)
+        request = _Request(
+            method, route, path_params, query, CIMultiDict(headers), body or None, content_type
+        )
         errors = [_describe(e) for e in self.openapi.iter_request_errors(request)]
         self.stats.requests_checked += 1
         self.stats.seconds += time.perf_counter() - started
         self._remember(key, errors)
         return errors
 
-    def check_response(self, method: str, route: str, path_params: Mapping[str, str],
-                       status: int, headers: Mapping[str, str], body: bytes,
-                       content_type: str) -> list[str] | None:
+    def check_response(
+        self,
+        method: str,
+        route: str,
+        path_params: Mapping[str, str],
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        content_type: str,
+    ) -> list[str] | None:
         """Messages for everything wrong with the response; None when it cannot be checked."""
         if not self.documented(method, route, status):
             self.skip(f"{status} not documented")
             return None
         # Header values (Link, Location, ...) differ per page but are only type-checked.
-        key = ("response", method, route, status, content_type,
-               tuple(sorted(k.lower() for k in headers)), _digest(body))
+        key = (
+            "response",
+            method,
+            route,
+            status,
+            content_type,
+            tuple(sorted(k.lower() for k in headers)),
+            _digest(body),
+        )
         cached = self._cached(key)
         if cached is not None:
             return cached

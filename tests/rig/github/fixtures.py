@@ -24,8 +24,10 @@ async def github_server() -> AsyncIterator[FakeGitHub]:
     _SESSION["fake"] = fake
     _SESSION["startup"] = elapsed
     load = fake.contract_stats.load_seconds if fake.contract_stats else 0.0
-    print(f"\n[github fake] {fake.url} started in {elapsed:.2f} s "
-          f"(OpenAPI contract loaded in {load:.2f} s)")
+    print(
+        f"\n[github fake] {fake.url} started in {elapsed:.2f} s "
+        f"(OpenAPI contract loaded in {load:.2f} s)"
+    )
     yield fake
     await fake.stop()
 
@@ -38,8 +40,9 @@ def github(github_server: FakeGitHub) -> Iterator[FakeGitHub]:
     yield github_server
     problems = github_server.problems()
     if problems:
-        pytest.fail("the GitHub fake saw problems in this test:\n  " + "\n  ".join(problems),
-                    pytrace=False)
+        pytest.fail(
+            "the GitHub fake saw problems in this test:\n  " + "\n  ".join(problems), pytrace=False
+        )
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -57,8 +60,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     stats = fake.contract_stats
     if stats is not None:
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(stats.skipped_reasons.items()))
-        line += (f"; contract checks: {stats.requests_checked} requests + "
-                 f"{stats.responses_checked} responses validated, {stats.ms_per_check:.1f} ms "
-                 f"per validation, {stats.cache_hits} repeats answered from cache"
-                 f"; {stats.responses_skipped} responses not checkable ({skipped or 'none'})")
+        line += (
+            f"; contract checks: {stats.requests_checked} requests + "
+            f"{stats.responses_checked} responses validated, {stats.ms_per_check:.1f} ms "
+            f"per validation, {stats.cache_hits} repeats answered from cache"
+            f"; {stats.responses_skipped} responses not checkable ({skipped or 'none'})"
+        )
     terminalreporter.write_line(line)

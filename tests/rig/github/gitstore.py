@@ -97,8 +97,13 @@ class GitStore:
         self._mktree_cache: dict[tuple[tuple[str, str, str, str], ...], str] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _git(self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def _git(
+        self,
+        *args: str,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
         full_env = dict(_GIT_ENV)
         if env:
             full_env.update(env)
@@ -113,8 +118,9 @@ class GitStore:
             raise GitError(f"git {' '.join(args)}: {done.stderr.decode(errors='replace').strip()}")
         return done
 
-    def _out(self, *args: str, stdin: bytes | None = None,
-             env: Mapping[str, str] | None = None) -> str:
+    def _out(
+        self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None
+    ) -> str:
         return self._git(*args, stdin=stdin, env=env).stdout.decode().strip()
 
     # -- objects ----------------------------------------------------------------------------
@@ -165,8 +171,9 @@ class GitStore:
         raw = self._git("ls-tree", "-z", "-l", "-r", "-t", sha).stdout
         return _parse_ls_tree(raw)
 
-    def commit_tree(self, tree: str, parents: Iterable[str], message: str,
-                    author: Person, committer: Person) -> str:
+    def commit_tree(
+        self, tree: str, parents: Iterable[str], message: str, author: Person, committer: Person
+    ) -> str:
         args = ["commit-tree", tree]
         for parent in parents:
             args += ["-p", parent]
@@ -225,8 +232,9 @@ class GitStore:
 
     def changed_paths(self, sha: str) -> dict[str, str]:
         """Paths a commit changed against its first parent: path -> A/M/D."""
-        out = self._git("diff-tree", "--root", "--no-commit-id", "-r", "-z", "--name-status",
-                        sha).stdout.decode()
+        out = self._git(
+            "diff-tree", "--root", "--no-commit-id", "-r", "-z", "--name-status", sha
+        ).stdout.decode()
         parts = [p for p in out.split("\0") if p]
         return {parts[i + 1]: parts[i][0] for i in range(0, len(parts) - 1, 2)}
 
@@ -261,8 +269,9 @@ class GitStore:
         result = self._edit(base, split)
         return result if result is not None else self.mktree([])
 
-    def _edit(self, base: str | None,
-              changes: Mapping[tuple[str, ...], TreeEntry | None]) -> str | None:
+    def _edit(
+        self, base: str | None, changes: Mapping[tuple[str, ...], TreeEntry | None]
+    ) -> str | None:
         entries = {e.path: e for e in self.read_tree(base)} if base else {}
         nested: dict[str, dict[tuple[str, ...], TreeEntry | None]] = {}
         for parts, entry in changes.items():
@@ -289,8 +298,11 @@ class GitStore:
 
     def files(self, tree: str) -> dict[str, bytes]:
         """Every blob below a tree: path -> content."""
-        return {e.path: self.read_blob(e.sha) for e in self.read_tree_recursive(tree)
-                if e.type == "blob"}
+        return {
+            e.path: self.read_blob(e.sha)
+            for e in self.read_tree_recursive(tree)
+            if e.type == "blob"
+        }
 
     # -- refs -------------------------------------------------------------------------------
     def set_ref(self, ref: str, sha: str) -> None:

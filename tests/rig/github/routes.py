@@ -36,8 +36,14 @@ JSON = dict[str, Any]
 class GitHubError(Exception):
     """An error answer in GitHub's shape: {"message", "documentation_url", "status", "errors"?}."""
 
-    def __init__(self, status: int, message: str, *, errors: list[Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        errors: list[Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -109,8 +115,7 @@ class Call:
         except ValueError:
             raise not_found() from None
 
-    def page(self, items: list[Any], *, key: str | None = None,
-             extra: JSON | None = None) -> Reply:
+    def page(self, items: list[Any], *, key: str | None = None, extra: JSON | None = None) -> Reply:
         """One page of `items` (per_page/page) with GitHub's Link header."""
         return self.fake.paginate(self, items, key=key, extra=extra)
 
@@ -146,11 +151,13 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile(f"^{pattern}$")
 
 
-def route(method: str, template: str, *, auth: str = "installation",
-          permission: tuple[str, ...] = ()) -> Callable[[Handler], Handler]:
+def route(
+    method: str, template: str, *, auth: str = "installation", permission: tuple[str, ...] = ()
+) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         ROUTES.append(Route(method, template, fn, auth, permission, _compile(template)))
         return fn
+
     return register
 
 
@@ -204,16 +211,20 @@ def create_token(call: Call) -> Reply:
         asked: dict[str, str] = data["permissions"]
         for name, level in asked.items():
             if levels.get(level, 0) > levels.get(inst.permissions.get(name, ""), 0):
-                raise GitHubError(422, "The permissions requested are not granted to this "
-                                       "installation.")
+                raise GitHubError(
+                    422, "The permissions requested are not granted to this installation."
+                )
         permissions = dict(asked)
     repos: frozenset[str] | None = None
     names = data.get("repositories")
     if names:
         full = {f"{inst.account.login}/{n}".lower() for n in names}
         if not all(inst.covers(n) and n in fake.repos for n in full):
-            raise GitHubError(422, "There is at least one repository that does not exist or is "
-                                   "not accessible to the parent installation.")
+            raise GitHubError(
+                422,
+                "There is at least one repository that does not exist or is "
+                "not accessible to the parent installation.",
+            )
         repos = frozenset(full)
     token = fake.issue_token(inst, permissions, repos)
     body: JSON = {
@@ -262,8 +273,9 @@ def get_content(call: Call) -> Reply:
     shapes = fake.shapes
     if entry.type == "tree":
         listing = [
-            shapes.content_entry(repo, ref, f"{path}/{e.path}".strip("/"), _content_kind(e),
-                                 e.sha, e.size or 0)
+            shapes.content_entry(
+                repo, ref, f"{path}/{e.path}".strip("/"), _content_kind(e), e.sha, e.size or 0
+            )
             for e in store.read_tree(entry.sha)
         ]
         if "object" in call.headers.get("accept", ""):
@@ -298,13 +310,17 @@ def _person_from(call: Call, data: JSON, key: str) -> Any:
     return None
 
 
-def _file_commit(call: Call, branch: str, commit: str, path: str, blob: str | None,
-                 size: int) -> JSON:
+def _file_commit(
+    call: Call, branch: str, commit: str, path: str, blob: str | None, size: int
+) -> JSON:
     fake, repo = call.fake, call.repo
     c = repo.store.read_commit(commit)
     git = fake.shapes.git_commit(repo, c)
-    content = (fake.shapes.content_entry(repo, branch, path, "file", blob, size)
-               if blob is not None else None)
+    content = (
+        fake.shapes.content_entry(repo, branch, path, "file", blob, size)
+        if blob is not None
+        else None
+    )
     return {"content": content, "commit": git}
 
 
@@ -333,8 +349,15 @@ def put_content(call: Call) -> Reply:
         raise GitHubError(409, f"{path} does not match {sha}")
     author = _person_from(call, data, "author")
     committer = _person_from(call, data, "committer")
-    commit, blob = fake.commit_change(repo, branch, {path: content}, data.get("message", ""),
-                                      author=author, committer=committer, parent=head)
+    commit, blob = fake.commit_change(
+        repo,
+        branch,
+        {path: content},
+        data.get("message", ""),
+        author=author,
+        committer=committer,
+        parent=head,
+    )
     status = 200 if existing is not None else 201
     return Reply(status, _file_commit(call, branch, commit, path, blob[path], len(content)))
 
@@ -356,9 +379,15 @@ def delete_content(call: Call) -> Reply:
         raise GitHubError(422, 'Invalid request.\n\n"sha" wasn\'t supplied.')
     if existing.sha != sha:
         raise GitHubError(409, f"{path} does not match {sha}")
-    commit, _ = fake.commit_change(repo, branch, {path: None}, data.get("message", ""),
-                                   author=_person_from(call, data, "author"),
-                                   committer=_person_from(call, data, "committer"), parent=head)
+    commit, _ = fake.commit_change(
+        repo,
+        branch,
+        {path: None},
+        data.get("message", ""),
+        author=_person_from(call, data, "author"),
+        committer=_person_from(call, data, "committer"),
+        parent=head,
+    )
     return Reply(200, _file_commit(call, branch, commit, path, None, 0))
 
 
@@ -388,12 +417,18 @@ def get_ref(call: Call) -> Reply:
 def matching_refs(call: Call) -> Reply:
     repo = call.repo
     prefix = _full_ref(call.params["ref"])
-    refs = sorted(r for r in repo.store.refs if r.startswith(prefix)
-                  and not r.startswith("refs/pull/"))
+    refs = sorted(
+        r for r in repo.store.refs if r.startswith(prefix) and not r.startswith("refs/pull/")
+    )
     shapes = call.fake.shapes
-    return Reply(body=[shapes.git_ref(repo, r, repo.store.refs[r],
-                                      repo.store.object_type(repo.store.refs[r]) or "commit")
-                       for r in refs])
+    return Reply(
+        body=[
+            shapes.git_ref(
+                repo, r, repo.store.refs[r], repo.store.object_type(repo.store.refs[r]) or "commit"
+            )
+            for r in refs
+        ]
+    )
 
 
 @route("POST", R + "/git/refs", permission=CONTENTS)
@@ -402,8 +437,9 @@ def create_ref(call: Call) -> Reply:
     data = call.data()
     ref, sha = data.get("ref", ""), data.get("sha", "")
     if not ref.startswith("refs/") or ref.count("/") < 2:
-        raise GitHubError(422, "Reference name must start with 'refs/' and have at least two "
-                               "slashes.")
+        raise GitHubError(
+            422, "Reference name must start with 'refs/' and have at least two slashes."
+        )
     if ref in repo.store.refs:
         raise GitHubError(422, "Reference already exists")
     if repo.store.object_type(sha) is None:
@@ -469,14 +505,16 @@ def get_blob(call: Call) -> Reply:
         raise not_found()
     raw = repo.store.read_blob(sha)
     shapes = call.fake.shapes
-    return Reply(body={
-        "sha": sha,
-        "node_id": node_id("Blob", f"{repo.id}:{sha}"),
-        "size": len(raw),
-        "url": f"{shapes.repo_url(repo)}/git/blobs/{sha}",
-        "content": b64_lines(raw),
-        "encoding": "base64",
-    })
+    return Reply(
+        body={
+            "sha": sha,
+            "node_id": node_id("Blob", f"{repo.id}:{sha}"),
+            "size": len(raw),
+            "url": f"{shapes.repo_url(repo)}/git/blobs/{sha}",
+            "content": b64_lines(raw),
+            "encoding": "base64",
+        }
+    )
 
 
 def _tree_body(call: Call, sha: str, recursive: bool) -> JSON:
@@ -512,8 +550,13 @@ def get_tree(call: Call) -> Reply:
     return Reply(body=_tree_body(call, sha, "recursive" in call.query))
 
 
-_MODES = {"100644": "blob", "100755": "blob", "120000": "blob", "040000": "tree",
-          "160000": "commit"}
+_MODES = {
+    "100644": "blob",
+    "100755": "blob",
+    "120000": "blob",
+    "040000": "tree",
+    "160000": "commit",
+}
 
 
 @route("POST", R + "/git/trees", permission=CONTENTS)
@@ -535,11 +578,15 @@ def create_tree(call: Call) -> Reply:
             raise GitHubError(422, f"tree.path contains a malformed path component: {path!r}")
         has_sha, has_content = "sha" in item, "content" in item
         if has_sha and has_content:
-            raise GitHubError(422, "Must supply either tree.sha or tree.content. Request will "
-                                   "be rejected if both are present.")
+            raise GitHubError(
+                422,
+                "Must supply either tree.sha or tree.content. Request will "
+                "be rejected if both are present.",
+            )
         if has_content:
-            changes[path] = TreeEntry(mode, "blob", store.write_blob(item["content"].encode()),
-                                      path)
+            changes[path] = TreeEntry(
+                mode, "blob", store.write_blob(item["content"].encode()), path
+            )
         elif item.get("sha") is None:
             if base is None:
                 raise GitHubError(422, f"tree.{i}.sha: null is only allowed with base_tree")
@@ -607,13 +654,17 @@ def list_pulls(call: Call) -> Reply:
     pulls = [p for p in call.repo.pulls.values() if state == "all" or p.state == state]
     if "head" in q:
         owner, _, ref = q["head"].partition(":")
-        pulls = [p for p in pulls if p.head_repo.owner.login.lower() == owner.lower()
-                 and (not ref or p.head_ref == ref)]
+        pulls = [
+            p
+            for p in pulls
+            if p.head_repo.owner.login.lower() == owner.lower() and (not ref or p.head_ref == ref)
+        ]
     if "base" in q:
         pulls = [p for p in pulls if p.base_ref == q["base"]]
     sort = q.get("sort", "created")
-    key: Callable[[Pull], Any] = (lambda p: p.updated_at) if sort == "updated" else (
-        lambda p: (p.created_at, p.number))
+    key: Callable[[Pull], Any] = (
+        (lambda p: p.updated_at) if sort == "updated" else (lambda p: (p.created_at, p.number))
+    )
     direction = q.get("direction", "desc")
     pulls.sort(key=key, reverse=direction == "desc")
     return call.page([call.fake.shapes.pull(p, simple=True) for p in pulls])
@@ -632,8 +683,9 @@ def _issue_number(call: Call) -> int:
 @route("GET", R + "/issues/{issue_number}/comments", permission=ISSUES)
 def list_comments(call: Call) -> Reply:
     number = _issue_number(call)
-    comments = sorted((c for c in call.repo.comments.values() if c.number == number),
-                      key=lambda c: c.id)
+    comments = sorted(
+        (c for c in call.repo.comments.values() if c.number == number), key=lambda c: c.id
+    )
     since = call.query.get("since")
     if since:
         comments = [c for c in comments if (iso(c.updated_at) or "") >= since]
@@ -646,15 +698,32 @@ def create_comment(call: Call) -> Reply:
     number = _issue_number(call)
     body = call.data().get("body")
     if not isinstance(body, str) or not body:
-        raise GitHubError(422, "Validation Failed",
-                          errors=[{"resource": "IssueComment", "code": "missing_field",
-                                   "field": "body"}])
+        raise GitHubError(
+            422,
+            "Validation Failed",
+            errors=[{"resource": "IssueComment", "code": "missing_field", "field": "body"}],
+        )
     if len(body) > 65536:
-        raise GitHubError(422, "Validation Failed",
-                          errors=[{"resource": "IssueComment", "code": "custom", "field": "body",
-                                   "message": "body is too long (maximum is 65536 characters)"}])
-    comment = fake.add_comment(repo.owner.login, repo.name, number, body,
-                               user=fake.actor(call).login, via_app=call.token is not None)
+        raise GitHubError(
+            422,
+            "Validation Failed",
+            errors=[
+                {
+                    "resource": "IssueComment",
+                    "code": "custom",
+                    "field": "body",
+                    "message": "body is too long (maximum is 65536 characters)",
+                }
+            ],
+        )
+    comment = fake.add_comment(
+        repo.owner.login,
+        repo.name,
+        number,
+        body,
+        user=fake.actor(call).login,
+        via_app=call.token is not None,
+    )
     shape = fake.shapes.comment(repo, comment)
     return Reply(201, shape, headers={"Location": shape["url"]})
 
@@ -676,13 +745,24 @@ def update_comment(call: Call) -> Reply:
     comment = _comment(call)
     body = call.data().get("body")
     if not isinstance(body, str) or not body:
-        raise GitHubError(422, "Validation Failed",
-                          errors=[{"resource": "IssueComment", "code": "missing_field",
-                                   "field": "body"}])
+        raise GitHubError(
+            422,
+            "Validation Failed",
+            errors=[{"resource": "IssueComment", "code": "missing_field", "field": "body"}],
+        )
     if len(body) > 65536:
-        raise GitHubError(422, "Validation Failed",
-                          errors=[{"resource": "IssueComment", "code": "custom", "field": "body",
-                                   "message": "body is too long (maximum is 65536 characters)"}])
+        raise GitHubError(
+            422,
+            "Validation Failed",
+            errors=[
+                {
+                    "resource": "IssueComment",
+                    "code": "custom",
+                    "field": "body",
+                    "message": "body is too long (maximum is 65536 characters)",
+                }
+            ],
+        )
     comment.body = body
     comment.updated_at = call.fake.now()
     return Reply(body=call.fake.shapes.comment(call.repo, comment))
@@ -786,21 +866,29 @@ def create_deployment(call: Call) -> Reply:
                 raise GitHubError(409, f"Conflict merging {repo.default_branch} into {ref}.")
             person = fake.actor_person(call)
             merged = repo.store.commit_tree(
-                tree, [sha, default_sha], f"Merge {repo.default_branch} into {ref}", person,
-                person)
+                tree, [sha, default_sha], f"Merge {repo.default_branch} into {ref}", person, person
+            )
             fake.move_ref(repo, branch, merged)
-            return Reply(202, {"message": f"Auto-merged {repo.default_branch} into {ref} on "
-                                          "deployment."})
+            return Reply(
+                202, {"message": f"Auto-merged {repo.default_branch} into {ref} on deployment."}
+            )
     required = data.get("required_contexts")
     contexts = fake.commit_contexts(repo, sha)
     check = contexts if required is None else {c: contexts.get(c) for c in required}
     # Only `success` passes: a pending, skipped or missing context fails the deployment.
     if any(state != "success" for state in check.values()):
-        raise GitHubError(409, f"Conflict: Commit status checks failed for {ref}.",
-                          errors=[{"contexts": [{"context": c, "state": s or "missing"}
-                                                for c, s in check.items()],
-                                   "resource": "Deployment", "field": "required_contexts",
-                                   "code": "invalid"}])
+        raise GitHubError(
+            409,
+            f"Conflict: Commit status checks failed for {ref}.",
+            errors=[
+                {
+                    "contexts": [{"context": c, "state": s or "missing"} for c, s in check.items()],
+                    "resource": "Deployment",
+                    "field": "required_contexts",
+                    "code": "invalid",
+                }
+            ],
+        )
     environment = data.get("environment") or "production"
     now = fake.now()
     payload = data.get("payload", {})
@@ -809,13 +897,21 @@ def create_deployment(call: Call) -> Reply:
         with contextlib.suppress(ValueError):
             payload = json.loads(payload)
     deployment = Deployment(
-        id=fake.next_id("deployment"), sha=sha, ref=ref, task=data.get("task") or "deploy",
-        payload=payload if payload != "" else {}, environment=environment,
-        original_environment=environment, description=data.get("description") or "",
-        creator=fake.actor(call), created_at=now, updated_at=now,
+        id=fake.next_id("deployment"),
+        sha=sha,
+        ref=ref,
+        task=data.get("task") or "deploy",
+        payload=payload if payload != "" else {},
+        environment=environment,
+        original_environment=environment,
+        description=data.get("description") or "",
+        creator=fake.actor(call),
+        created_at=now,
+        updated_at=now,
         transient_environment=bool(data.get("transient_environment", False)),
-        production_environment=bool(data.get("production_environment",
-                                              environment == "production")),
+        production_environment=bool(
+            data.get("production_environment", environment == "production")
+        ),
         via_app=call.token is not None,
     )
     repo.deployments[deployment.id] = deployment
@@ -849,11 +945,15 @@ def get_deployment(call: Call) -> Reply:
 def delete_deployment(call: Call) -> Reply:
     repo = call.repo
     d = _deployment(call)
-    others = [o for o in repo.deployments.values() if o.environment == d.environment
-              and o.id != d.id]
+    others = [
+        o for o in repo.deployments.values() if o.environment == d.environment and o.id != d.id
+    ]
     if d.latest_state != "inactive" and others:
-        raise GitHubError(422, "We cannot delete an active deployment unless it is the only "
-                               "deployment in a given environment.")
+        raise GitHubError(
+            422,
+            "We cannot delete an active deployment unless it is the only "
+            "deployment in a given environment.",
+        )
     del repo.deployments[d.id]
     return Reply(204)
 
@@ -865,11 +965,18 @@ def create_deployment_status(call: Call) -> Reply:
     data = call.data()
     state = data.get("state", "")
     status = fake.add_deployment_status(
-        repo, d, state, creator=fake.actor(call), via_app=call.token is not None,
-        description=data.get("description") or "", environment=data.get("environment"),
-        target_url=data.get("target_url"), log_url=data.get("log_url"),
+        repo,
+        d,
+        state,
+        creator=fake.actor(call),
+        via_app=call.token is not None,
+        description=data.get("description") or "",
+        environment=data.get("environment"),
+        target_url=data.get("target_url"),
+        log_url=data.get("log_url"),
         environment_url=data.get("environment_url"),
-        auto_inactive=bool(data.get("auto_inactive", True)))
+        auto_inactive=bool(data.get("auto_inactive", True)),
+    )
     shape = fake.shapes.deployment_status(repo, d, status)
     return Reply(201, shape, headers={"Location": shape["url"]})
 
@@ -881,8 +988,7 @@ def list_deployment_statuses(call: Call) -> Reply:
     return call.page([shapes.deployment_status(call.repo, d, s) for s in reversed(d.statuses)])
 
 
-@route("GET", R + "/deployments/{deployment_id}/statuses/{status_id}",
-       permission=("deployments",))
+@route("GET", R + "/deployments/{deployment_id}/statuses/{status_id}", permission=("deployments",))
 def get_deployment_status(call: Call) -> Reply:
     d = _deployment(call)
     wanted = call.int_param("status_id")
@@ -913,8 +1019,9 @@ def _apply_check_fields(call: Call, run: CheckRun, data: JSON) -> None:
         run.completed_at = fake.parse_time(data["completed_at"])
     if run.status == "completed":
         if run.conclusion is None:
-            raise GitHubError(422, "Invalid request.\n\nWhen the status is completed, the "
-                                   "conclusion is required.")
+            raise GitHubError(
+                422, "Invalid request.\n\nWhen the status is completed, the conclusion is required."
+            )
         run.completed_at = run.completed_at or fake.now()
 
 
@@ -926,10 +1033,20 @@ def create_check_run(call: Call) -> Reply:
     if not SHA_RE.match(head_sha) or repo.store.object_type(head_sha) != "commit":
         raise GitHubError(422, f"No commit found for SHA: {head_sha}")
     now = fake.now()
-    run = CheckRun(id=fake.next_id("check_run"), head_sha=head_sha, name=data.get("name", ""),
-                   status="queued", conclusion=None, started_at=now, completed_at=None,
-                   details_url=None, external_id=None, output={},
-                   check_suite_id=fake.check_suite_id(repo, head_sha), created_at=now)
+    run = CheckRun(
+        id=fake.next_id("check_run"),
+        head_sha=head_sha,
+        name=data.get("name", ""),
+        status="queued",
+        conclusion=None,
+        started_at=now,
+        completed_at=None,
+        details_url=None,
+        external_id=None,
+        output={},
+        check_suite_id=fake.check_suite_id(repo, head_sha),
+        created_at=now,
+    )
     _apply_check_fields(call, run, {k: v for k, v in data.items() if k != "name"})
     repo.check_runs[run.id] = run
     shape = fake.shapes.check_run(repo, run)
@@ -962,8 +1079,9 @@ def list_check_runs(call: Call) -> Reply:
     if sha is None:
         raise GitHubError(422, f"No commit found for SHA: {call.params['ref']}")
     q = call.query
-    runs = sorted((r for r in repo.check_runs.values() if r.head_sha == sha),
-                  key=lambda r: r.id, reverse=True)
+    runs = sorted(
+        (r for r in repo.check_runs.values() if r.head_sha == sha), key=lambda r: r.id, reverse=True
+    )
     if q.get("check_name"):
         runs = [r for r in runs if r.name == q["check_name"]]
     if q.get("status"):
@@ -988,10 +1106,17 @@ def create_status(call: Call) -> Reply:
         raise GitHubError(422, f"No commit found for SHA: {sha}")
     data = call.data()
     now = fake.now()
-    status = CommitStatus(id=fake.next_id("status"), sha=sha, state=data.get("state", ""),
-                          target_url=data.get("target_url"), description=data.get("description"),
-                          context=data.get("context") or "default", creator=fake.actor(call),
-                          created_at=now, updated_at=now)
+    status = CommitStatus(
+        id=fake.next_id("status"),
+        sha=sha,
+        state=data.get("state", ""),
+        target_url=data.get("target_url"),
+        description=data.get("description"),
+        context=data.get("context") or "default",
+        creator=fake.actor(call),
+        created_at=now,
+        updated_at=now,
+    )
     repo.statuses.append(status)
     shape = fake.shapes.commit_status(repo, status)
     return Reply(201, shape, headers={"Location": shape["url"]})
@@ -1015,22 +1140,37 @@ def combined_status(call: Call) -> Reply:
     else:
         state = "success"
     base = fake.shapes.repo_url(repo)
-    return Reply(body={
-        "state": state,
-        "statuses": [{k: v for k, v in fake.shapes.commit_status(repo, s).items()
-                      if k != "creator"} | {"required": False} for s in latest.values()],
-        "sha": sha,
-        "total_count": len(latest),
-        "repository": _minimal_repository(call, repo),
-        "commit_url": f"{base}/commits/{sha}",
-        "url": f"{base}/commits/{sha}/status",
-    })
+    return Reply(
+        body={
+            "state": state,
+            "statuses": [
+                {k: v for k, v in fake.shapes.commit_status(repo, s).items() if k != "creator"}
+                | {"required": False}
+                for s in latest.values()
+            ],
+            "sha": sha,
+            "total_count": len(latest),
+            "repository": _minimal_repository(call, repo),
+            "commit_url": f"{base}/commits/{sha}",
+            "url": f"{base}/commits/{sha}/status",
+        }
+    )
 
 
 def _minimal_repository(call: Call, repo: Repo) -> JSON:
     full = call.fake.shapes.repository(repo)
-    keys = ("id", "node_id", "name", "full_name", "owner", "private", "html_url", "description",
-            "fork", "url")
+    keys = (
+        "id",
+        "node_id",
+        "name",
+        "full_name",
+        "owner",
+        "private",
+        "html_url",
+        "description",
+        "fork",
+        "url",
+    )
     minimal = {k: full[k] for k in keys}
     minimal.update({k: v for k, v in full.items() if k.endswith("_url")})
     return minimal

@@ -66,7 +66,7 @@ _FAULT_MESSAGES = {
     409: "Conflict",
     422: "Validation Failed",
     429: "You have exceeded a secondary rate limit. Please wait a few minutes before you try "
-         "again.",
+    "again.",
     500: "Server Error",
     502: "Server Error",
     503: "Service Unavailable",
@@ -81,23 +81,37 @@ class FakeGitHub:
     HTTP API the bot calls; both paths share the same internals so they cannot drift apart.
     """
 
-    def __init__(self, *, app_slug: str = "preview-bot", token_lifetime: float = 3600.0,
-                 contract: ContractChecker | bool = True, workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        app_slug: str = "preview-bot",
+        token_lifetime: float = 3600.0,
+        contract: ContractChecker | bool = True,
+        workdir: Path | None = None,
+    ) -> None:
         self.app_slug = app_slug
         self.app_id = 100000 + secrets.randbelow(900000)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.private_key_pem: str = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption()).decode()
-        self.public_key_pem: str = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        ).decode()
+        self.public_key_pem: str = (
+            key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
         self._public_key = key.public_key()
         self.token_lifetime = token_lifetime
         self._default_token_lifetime = token_lifetime
         self.rate_limit_per_hour = 5000
         if contract is True:
             self.contract: ContractChecker | None = ContractChecker.shared(
-                (r.method, r.template) for r in ROUTES)
+                (r.method, r.template) for r in ROUTES
+            )
         else:
             self.contract = contract or None
         self._own_workdir = workdir is None
@@ -127,8 +141,14 @@ class FakeGitHub:
         self._generation += 1
         self._git_root = self._workdir / f"state-{self._generation}"
         self._git_root.mkdir(parents=True, exist_ok=True)
-        self.shapes = Shapes(self.url or "http://127.0.0.1", self.app_id, self.app_slug,
-                             self.app_owner, DEFAULT_PERMISSIONS, datetime(2024, 1, 1, tzinfo=UTC))
+        self.shapes = Shapes(
+            self.url or "http://127.0.0.1",
+            self.app_id,
+            self.app_slug,
+            self.app_owner,
+            DEFAULT_PERMISSIONS,
+            datetime(2024, 1, 1, tzinfo=UTC),
+        )
 
     def reset(self) -> None:
         """Forget every repo, token, fault and recorded request (the App key and id stay)."""
@@ -232,10 +252,15 @@ class FakeGitHub:
         return contexts
 
     # -- installations, tokens, rate limits ------------------------------------------------------
-    def add_installation(self, account: str, *, installation_id: int | None = None,
-                         permissions: Mapping[str, str] | None = None,
-                         repositories: Iterable[str] | None = None,
-                         account_type: str = "User") -> Installation:
+    def add_installation(
+        self,
+        account: str,
+        *,
+        installation_id: int | None = None,
+        permissions: Mapping[str, str] | None = None,
+        repositories: Iterable[str] | None = None,
+        account_type: str = "User",
+    ) -> Installation:
         """Install the App on `account` (all repos, or only `repositories` by name)."""
         names = None if repositories is None else {f"{account}/{n}" for n in repositories}
         inst = Installation(
@@ -252,12 +277,17 @@ class FakeGitHub:
     def installation_for(self, owner: str, name: str | None = None) -> Installation:
         for inst in self.installations.values():
             if inst.account.login.lower() == owner.lower() and (
-                    name is None or inst.covers(f"{owner}/{name}")):
+                name is None or inst.covers(f"{owner}/{name}")
+            ):
                 return inst
         raise KeyError(f"the App is not installed on {owner}")
 
-    def issue_token(self, inst: Installation, permissions: Mapping[str, str] | None = None,
-                    repositories: frozenset[str] | None = None) -> Token:
+    def issue_token(
+        self,
+        inst: Installation,
+        permissions: Mapping[str, str] | None = None,
+        repositories: frozenset[str] | None = None,
+    ) -> Token:
         token = Token(
             token="ghs_" + secrets.token_hex(18),
             installation_id=inst.id,
@@ -271,17 +301,29 @@ class FakeGitHub:
 
     def mint_token(self, installation_id: int | None = None) -> str:
         """A valid installation token without an HTTP request (for tests that are not the bot)."""
-        inst = (self.installations[installation_id] if installation_id is not None
-                else next(iter(self.installations.values())))
+        inst = (
+            self.installations[installation_id]
+            if installation_id is not None
+            else next(iter(self.installations.values()))
+        )
         return self.issue_token(inst).token
 
-    def client(self, session: aiohttp.ClientSession, *, token: str | None = None,
-               installation_id: int | None = None,
-               cache: MutableMapping[str, Any] | None = None) -> GitHubAPI:
+    def client(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        token: str | None = None,
+        installation_id: int | None = None,
+        cache: MutableMapping[str, Any] | None = None,
+    ) -> GitHubAPI:
         """A gidgethub client for the fake, with a fresh installation token unless given one."""
-        return GitHubAPI(session, "preview-bot-tests",
-                         oauth_token=token or self.mint_token(installation_id),
-                         base_url=self.url, cache=cache)
+        return GitHubAPI(
+            session,
+            "preview-bot-tests",
+            oauth_token=token or self.mint_token(installation_id),
+            base_url=self.url,
+            cache=cache,
+        )
 
     def expire_tokens(self, installation_id: int | None = None) -> None:
         """Make every token (of one installation) expired, as after an hour."""
@@ -305,10 +347,18 @@ class FakeGitHub:
         bucket.reset = int(time.time() + reset_in)
 
     # -- repositories and git ------------------------------------------------------------------
-    def create_repo(self, owner: str, name: str, default_branch: str = "main",
-                    files: Mapping[str, str | bytes] | None = None, *, private: bool = False,
-                    install: bool = True, description: str | None = None,
-                    owner_type: str = "User") -> Repo:
+    def create_repo(
+        self,
+        owner: str,
+        name: str,
+        default_branch: str = "main",
+        files: Mapping[str, str | bytes] | None = None,
+        *,
+        private: bool = False,
+        install: bool = True,
+        description: str | None = None,
+        owner_type: str = "User",
+    ) -> Repo:
         """A repository with one initial commit of `files` on `default_branch`.
 
         With `install` (default) the App gets installed on `owner` if it is not already.
@@ -319,14 +369,24 @@ class FakeGitHub:
             raise ValueError(f"{full} exists")
         now = self.now()
         store = GitStore(self._git_root / f"{owner}__{name}.git", default_branch)
-        repo = Repo(id=self.next_id("repo"), owner=self.user(owner, owner_type), name=name,
-                    default_branch=default_branch, private=private, git=store, created_at=now,
-                    updated_at=now, pushed_at=now, description=description)
+        repo = Repo(
+            id=self.next_id("repo"),
+            owner=self.user(owner, owner_type),
+            name=name,
+            default_branch=default_branch,
+            private=private,
+            git=store,
+            created_at=now,
+            updated_at=now,
+            pushed_at=now,
+            description=description,
+        )
         self.repos[full.lower()] = repo
         human = self.person_of(repo.owner)
         self._commit(repo, default_branch, _encode(files or {}), "Initial commit", human, human)
-        if install and not any(i.account.login.lower() == owner.lower()
-                               for i in self.installations.values()):
+        if install and not any(
+            i.account.login.lower() == owner.lower() for i in self.installations.values()
+        ):
             self.add_installation(owner)
         return repo
 
@@ -366,9 +426,17 @@ class FakeGitHub:
                 pr.updated_at = now
                 store.set_ref(f"refs/pull/{pr.number}/head", sha)
 
-    def _commit(self, repo: Repo, branch: str, files: Mapping[str, bytes | None], message: str,
-                author: Person, committer: Person, parent: str | None = None,
-                move: bool = True) -> tuple[str, dict[str, str | None]]:
+    def _commit(
+        self,
+        repo: Repo,
+        branch: str,
+        files: Mapping[str, bytes | None],
+        message: str,
+        author: Person,
+        committer: Person,
+        parent: str | None = None,
+        move: bool = True,
+    ) -> tuple[str, dict[str, str | None]]:
         store = repo.store
         if parent is None:
             parent = store.refs.get(f"refs/heads/{branch}")
@@ -389,22 +457,38 @@ class FakeGitHub:
             self.move_ref(repo, f"refs/heads/{branch}", commit)
         return commit, blobs
 
-    def commit_change(self, repo: Repo, branch: str, files: Mapping[str, bytes | None],
-                      message: str, *, author: Person | None, committer: Person | None,
-                      parent: str) -> tuple[str, dict[str, str | None]]:
+    def commit_change(
+        self,
+        repo: Repo,
+        branch: str,
+        files: Mapping[str, bytes | None],
+        message: str,
+        *,
+        author: Person | None,
+        committer: Person | None,
+        parent: str,
+    ) -> tuple[str, dict[str, str | None]]:
         """One commit on `branch` (the contents API): committer defaults to the App's bot."""
         committer = committer or self.person_of(self.bot)
         return self._commit(repo, branch, files, message, author or committer, committer, parent)
 
-    def commit_as_other_actor(self, owner: str, name: str, branch: str,
-                              files: Mapping[str, str | bytes | None],
-                              message: str = "Change by someone else", *,
-                              author: str = "octocat") -> str:
+    def commit_as_other_actor(
+        self,
+        owner: str,
+        name: str,
+        branch: str,
+        files: Mapping[str, str | bytes | None],
+        message: str = "Change by someone else",
+        *,
+        author: str = "octocat",
+    ) -> str:
         """A human pushes one commit to `branch` (created from the default branch if new)."""
         repo = self.repo(owner, name)
         person = self.person_of(self.user(author))
-        parent = repo.store.refs.get(f"refs/heads/{branch}") or repo.store.refs[
-            f"refs/heads/{repo.default_branch}"]
+        parent = (
+            repo.store.refs.get(f"refs/heads/{branch}")
+            or repo.store.refs[f"refs/heads/{repo.default_branch}"]
+        )
         sha, _ = self._commit(repo, branch, _encode(files), message, person, person, parent)
         return sha
 
@@ -436,8 +520,9 @@ class FakeGitHub:
         sha = self.resolve_commit(repo, ref)
         if sha is None:
             raise KeyError(ref)
-        return {p: d.decode() for p, d in
-                repo.store.files(repo.store.read_commit(sha).tree).items()}
+        return {
+            p: d.decode() for p, d in repo.store.files(repo.store.read_commit(sha).tree).items()
+        }
 
     def log(self, owner: str, name: str, branch: str) -> list[JSON]:
         """Commits reachable from `branch`, newest first, with the paths each one changed."""
@@ -448,20 +533,37 @@ class FakeGitHub:
         result = []
         for sha in repo.store.rev_list(head):
             c = repo.store.read_commit(sha)
-            result.append({
-                "sha": sha, "message": c.message, "tree": c.tree, "parents": list(c.parents),
-                "author": Shapes.person(c.author), "committer": Shapes.person(c.committer),
-                "files": repo.store.changed_paths(sha),
-            })
+            result.append(
+                {
+                    "sha": sha,
+                    "message": c.message,
+                    "tree": c.tree,
+                    "parents": list(c.parents),
+                    "author": Shapes.person(c.author),
+                    "committer": Shapes.person(c.committer),
+                    "files": repo.store.changed_paths(sha),
+                }
+            )
         return result
 
     # -- pull requests -----------------------------------------------------------------------
-    def create_pull(self, owner: str, name: str, number: int | None = None, *,
-                    head_branch: str | None = None, head_sha: str | None = None,
-                    base_branch: str | None = None, title: str | None = None,
-                    body: str | None = "", labels: Iterable[str] = (), draft: bool = False,
-                    fork: bool = False, user: str = "octocat",
-                    files: Mapping[str, str | bytes | None] | None = None) -> Pull:
+    def create_pull(
+        self,
+        owner: str,
+        name: str,
+        number: int | None = None,
+        *,
+        head_branch: str | None = None,
+        head_sha: str | None = None,
+        base_branch: str | None = None,
+        title: str | None = None,
+        body: str | None = "",
+        labels: Iterable[str] = (),
+        draft: bool = False,
+        fork: bool = False,
+        user: str = "octocat",
+        files: Mapping[str, str | bytes | None] | None = None,
+    ) -> Pull:
         """An open pull request from `head_branch` (default `feature-<n>`).
 
         Without `head_sha`, a new commit (with `files`, if given) goes on the head branch,
@@ -485,20 +587,38 @@ class FakeGitHub:
             head_repo = self._fork(repo, author)
         if head_sha is None:
             start = base_sha if fork else store.refs.get(f"refs/heads/{head_branch}", base_sha)
-            head_sha, _ = self._commit(repo, head_branch, _encode(files or {}),
-                                       f"Changes for #{number}", person, person, start,
-                                       move=False)
+            head_sha, _ = self._commit(
+                repo,
+                head_branch,
+                _encode(files or {}),
+                f"Changes for #{number}",
+                person,
+                person,
+                start,
+                move=False,
+            )
         elif store.object_type(head_sha) != "commit":
             raise ValueError(f"{head_sha} is not a commit in {repo.full_name}")
         if not fork:
             self.move_ref(repo, f"refs/heads/{head_branch}", head_sha)
         store.set_ref(f"refs/pull/{number}/head", head_sha)
         now = self.now()
-        pr = Pull(repo=repo, number=number, id=self.next_id("pull"),
-                  title=title or f"Pull request {number}", body=body, user=author,
-                  head_ref=head_branch, head_sha=head_sha, head_repo=head_repo,
-                  base_ref=base_branch, created_at=now, updated_at=now, draft=draft,
-                  head_history=[head_sha])
+        pr = Pull(
+            repo=repo,
+            number=number,
+            id=self.next_id("pull"),
+            title=title or f"Pull request {number}",
+            body=body,
+            user=author,
+            head_ref=head_branch,
+            head_sha=head_sha,
+            head_repo=head_repo,
+            base_ref=base_branch,
+            created_at=now,
+            updated_at=now,
+            draft=draft,
+            head_history=[head_sha],
+        )
         repo.pulls[number] = pr
         for label in labels:
             self.add_label(owner, name, number, label)
@@ -509,38 +629,70 @@ class FakeGitHub:
         if full in self.repos:
             return self.repos[full]
         now = self.now()
-        fork = Repo(id=self.next_id("repo"), owner=owner, name=repo.name,
-                    default_branch=repo.default_branch, private=repo.private, git=None,
-                    created_at=now, updated_at=now, pushed_at=now, parent=repo)
+        fork = Repo(
+            id=self.next_id("repo"),
+            owner=owner,
+            name=repo.name,
+            default_branch=repo.default_branch,
+            private=repo.private,
+            git=None,
+            created_at=now,
+            updated_at=now,
+            pushed_at=now,
+            parent=repo,
+        )
         self.repos[full] = fork
         return fork
 
-    def push(self, owner: str, name: str, number: int,
-             files: Mapping[str, str | bytes | None] | None = None,
-             message: str | None = None) -> str:
+    def push(
+        self,
+        owner: str,
+        name: str,
+        number: int,
+        files: Mapping[str, str | bytes | None] | None = None,
+        message: str | None = None,
+    ) -> str:
         """The PR author pushes one commit to the PR's head; returns the new head sha."""
         pr = self.pull(owner, name, number)
         repo = pr.repo
         person = self.person_of(pr.user)
         message = message or f"Update #{number}"
         if pr.fork:
-            sha, _ = self._commit(repo, pr.head_ref, _encode(files or {}), message, person,
-                                  person, pr.head_sha, move=False)
+            sha, _ = self._commit(
+                repo,
+                pr.head_ref,
+                _encode(files or {}),
+                message,
+                person,
+                person,
+                pr.head_sha,
+                move=False,
+            )
             pr.head_sha = sha
             pr.head_history.append(sha)
             pr.updated_at = self.now()
             repo.store.set_ref(f"refs/pull/{number}/head", sha)
             return sha
-        sha, _ = self._commit(repo, pr.head_ref, _encode(files or {}), message, person, person,
-                              pr.head_sha)
+        sha, _ = self._commit(
+            repo, pr.head_ref, _encode(files or {}), message, person, person, pr.head_sha
+        )
         return sha
 
-    def add_label(self, owner: str, name: str, number: int, label: str, *,
-                  color: str = "ededed", description: str | None = None) -> None:
+    def add_label(
+        self,
+        owner: str,
+        name: str,
+        number: int,
+        label: str,
+        *,
+        color: str = "ededed",
+        description: str | None = None,
+    ) -> None:
         """Label a PR (creating the repository label on first use, as GitHub does)."""
         repo = self.repo(owner, name)
-        existing = next((lb for lb in repo.labels.values() if lb.name.lower() == label.lower()),
-                        None)
+        existing = next(
+            (lb for lb in repo.labels.values() if lb.name.lower() == label.lower()), None
+        )
         if existing is None:
             existing = Label(self.next_id("label"), label, color, description)
             repo.labels[label] = existing
@@ -558,8 +710,15 @@ class FakeGitHub:
                 pr.updated_at = self.now()
                 pr.last_label = existing
 
-    def close(self, owner: str, name: str, number: int, merged: bool = False, *,
-              merged_by: str = "octocat") -> Pull:
+    def close(
+        self,
+        owner: str,
+        name: str,
+        number: int,
+        merged: bool = False,
+        *,
+        merged_by: str = "octocat",
+    ) -> Pull:
         """Close a PR; `merged` also merges its head into the base branch (a merge commit)."""
         pr = self.pull(owner, name, number)
         now = self.now()
@@ -572,9 +731,13 @@ class FakeGitHub:
                 raise ValueError(f"#{number} does not merge cleanly into {pr.base_ref}")
             person = self.person_of(self.user(merged_by))
             label = f"{pr.head_repo.owner.login}/{pr.head_ref}"
-            merge = store.commit_tree(tree, [base, pr.head_sha],
-                                      f"Merge pull request #{number} from {label}\n\n{pr.title}",
-                                      person, person)
+            merge = store.commit_tree(
+                tree,
+                [base, pr.head_sha],
+                f"Merge pull request #{number} from {label}\n\n{pr.title}",
+                person,
+                person,
+            )
             self.move_ref(repo, f"refs/heads/{pr.base_ref}", merge)
             pr.merged = True
             pr.merged_at = now
@@ -599,9 +762,17 @@ class FakeGitHub:
                 pr.head_history.append(branch_sha)
         return pr
 
-    def edit_pull(self, owner: str, name: str, number: int, *, title: str | None = None,
-                  body: str | None = None, base_branch: str | None = None,
-                  draft: bool | None = None) -> Pull:
+    def edit_pull(
+        self,
+        owner: str,
+        name: str,
+        number: int,
+        *,
+        title: str | None = None,
+        body: str | None = None,
+        base_branch: str | None = None,
+        draft: bool | None = None,
+    ) -> Pull:
         """Edit a PR; what changed is kept for an `edited` webhook (`changes`)."""
         pr = self.pull(owner, name, number)
         changes: dict[str, Any] = {}
@@ -622,38 +793,58 @@ class FakeGitHub:
         return pr
 
     # -- comments, permissions, deployments ------------------------------------------------------
-    def add_comment(self, owner: str, name: str, number: int, body: str, *,
-                    user: str = "octocat", via_app: bool = False) -> Comment:
+    def add_comment(
+        self,
+        owner: str,
+        name: str,
+        number: int,
+        body: str,
+        *,
+        user: str = "octocat",
+        via_app: bool = False,
+    ) -> Comment:
         repo = self.repo(owner, name)
         if number not in repo.pulls:
             raise KeyError(f"#{number} is not a pull request of {repo.full_name}")
         now = self.now()
-        comment = Comment(self.next_id("comment"), number, body, self.user(user), now, now,
-                          via_app)
+        comment = Comment(self.next_id("comment"), number, body, self.user(user), now, now, via_app)
         repo.comments[comment.id] = comment
         return comment
 
     def comments(self, owner: str, name: str, number: int) -> list[Comment]:
         repo = self.repo(owner, name)
-        return sorted((c for c in repo.comments.values() if c.number == number),
-                      key=lambda c: c.id)
+        return sorted((c for c in repo.comments.values() if c.number == number), key=lambda c: c.id)
 
     def set_permission(self, owner: str, name: str, user: str, permission: str) -> None:
         """Make `user` a collaborator: admin, maintain, write, triage, read or none."""
         self.user(user)
         self.repo(owner, name).collaborators[user] = permission
 
-    def deployments(self, owner: str, name: str, environment: str | None = None
-                    ) -> list[Deployment]:
+    def deployments(
+        self, owner: str, name: str, environment: str | None = None
+    ) -> list[Deployment]:
         repo = self.repo(owner, name)
-        return [d for d in sorted(repo.deployments.values(), key=lambda d: d.id)
-                if environment is None or d.environment == environment]
+        return [
+            d
+            for d in sorted(repo.deployments.values(), key=lambda d: d.id)
+            if environment is None or d.environment == environment
+        ]
 
-    def add_deployment_status(self, repo: Repo, d: Deployment, state: str, *, creator: User,
-                              via_app: bool = False, description: str = "",
-                              environment: str | None = None, target_url: str | None = None,
-                              log_url: str | None = None, environment_url: str | None = None,
-                              auto_inactive: bool = True) -> DeploymentStatus:
+    def add_deployment_status(
+        self,
+        repo: Repo,
+        d: Deployment,
+        state: str,
+        *,
+        creator: User,
+        via_app: bool = False,
+        description: str = "",
+        environment: str | None = None,
+        target_url: str | None = None,
+        log_url: str | None = None,
+        environment_url: str | None = None,
+        auto_inactive: bool = True,
+    ) -> DeploymentStatus:
         """A deployment status with GitHub's side effects.
 
         `log_url` replaces `target_url` (setting one sets both); `environment` moves the
@@ -666,29 +857,57 @@ class FakeGitHub:
             d.environment = environment
         url = log_url or target_url or ""
         status = DeploymentStatus(
-            id=self.next_id("deployment_status"), state=state, description=description,
-            environment=d.environment, target_url=url, log_url=url,
-            environment_url=environment_url or "", creator=creator, created_at=now,
-            updated_at=now, via_app=via_app)
+            id=self.next_id("deployment_status"),
+            state=state,
+            description=description,
+            environment=d.environment,
+            target_url=url,
+            log_url=url,
+            environment_url=environment_url or "",
+            creator=creator,
+            created_at=now,
+            updated_at=now,
+            via_app=via_app,
+        )
         d.statuses.append(status)
         d.updated_at = now
         if state == "success" and auto_inactive:
             for other in repo.deployments.values():
-                if (other.id < d.id and other.environment == d.environment
-                        and not other.transient_environment
-                        and not other.production_environment
-                        and other.latest_state == "success"):
-                    other.statuses.append(DeploymentStatus(
-                        id=self.next_id("deployment_status"), state="inactive", description="",
-                        environment=other.environment, target_url="", log_url="",
-                        environment_url="", creator=creator, created_at=now, updated_at=now,
-                        via_app=via_app))
+                if (
+                    other.id < d.id
+                    and other.environment == d.environment
+                    and not other.transient_environment
+                    and not other.production_environment
+                    and other.latest_state == "success"
+                ):
+                    other.statuses.append(
+                        DeploymentStatus(
+                            id=self.next_id("deployment_status"),
+                            state="inactive",
+                            description="",
+                            environment=other.environment,
+                            target_url="",
+                            log_url="",
+                            environment_url="",
+                            creator=creator,
+                            created_at=now,
+                            updated_at=now,
+                            via_app=via_app,
+                        )
+                    )
                     other.updated_at = now
         return status
 
     # -- faults, delays, the request log --------------------------------------------------------
-    def fail_next(self, method: str | None, path_regex: str, status: int, count: int = 1,
-                  headers: Mapping[str, str] | None = None, body: Any = None) -> None:
+    def fail_next(
+        self,
+        method: str | None,
+        path_regex: str,
+        status: int,
+        count: int = 1,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+    ) -> None:
         """Answer the next `count` matching requests with `status` instead of serving them.
 
         `method` None or "*" matches any method; `path_regex` is searched in the path
@@ -696,44 +915,90 @@ class FakeGitHub:
         error shape; bytes/str bodies are sent as they are (e.g. an HTML 502).
         """
         if body is None:
-            body = {"message": _FAULT_MESSAGES.get(status, "Error"),
-                    "documentation_url": "https://docs.github.com/rest", "status": str(status)}
-        self._faults.append(Fault(_method(method), re.compile(path_regex), status, count,
-                                  {k.lower(): v for k, v in (headers or {}).items()}, body))
+            body = {
+                "message": _FAULT_MESSAGES.get(status, "Error"),
+                "documentation_url": "https://docs.github.com/rest",
+                "status": str(status),
+            }
+        self._faults.append(
+            Fault(
+                _method(method),
+                re.compile(path_regex),
+                status,
+                count,
+                {k.lower(): v for k, v in (headers or {}).items()},
+                body,
+            )
+        )
 
-    def fail_rate_limited(self, method: str | None, path_regex: str, count: int = 1,
-                          reset_in: float = 60) -> None:
+    def fail_rate_limited(
+        self, method: str | None, path_regex: str, count: int = 1, reset_in: float = 60
+    ) -> None:
         """Primary rate limit: 403 with x-ratelimit-remaining 0 (gidgethub: RateLimitExceeded)."""
         reset = int(time.time() + reset_in)
-        self.fail_next(method, path_regex, 403, count, headers={
-            "x-ratelimit-limit": str(self.rate_limit_per_hour), "x-ratelimit-remaining": "0",
-            "x-ratelimit-used": str(self.rate_limit_per_hour), "x-ratelimit-reset": str(reset),
-            "x-ratelimit-resource": "core",
-        }, body={"message": "API rate limit exceeded for installation.",
-                 "documentation_url": RATE_DOCS, "status": "403"})
+        self.fail_next(
+            method,
+            path_regex,
+            403,
+            count,
+            headers={
+                "x-ratelimit-limit": str(self.rate_limit_per_hour),
+                "x-ratelimit-remaining": "0",
+                "x-ratelimit-used": str(self.rate_limit_per_hour),
+                "x-ratelimit-reset": str(reset),
+                "x-ratelimit-resource": "core",
+            },
+            body={
+                "message": "API rate limit exceeded for installation.",
+                "documentation_url": RATE_DOCS,
+                "status": "403",
+            },
+        )
 
-    def fail_secondary_rate_limit(self, method: str | None, path_regex: str, count: int = 1,
-                                  retry_after: int = 60, status: int = 403) -> None:
+    def fail_secondary_rate_limit(
+        self,
+        method: str | None,
+        path_regex: str,
+        count: int = 1,
+        retry_after: int = 60,
+        status: int = 403,
+    ) -> None:
         """Secondary rate limit: 403 or 429 with retry-after and requests still remaining."""
-        self.fail_next(method, path_regex, status, count, headers={"retry-after": str(retry_after)},
-                       body={"message": "You have exceeded a secondary rate limit. Please wait a "
-                                        "few minutes before you try again.",
-                             "documentation_url": RATE_DOCS + "#about-secondary-rate-limits",
-                             "status": str(status)})
+        self.fail_next(
+            method,
+            path_regex,
+            status,
+            count,
+            headers={"retry-after": str(retry_after)},
+            body={
+                "message": "You have exceeded a secondary rate limit. Please wait a "
+                "few minutes before you try again.",
+                "documentation_url": RATE_DOCS + "#about-secondary-rate-limits",
+                "status": str(status),
+            },
+        )
 
-    def delay_next(self, method: str | None, path_regex: str, seconds: float,
-                   count: int = 1) -> None:
+    def delay_next(
+        self, method: str | None, path_regex: str, seconds: float, count: int = 1
+    ) -> None:
         """Hold the next `count` matching requests for `seconds` before serving them."""
         self._delays.append(Delay(_method(method), re.compile(path_regex), seconds, count))
 
-    def count(self, method: str | None = None, path_regex: str | None = None, *,
-              include_tokens: bool | None = None, status: int | None = None) -> int:
+    def count(
+        self,
+        method: str | None = None,
+        path_regex: str | None = None,
+        *,
+        include_tokens: bool | None = None,
+        status: int | None = None,
+    ) -> int:
         """How many requests matched; token requests count only when asked for (or when
         `path_regex` is given, since it then selects them explicitly)."""
         with_tokens = include_tokens if include_tokens is not None else path_regex is not None
         pattern = re.compile(path_regex) if path_regex else None
         return sum(
-            1 for r in self.requests
+            1
+            for r in self.requests
             if (method is None or r.method == method.upper())
             and (pattern is None or pattern.search(r.path) or pattern.search(r.raw_path))
             and (with_tokens or not r.token_request)
@@ -765,8 +1030,9 @@ class FakeGitHub:
         return found
 
     # -- webhooks ------------------------------------------------------------------------------
-    def event_payload(self, event: str, action: str, owner: str, name: str, number: int,
-                      **extra: Any) -> JSON:
+    def event_payload(
+        self, event: str, action: str, owner: str, name: str, number: int, **extra: Any
+    ) -> JSON:
         """A webhook payload from the current state, checked against GitHub's schema.
 
         See tests.rig.github.webhooks.event_payload for the `extra` keywords.
@@ -776,15 +1042,16 @@ class FakeGitHub:
         return event_payload(self, event, action, owner, name, number, **extra)
 
     # -- HTTP ----------------------------------------------------------------------------------
-    def paginate(self, call: Call, items: list[Any], *, key: str | None = None,
-                 extra: JSON | None = None) -> Reply:
+    def paginate(
+        self, call: Call, items: list[Any], *, key: str | None = None, extra: JSON | None = None
+    ) -> Reply:
         q = call.query
         try:
             per_page = min(max(int(q.get("per_page", "30")), 1), 100)
             page = max(int(q.get("page", "1")), 1)
         except ValueError:
             per_page, page = 30, 1
-        chunk = items[(page - 1) * per_page: page * per_page]
+        chunk = items[(page - 1) * per_page : page * per_page]
         last = max(1, math.ceil(len(items) / per_page))
         path = call.path
         if call.repo_ is not None and call.route.startswith("/repos/{owner}/{repo}"):
@@ -840,8 +1107,17 @@ class FakeGitHub:
             reply = self._error_reply(GitHubError(404, "Not Found"), None)
         else:
             route, params = found
-            call = Call(self, method, route.template, path, params, request.query, headers, body,
-                        raw_path=raw_path)
+            call = Call(
+                self,
+                method,
+                route.template,
+                path,
+                params,
+                request.query,
+                headers,
+                body,
+                raw_path=raw_path,
+            )
             try:
                 reply, injected = self._serve(call, route)
             except GitHubError as exc:
@@ -852,12 +1128,19 @@ class FakeGitHub:
         status, out_headers, payload = self._finish(call, route, reply, injected)
         if call is not None and route is not None:
             self._check_response(call, route, status, out_headers, payload, reply, injected)
-        self.requests.append(Recorded(
-            method=method, path=path, status=status,
-            installation=call.installation.id if call and call.installation else None,
-            route=route.template if route else None, query=request.query_string,
-            raw_path=raw_path, token_request=bool(route and route.token_request),
-            duration=time.perf_counter() - started))
+        self.requests.append(
+            Recorded(
+                method=method,
+                path=path,
+                status=status,
+                installation=call.installation.id if call and call.installation else None,
+                route=route.template if route else None,
+                query=request.query_string,
+                raw_path=raw_path,
+                token_request=bool(route and route.token_request),
+                duration=time.perf_counter() - started,
+            )
+        )
         if status in (204, 304):
             out_headers.pop("Content-Type", None)
             return web.Response(status=status, headers=out_headers)
@@ -870,15 +1153,19 @@ class FakeGitHub:
         except GitHubError as exc:
             auth_error = exc
         for fault in self._faults:
-            if fault.count > 0 and _matches(fault.method, fault.pattern, call.method, call.path,
-                                            call.raw_path):
+            if fault.count > 0 and _matches(
+                fault.method, fault.pattern, call.method, call.path, call.raw_path
+            ):
                 fault.count -= 1
                 # An injected answer: serve nothing, but the request itself is still checked.
                 self._check_request(call, route)
                 if isinstance(fault.body, bytes | str):
                     raw = fault.body.encode() if isinstance(fault.body, str) else fault.body
-                    kind = ("text/html; charset=utf-8" if raw.lstrip().startswith(b"<")
-                            else "text/plain; charset=utf-8")
+                    kind = (
+                        "text/html; charset=utf-8"
+                        if raw.lstrip().startswith(b"<")
+                        else "text/plain; charset=utf-8"
+                    )
                     return Reply(fault.status, None, dict(fault.headers), kind, raw), True
                 return Reply(fault.status, fault.body, dict(fault.headers)), True
         if auth_error is not None:
@@ -929,32 +1216,48 @@ class FakeGitHub:
             full = f"{call.params['owner']}/{call.params['repo']}".lower()
             repo = self.repos.get(full)
             assert call.installation is not None
-            if repo is None or not call.installation.covers(repo.full_name) or (
-                    call.token.repositories is not None and full not in call.token.repositories):
+            if (
+                repo is None
+                or not call.installation.covers(repo.full_name)
+                or (call.token.repositories is not None and full not in call.token.repositories)
+            ):
                 raise GitHubError(404, "Not Found")
             call.repo_ = repo
         if route.permission and route.permission != ("metadata",):
             needed = 1 if call.method == "GET" else 2
-            if not any(_LEVELS.get(call.token.permissions.get(p, ""), 0) >= needed
-                       for p in route.permission):
+            if not any(
+                _LEVELS.get(call.token.permissions.get(p, ""), 0) >= needed
+                for p in route.permission
+            ):
                 raise GitHubError(403, "Resource not accessible by integration")
 
     def _verify_jwt(self, token: str) -> None:
         try:
-            claims = jwt.decode(token, self._public_key, algorithms=["RS256"],
-                                options={"require": ["iat", "exp", "iss"]})
+            claims = jwt.decode(
+                token,
+                self._public_key,
+                algorithms=["RS256"],
+                options={"require": ["iat", "exp", "iss"]},
+            )
         except jwt.ExpiredSignatureError:
-            raise GitHubError(401, "'Expiration time' claim ('exp') must be a numeric value "
-                                   "representing the future time at which the assertion "
-                                   "expires") from None
+            raise GitHubError(
+                401,
+                "'Expiration time' claim ('exp') must be a numeric value "
+                "representing the future time at which the assertion "
+                "expires",
+            ) from None
         except jwt.ImmatureSignatureError:
-            raise GitHubError(401, "'Issued at' claim ('iat') must be an Integer representing "
-                                   "the time that the assertion was issued") from None
+            raise GitHubError(
+                401,
+                "'Issued at' claim ('iat') must be an Integer representing "
+                "the time that the assertion was issued",
+            ) from None
         except jwt.InvalidTokenError:
             raise GitHubError(401, "A JSON web token could not be decoded") from None
         if str(claims["iss"]) != str(self.app_id):
-            raise GitHubError(401, "'Issuer' claim ('iss') must be an Integer or a String "
-                                   "representing this App")
+            raise GitHubError(
+                401, "'Issuer' claim ('iss') must be an Integer or a String representing this App"
+            )
         if int(claims["exp"]) - int(claims["iat"]) > 600:
             raise GitHubError(401, "'Expiration time' claim ('exp') is too far in the future")
 
@@ -967,8 +1270,9 @@ class FakeGitHub:
             body["errors"] = exc.errors
         return Reply(exc.status, body, dict(exc.headers))
 
-    def _finish(self, call: Call | None, route: Route | None, reply: Reply,
-                injected: bool) -> tuple[int, dict[str, str], bytes]:
+    def _finish(
+        self, call: Call | None, route: Route | None, reply: Reply, injected: bool
+    ) -> tuple[int, dict[str, str], bytes]:
         status = reply.status
         if reply.raw is not None:
             payload = reply.raw
@@ -997,13 +1301,15 @@ class FakeGitHub:
             if status != 304 and not rate_limited:
                 bucket.used += 1
         if bucket is not None:
-            headers.update({
-                "X-RateLimit-Limit": str(bucket.limit),
-                "X-RateLimit-Remaining": str(bucket.remaining),
-                "X-RateLimit-Reset": str(bucket.reset),
-                "X-RateLimit-Used": str(bucket.used),
-                "X-RateLimit-Resource": "core",
-            })
+            headers.update(
+                {
+                    "X-RateLimit-Limit": str(bucket.limit),
+                    "X-RateLimit-Remaining": str(bucket.remaining),
+                    "X-RateLimit-Reset": str(bucket.reset),
+                    "X-RateLimit-Used": str(bucket.used),
+                    "X-RateLimit-Resource": "core",
+                }
+            )
         # Fault headers (and handler headers such as Location/Link) win over the defaults.
         lowered = {k.lower(): k for k in headers}
         for key, value in reply.headers.items():
@@ -1016,15 +1322,30 @@ class FakeGitHub:
         if self.contract is None:
             return []
         problems = self.contract.check_request(
-            call.method, route.template, call.params, call.query, call.headers, call.body,
-            call.headers.get("content-type", ""))
+            call.method,
+            route.template,
+            call.params,
+            call.query,
+            call.headers,
+            call.body,
+            call.headers.get("content-type", ""),
+        )
         for problem in problems:
-            self.contract_violations.append(Violation("request", call.method, call.raw_path,
-                                                      route.template, None, problem))
+            self.contract_violations.append(
+                Violation("request", call.method, call.raw_path, route.template, None, problem)
+            )
         return problems
 
-    def _check_response(self, call: Call, route: Route, status: int, headers: Mapping[str, str],
-                        payload: bytes, reply: Reply, injected: bool) -> None:
+    def _check_response(
+        self,
+        call: Call,
+        route: Route,
+        status: int,
+        headers: Mapping[str, str],
+        payload: bytes,
+        reply: Reply,
+        injected: bool,
+    ) -> None:
         if self.contract is None:
             return
         if injected:
@@ -1037,21 +1358,25 @@ class FakeGitHub:
             self.contract.skip("raw media type")
             return
         content_type = headers.get("Content-Type", "") if payload else ""
-        problems = self.contract.check_response(call.method, route.template, call.params, status,
-                                                headers, payload, content_type)
+        problems = self.contract.check_response(
+            call.method, route.template, call.params, status, headers, payload, content_type
+        )
         for problem in problems or []:
-            self.contract_violations.append(Violation("response", call.method, call.raw_path,
-                                                      route.template, status, problem))
+            self.contract_violations.append(
+                Violation("response", call.method, call.raw_path, route.template, status, problem)
+            )
 
 
 def _method(method: str | None) -> str | None:
     return None if method in (None, "*") else str(method).upper()
 
 
-def _matches(method: str | None, pattern: re.Pattern[str], actual_method: str, path: str,
-             raw_path: str) -> bool:
+def _matches(
+    method: str | None, pattern: re.Pattern[str], actual_method: str, path: str, raw_path: str
+) -> bool:
     return (method is None or method == actual_method) and bool(
-        pattern.search(path) or pattern.search(raw_path))
+        pattern.search(path) or pattern.search(raw_path)
+    )
 
 
 def _encode(files: Mapping[str, str | bytes | None]) -> dict[str, bytes | None]:

@@ -40,36 +40,61 @@ def node_id(kind: str, ident: int | str) -> str:
 def b64_lines(data: bytes) -> str:
     """Base64 with a newline every 60 characters, as the contents and blobs APIs send it."""
     text = base64.b64encode(data).decode()
-    return "".join(text[i:i + 60] + "\n" for i in range(0, len(text), 60))
+    return "".join(text[i : i + 60] + "\n" for i in range(0, len(text), 60))
 
 
 _REPO_URLS = [
-    ("archive_url", "/{archive_format}{/ref}"), ("assignees_url", "/assignees{/user}"),
-    ("blobs_url", "/git/blobs{/sha}"), ("branches_url", "/branches{/branch}"),
-    ("collaborators_url", "/collaborators{/collaborator}"), ("comments_url", "/comments{/number}"),
-    ("commits_url", "/commits{/sha}"), ("compare_url", "/compare/{base}...{head}"),
-    ("contents_url", "/contents/{+path}"), ("contributors_url", "/contributors"),
-    ("deployments_url", "/deployments"), ("downloads_url", "/downloads"),
-    ("events_url", "/events"), ("forks_url", "/forks"), ("git_commits_url", "/git/commits{/sha}"),
-    ("git_refs_url", "/git/refs{/sha}"), ("git_tags_url", "/git/tags{/sha}"),
-    ("hooks_url", "/hooks"), ("issue_comment_url", "/issues/comments{/number}"),
-    ("issue_events_url", "/issues/events{/number}"), ("issues_url", "/issues{/number}"),
-    ("keys_url", "/keys{/key_id}"), ("labels_url", "/labels{/name}"),
-    ("languages_url", "/languages"), ("merges_url", "/merges"),
+    ("archive_url", "/{archive_format}{/ref}"),
+    ("assignees_url", "/assignees{/user}"),
+    ("blobs_url", "/git/blobs{/sha}"),
+    ("branches_url", "/branches{/branch}"),
+    ("collaborators_url", "/collaborators{/collaborator}"),
+    ("comments_url", "/comments{/number}"),
+    ("commits_url", "/commits{/sha}"),
+    ("compare_url", "/compare/{base}...{head}"),
+    ("contents_url", "/contents/{+path}"),
+    ("contributors_url", "/contributors"),
+    ("deployments_url", "/deployments"),
+    ("downloads_url", "/downloads"),
+    ("events_url", "/events"),
+    ("forks_url", "/forks"),
+    ("git_commits_url", "/git/commits{/sha}"),
+    ("git_refs_url", "/git/refs{/sha}"),
+    ("git_tags_url", "/git/tags{/sha}"),
+    ("hooks_url", "/hooks"),
+    ("issue_comment_url", "/issues/comments{/number}"),
+    ("issue_events_url", "/issues/events{/number}"),
+    ("issues_url", "/issues{/number}"),
+    ("keys_url", "/keys{/key_id}"),
+    ("labels_url", "/labels{/name}"),
+    ("languages_url", "/languages"),
+    ("merges_url", "/merges"),
     ("milestones_url", "/milestones{/number}"),
     ("notifications_url", "/notifications{?since,all,participating}"),
-    ("pulls_url", "/pulls{/number}"), ("releases_url", "/releases{/id}"),
-    ("stargazers_url", "/stargazers"), ("statuses_url", "/statuses/{sha}"),
-    ("subscribers_url", "/subscribers"), ("subscription_url", "/subscription"),
-    ("tags_url", "/tags"), ("teams_url", "/teams"), ("trees_url", "/git/trees{/sha}"),
+    ("pulls_url", "/pulls{/number}"),
+    ("releases_url", "/releases{/id}"),
+    ("stargazers_url", "/stargazers"),
+    ("statuses_url", "/statuses/{sha}"),
+    ("subscribers_url", "/subscribers"),
+    ("subscription_url", "/subscription"),
+    ("tags_url", "/tags"),
+    ("teams_url", "/teams"),
+    ("trees_url", "/git/trees{/sha}"),
 ]
 
 
 class Shapes:
     """Renders state as GitHub does; API URLs point at the fake (as GHES URLs point at GHES)."""
 
-    def __init__(self, api: str, app_id: int, app_slug: str, app_owner: User,
-                 app_permissions: dict[str, str], app_created: datetime) -> None:
+    def __init__(
+        self,
+        api: str,
+        app_id: int,
+        app_slug: str,
+        app_owner: User,
+        app_permissions: dict[str, str],
+        app_created: datetime,
+    ) -> None:
         self.api = api.rstrip("/")
         self.app_id = app_id
         self.app_slug = app_slug
@@ -164,60 +189,69 @@ class Shapes:
             "url": url,
         }
         shape.update({key: url + suffix for key, suffix in _REPO_URLS})
-        shape.update({
-            "git_url": f"git://github.com/{repo.full_name}.git",
-            "ssh_url": f"git@github.com:{repo.full_name}.git",
-            "clone_url": f"{html}.git",
-            "svn_url": html,
-            "mirror_url": None,
-            "homepage": None,
-            "language": None,
-            "forks_count": 0,
-            "forks": 0,
-            "stargazers_count": 0,
-            "watchers_count": 0,
-            "watchers": 0,
-            "size": 1,
-            "default_branch": repo.default_branch,
-            "open_issues_count": open_pulls,
-            "open_issues": open_pulls,
-            "is_template": False,
-            "topics": [],
-            "has_issues": True,
-            "has_projects": True,
-            "has_wiki": True,
-            "has_pages": False,
-            "has_downloads": True,
-            "has_discussions": False,
-            "archived": False,
-            "disabled": False,
-            "visibility": "private" if repo.private else "public",
-            "pushed_at": iso(repo.pushed_at),
-            "created_at": iso(repo.created_at),
-            "updated_at": iso(repo.updated_at),
-            "permissions": {"admin": False, "maintain": False, "push": True, "triage": True,
-                            "pull": True},
-            "allow_forking": True,
-            "web_commit_signoff_required": False,
-            "license": None,
-        })
+        shape.update(
+            {
+                "git_url": f"git://github.com/{repo.full_name}.git",
+                "ssh_url": f"git@github.com:{repo.full_name}.git",
+                "clone_url": f"{html}.git",
+                "svn_url": html,
+                "mirror_url": None,
+                "homepage": None,
+                "language": None,
+                "forks_count": 0,
+                "forks": 0,
+                "stargazers_count": 0,
+                "watchers_count": 0,
+                "watchers": 0,
+                "size": 1,
+                "default_branch": repo.default_branch,
+                "open_issues_count": open_pulls,
+                "open_issues": open_pulls,
+                "is_template": False,
+                "topics": [],
+                "has_issues": True,
+                "has_projects": True,
+                "has_wiki": True,
+                "has_pages": False,
+                "has_downloads": True,
+                "has_discussions": False,
+                "archived": False,
+                "disabled": False,
+                "visibility": "private" if repo.private else "public",
+                "pushed_at": iso(repo.pushed_at),
+                "created_at": iso(repo.created_at),
+                "updated_at": iso(repo.updated_at),
+                "permissions": {
+                    "admin": False,
+                    "maintain": False,
+                    "push": True,
+                    "triage": True,
+                    "pull": True,
+                },
+                "allow_forking": True,
+                "web_commit_signoff_required": False,
+                "license": None,
+            }
+        )
         if full:
-            shape.update({
-                "allow_rebase_merge": True,
-                "allow_squash_merge": True,
-                "allow_merge_commit": True,
-                "allow_auto_merge": False,
-                "delete_branch_on_merge": False,
-                "allow_update_branch": False,
-                "use_squash_pr_title_as_default": False,
-                "squash_merge_commit_title": "COMMIT_OR_PR_TITLE",
-                "squash_merge_commit_message": "COMMIT_MESSAGES",
-                "merge_commit_title": "MERGE_MESSAGE",
-                "merge_commit_message": "PR_TITLE",
-                "temp_clone_token": "",
-                "network_count": 0,
-                "subscribers_count": 0,
-            })
+            shape.update(
+                {
+                    "allow_rebase_merge": True,
+                    "allow_squash_merge": True,
+                    "allow_merge_commit": True,
+                    "allow_auto_merge": False,
+                    "delete_branch_on_merge": False,
+                    "allow_update_branch": False,
+                    "use_squash_pr_title_as_default": False,
+                    "squash_merge_commit_title": "COMMIT_OR_PR_TITLE",
+                    "squash_merge_commit_message": "COMMIT_MESSAGES",
+                    "merge_commit_title": "MERGE_MESSAGE",
+                    "merge_commit_message": "PR_TITLE",
+                    "temp_clone_token": "",
+                    "network_count": 0,
+                    "subscribers_count": 0,
+                }
+            )
             if repo.parent is not None:
                 shape["parent"] = self.repository(repo.parent)
                 shape["source"] = self.repository(repo.parent)
@@ -303,20 +337,22 @@ class Shapes:
         }
         if not simple:
             comments = sum(1 for c in repo.comments.values() if c.number == pr.number)
-            shape.update({
-                "merged": pr.merged,
-                "mergeable": None if pr.state == "closed" else True,
-                "rebaseable": None if pr.state == "closed" else True,
-                "mergeable_state": "unknown" if pr.state == "closed" else "clean",
-                "merged_by": self.user(pr.merged_by) if pr.merged_by else None,
-                "comments": comments,
-                "review_comments": 0,
-                "maintainer_can_modify": pr.fork,
-                "commits": max(len(pr.head_history), 1),
-                "additions": 1,
-                "deletions": 0,
-                "changed_files": 1,
-            })
+            shape.update(
+                {
+                    "merged": pr.merged,
+                    "mergeable": None if pr.state == "closed" else True,
+                    "rebaseable": None if pr.state == "closed" else True,
+                    "mergeable_state": "unknown" if pr.state == "closed" else "clean",
+                    "merged_by": self.user(pr.merged_by) if pr.merged_by else None,
+                    "comments": comments,
+                    "review_comments": 0,
+                    "maintainer_can_modify": pr.fork,
+                    "commits": max(len(pr.head_history), 1),
+                    "additions": 1,
+                    "deletions": 0,
+                    "changed_files": 1,
+                }
+            )
         return shape
 
     # -- issues -----------------------------------------------------------------------------
@@ -337,16 +373,29 @@ class Shapes:
             "author_association": _association(repo, c.user),
             "performed_via_github_app": self.integration() if c.via_app else None,
             "reactions": {
-                "url": f"{url}/reactions", "total_count": 0, "+1": 0, "-1": 0, "laugh": 0,
-                "hooray": 0, "confused": 0, "heart": 0, "rocket": 0, "eyes": 0,
+                "url": f"{url}/reactions",
+                "total_count": 0,
+                "+1": 0,
+                "-1": 0,
+                "laugh": 0,
+                "hooray": 0,
+                "confused": 0,
+                "heart": 0,
+                "rocket": 0,
+                "eyes": 0,
             },
         }
         return shape
 
     def permission(self, repo: Repo, user: User, permission: str) -> JSON:
         collaborator = self.user(user)
-        role = {"admin": "admin", "maintain": "maintain", "write": "write", "triage": "triage",
-                "read": "read"}.get(permission, "none")
+        role = {
+            "admin": "admin",
+            "maintain": "maintain",
+            "write": "write",
+            "triage": "triage",
+            "read": "read",
+        }.get(permission, "none")
         collaborator["permissions"] = {
             "admin": permission == "admin",
             "maintain": permission in ("admin", "maintain"),
@@ -410,12 +459,20 @@ class Shapes:
                 "id": p.id,
                 "number": p.number,
                 "url": f"{self.repo_url(repo)}/pulls/{p.number}",
-                "head": {"ref": p.head_ref, "sha": p.head_sha,
-                         "repo": {"id": p.head_repo.id, "url": self.repo_url(p.head_repo),
-                                  "name": p.head_repo.name}},
-                "base": {"ref": p.base_ref,
-                         "sha": repo.store.refs.get(f"refs/heads/{p.base_ref}", ""),
-                         "repo": {"id": repo.id, "url": self.repo_url(repo), "name": repo.name}},
+                "head": {
+                    "ref": p.head_ref,
+                    "sha": p.head_sha,
+                    "repo": {
+                        "id": p.head_repo.id,
+                        "url": self.repo_url(p.head_repo),
+                        "name": p.head_repo.name,
+                    },
+                },
+                "base": {
+                    "ref": p.base_ref,
+                    "sha": repo.store.refs.get(f"refs/heads/{p.base_ref}", ""),
+                    "repo": {"id": repo.id, "url": self.repo_url(repo), "name": repo.name},
+                },
             }
             for p in repo.pulls.values()
             # GitHub lists only open PRs from the same repository (never forks) here.
@@ -468,8 +525,7 @@ class Shapes:
             "ref": ref,
             "node_id": node_id("Ref", f"{repo.id}:{ref}"),
             "url": f"{self.repo_url(repo)}/git/{ref}",
-            "object": {"type": kind, "sha": sha,
-                       "url": f"{self.repo_url(repo)}/git/{kind}s/{sha}"},
+            "object": {"type": kind, "sha": sha, "url": f"{self.repo_url(repo)}/git/{kind}s/{sha}"},
         }
 
     @staticmethod
@@ -488,24 +544,36 @@ class Shapes:
             "tree": {"sha": c.tree, "url": f"{self.repo_url(repo)}/git/trees/{c.tree}"},
             "message": c.message,
             "parents": [
-                {"sha": p, "url": f"{self.repo_url(repo)}/git/commits/{p}",
-                 "html_url": f"{HTML}/{repo.full_name}/commit/{p}"}
+                {
+                    "sha": p,
+                    "url": f"{self.repo_url(repo)}/git/commits/{p}",
+                    "html_url": f"{HTML}/{repo.full_name}/commit/{p}",
+                }
                 for p in c.parents
             ],
             # The fake does not sign commits; GitHub reports unsigned ones like this.
-            "verification": {"verified": False, "reason": "unsigned", "signature": None,
-                             "payload": None, "verified_at": None},
+            "verification": {
+                "verified": False,
+                "reason": "unsigned",
+                "signature": None,
+                "payload": None,
+                "verified_at": None,
+            },
         }
 
-    def content_entry(self, repo: Repo, ref: str, path: str, kind: str, sha: str,
-                      size: int) -> JSON:
+    def content_entry(
+        self, repo: Repo, ref: str, path: str, kind: str, sha: str, size: int
+    ) -> JSON:
         self_url = f"{self.repo_url(repo)}/contents/{quote(path)}?ref={quote(ref, safe='')}"
         git_kind = {"dir": "trees", "file": "blobs", "symlink": "blobs"}.get(kind, "trees")
         git_url = f"{self.repo_url(repo)}/git/{git_kind}/{sha}"
         html_kind = "tree" if kind == "dir" else "blob"
         html = f"{HTML}/{repo.full_name}/{html_kind}/{ref}/{quote(path)}"
-        download = (f"https://raw.githubusercontent.com/{repo.full_name}/{ref}/{quote(path)}"
-                    if kind == "file" else None)
+        download = (
+            f"https://raw.githubusercontent.com/{repo.full_name}/{ref}/{quote(path)}"
+            if kind == "file"
+            else None
+        )
         return {
             "type": kind,
             "size": size,

@@ -19,8 +19,17 @@ if TYPE_CHECKING:
     from tests.rig.github.server import FakeGitHub
 
 JSON = dict[str, Any]
-PULL_REQUEST_ACTIONS = ("opened", "reopened", "closed", "edited", "labeled", "unlabeled",
-                        "synchronize", "ready_for_review", "converted_to_draft")
+PULL_REQUEST_ACTIONS = (
+    "opened",
+    "reopened",
+    "closed",
+    "edited",
+    "labeled",
+    "unlabeled",
+    "synchronize",
+    "ready_for_review",
+    "converted_to_draft",
+)
 ISSUE_COMMENT_ACTIONS = ("created", "edited", "deleted")
 
 
@@ -32,10 +41,13 @@ def validate(event: str, action: str, payload: JSON) -> None:
     """Raise WebhookSchemaError when `payload` breaks the schema of `event$action`."""
     errors = webhook_errors(event, {**payload, "action": action})
     if errors:
-        lines = [f"  at /{'/'.join(str(p) for p in e.absolute_path)}: {e.message[:300]}"
-                 for e in errors[:10]]
-        raise WebhookSchemaError(f"{event}.{action} payload breaks the schema:\n" +
-                                 "\n".join(lines))
+        lines = [
+            f"  at /{'/'.join(str(p) for p in e.absolute_path)}: {e.message[:300]}"
+            for e in errors[:10]
+        ]
+        raise WebhookSchemaError(
+            f"{event}.{action} payload breaks the schema:\n" + "\n".join(lines)
+        )
 
 
 @functools.cache
@@ -61,8 +73,9 @@ def overlay(example: Any, state: Any, user_template: JSON) -> Any:
     (e.g. `merged_by`) takes the shape of the example's `sender`.
     """
     if isinstance(example, dict) and isinstance(state, dict):
-        return {k: overlay(v, state[k], user_template) if k in state else v
-                for k, v in example.items()}
+        return {
+            k: overlay(v, state[k], user_template) if k in state else v for k, v in example.items()
+        }
     if isinstance(example, list) and isinstance(state, list):
         if example:
             return [overlay(example[0], item, user_template) for item in state]
@@ -106,8 +119,18 @@ def _issue_shape(fake: FakeGitHub, pr: Pull) -> JSON:
         "active_lock_reason": None,
         "draft": pr.draft,
         "body": pr.body,
-        "reactions": {"url": f"{url}/reactions", "total_count": 0, "+1": 0, "-1": 0, "laugh": 0,
-                      "hooray": 0, "confused": 0, "heart": 0, "rocket": 0, "eyes": 0},
+        "reactions": {
+            "url": f"{url}/reactions",
+            "total_count": 0,
+            "+1": 0,
+            "-1": 0,
+            "laugh": 0,
+            "hooray": 0,
+            "confused": 0,
+            "heart": 0,
+            "rocket": 0,
+            "eyes": 0,
+        },
         "timeline_url": f"{url}/timeline",
         "performed_via_github_app": None,
         "state_reason": None,
@@ -118,9 +141,14 @@ def _organization(fake: FakeGitHub, repo: Repo) -> JSON:
     org = repo.owner
     base = f"{fake.shapes.api}/orgs/{org.login}"
     return {
-        "login": org.login, "id": org.id, "node_id": node_id("Organization", org.id),
-        "url": base, "repos_url": f"{base}/repos", "events_url": f"{base}/events",
-        "hooks_url": f"{base}/hooks", "issues_url": f"{base}/issues",
+        "login": org.login,
+        "id": org.id,
+        "node_id": node_id("Organization", org.id),
+        "url": base,
+        "repos_url": f"{base}/repos",
+        "events_url": f"{base}/events",
+        "hooks_url": f"{base}/hooks",
+        "issues_url": f"{base}/issues",
         "members_url": f"{base}/members{{/member}}",
         "public_members_url": f"{base}/public_members{{/member}}",
         "avatar_url": f"https://avatars.githubusercontent.com/u/{org.id}?v=4",
@@ -128,8 +156,9 @@ def _organization(fake: FakeGitHub, repo: Repo) -> JSON:
     }
 
 
-def event_payload(fake: FakeGitHub, event: str, action: str, owner: str, name: str, number: int,
-                  **extra: Any) -> JSON:
+def event_payload(
+    fake: FakeGitHub, event: str, action: str, owner: str, name: str, number: int, **extra: Any
+) -> JSON:
     """A `pull_request` or `issue_comment` payload for PR `number`, from the fake's state.
 
     extra keywords:
@@ -174,8 +203,12 @@ def event_payload(fake: FakeGitHub, event: str, action: str, owner: str, name: s
             payload_label = overlay(example["label"], shapes.label(repo, label), template)
         if action == "synchronize":
             history = pr.head_history
-            payload["before"] = extra.pop("before", history[-2] if len(history) > 1 else
-                                          repo.store.refs.get(f"refs/heads/{pr.base_ref}", ""))
+            payload["before"] = extra.pop(
+                "before",
+                history[-2]
+                if len(history) > 1
+                else repo.store.refs.get(f"refs/heads/{pr.base_ref}", ""),
+            )
             payload["after"] = extra.pop("after", pr.head_sha)
         payload["pull_request"] = overlay(example["pull_request"], shapes.pull(pr), template)
         if action in ("labeled", "unlabeled"):
@@ -186,8 +219,7 @@ def event_payload(fake: FakeGitHub, event: str, action: str, owner: str, name: s
             body = extra.pop("body", None)
             if body is None:
                 raise ValueError("issue_comment needs comment_id= or body=")
-            comment = fake.add_comment(owner, name, number, body,
-                                       user=extra.pop("user", "octocat"))
+            comment = fake.add_comment(owner, name, number, body, user=extra.pop("user", "octocat"))
         else:
             comment = repo.comments[comment_id]
         sender = extra.pop("sender", None) or comment.user.login
@@ -195,8 +227,13 @@ def event_payload(fake: FakeGitHub, event: str, action: str, owner: str, name: s
         # The examples are all plain issues; a PR's issue also links the pull request.
         pr_url = f"{shapes.repo_url(repo)}/pulls/{pr.number}"
         html = f"{HTML}/{repo.full_name}/pull/{pr.number}"
-        issue["pull_request"] = {"url": pr_url, "html_url": html, "diff_url": f"{html}.diff",
-                                 "patch_url": f"{html}.patch", "merged_at": iso(pr.merged_at)}
+        issue["pull_request"] = {
+            "url": pr_url,
+            "html_url": html,
+            "diff_url": f"{html}.diff",
+            "patch_url": f"{html}.patch",
+            "merged_at": iso(pr.merged_at),
+        }
         payload["issue"] = issue
         payload["comment"] = overlay(example["comment"], shapes.comment(repo, comment), template)
         if action == "edited":
@@ -223,9 +260,14 @@ def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def webhook_request(event: str, payload: JSON, secret: str | None, *,
-                    delivery_id: str | None = None,
-                    installation_target_id: int | None = None) -> tuple[dict[str, str], bytes]:
+def webhook_request(
+    event: str,
+    payload: JSON,
+    secret: str | None,
+    *,
+    delivery_id: str | None = None,
+    installation_target_id: int | None = None,
+) -> tuple[dict[str, str], bytes]:
     """Headers and body of a delivery as GitHub sends it (signed when `secret` is given)."""
     body = json.dumps(payload).encode()
     headers = {
@@ -240,6 +282,7 @@ def webhook_request(event: str, payload: JSON, secret: str | None, *,
     if secret is not None:
         headers["X-Hub-Signature-256"] = sign(body, secret)
         # GitHub still sends the legacy SHA-1 signature next to the SHA-256 one.
-        headers["X-Hub-Signature"] = "sha1=" + hmac.new(secret.encode(), body,
-                                                        hashlib.sha1).hexdigest()
+        headers["X-Hub-Signature"] = (
+            "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+        )
     return headers, body
