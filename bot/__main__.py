@@ -13,14 +13,16 @@ import uvicorn
 import yaml
 
 from bot.config import Settings, SettingsError, load_settings
-from bot.local import DEFAULT_DIR, DeliveryError, LocalError, run_local, simulate
-from bot.local_payloads import ACTIONS
 from bot.logs import setup_logging
 from bot.model import SHA_RE, PullRequest, State
 from bot.render import names, render_application, render_comment, render_overlay
-from bot.service import build_app
 
-log = logging.getLogger("bot")
+log = logging.getLogger(__name__)
+
+# Local mode's names, repeated so that `preview-bot serve` never imports bot.local (a unit test
+# keeps them equal to bot.local's own).
+LOCAL_DIR = ".preview-bot-local"
+SIMULATE_ACTIONS = ("label", "push", "unlabel", "close", "reopen")
 
 EXIT_SETTINGS = 2
 
@@ -65,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument(
         "action",
-        choices=list(ACTIONS),
+        choices=SIMULATE_ACTIONS,
         metavar="ACTION",
         help="label | push | unlabel | close | reopen",
     )
@@ -80,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         "--url", default=None, help="webhook URL (default: the local server's, from DIR/local.json)"
     )
     simulate.add_argument(
-        "--dir", default=DEFAULT_DIR, help=f"the local mode directory (default {DEFAULT_DIR})"
+        "--dir", default=LOCAL_DIR, help=f"the local mode directory (default {LOCAL_DIR})"
     )
     simulate.add_argument(
         "--print-only",
@@ -123,6 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_SETTINGS
     settings = _load(args)
     setup_logging(settings.log_level)
+    from bot.wiring import build_app  # the production adapters: only `serve` needs them
+
     app = build_app(settings)
     host = args.host if args.host is not None else "0.0.0.0"  # noqa: S104
     port = args.port if args.port is not None else 8000
@@ -131,6 +135,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_local(args: argparse.Namespace) -> int:
+    from bot.local.layout import LocalError
+    from bot.local.serve import run_local
+
     try:
         return run_local(args.local, args.repo, args.host, args.port, config_file=args.config)
     except SettingsError as exc:
@@ -143,6 +150,9 @@ def _serve_local(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from bot.local.layout import DeliveryError, LocalError
+    from bot.local.simulate import simulate
+
     try:
         return simulate(
             args.dir, args.action, args.pr, sha=args.sha, url=args.url, print_only=args.print_only

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from datetime import datetime
 from typing import Any
 
@@ -24,15 +24,15 @@ from gidgethub import apps as gh_apps
 from gidgethub.aiohttp import GitHubAPI
 
 from bot.config import Settings
+from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.metrics import Metrics
-from bot.model import ObservedComment, PullRequest
-from bot.render import COMMENT_MARKER, parse_comment_state
+from bot.model import DeploymentStatus, IssueComment, PullRequest
+from bot.parse import KUSTOMIZATION_NAMES, comment_from_api, pull_from_api
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "preview-bot"
 TOKEN_MARGIN = 300  # seconds before expires_at at which a token is renewed
-KUSTOMIZATION_NAMES = frozenset({"kustomization.yaml", "kustomization.yml", "Kustomization"})
 
 # The REST calls the bot makes, (method, route): the App manifest's permissions are checked
 # against this table by a test, so app.yaml asks for exactly what the code needs.
@@ -50,27 +50,6 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses", "deployments:read"),
     ("POST", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses", "deployments:write"),
 )
-
-
-class TemporaryError(Exception):
-    """Worth retrying later: GitHub or the network failed, or a rate limit applies."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        # Seconds GitHub asked us to wait (rate limits); None: use the configured backoff.
-        self.retry_after = retry_after
-
-
-class PermanentError(Exception):
-    """Retrying will not help (a 404 of the repository, a 422 on our own request, no access)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Conflict(Exception):
-    """A write was refused because the state moved (stale file sha, 409, 422 on sha)."""
 
 
 class CountingGitHubAPI(GitHubAPI):
@@ -184,11 +163,12 @@ class GitHub:
         self._clients[installation_id] = (token, client)
         return client
 
-    async def _call(self, installation_id: int, method: str, url: str, **kw: Any) -> Any:
+    async def request(
+        self, installation_id: int, method: str, url: str, url_vars: Mapping[str, Any], data: Any
+    ) -> Any:
+        """One REST call for the installation, its errors mapped onto bot.errors."""
         gh = await self.api(installation_id)
         try:
-            url_vars = kw.get("url_vars", {})
-            data = kw.get("data", {})
             if method == "GET":
                 return await gh.getitem(url, url_vars)
             if method == "POST":
@@ -199,12 +179,12 @@ class GitHub:
                 return await gh.put(url, url_vars, data=data)
             return await gh.delete(url, url_vars, data=data)
         except Exception as exc:
-            mapped = self._map_error(installation_id, exc)
+            mapped = self.map_error(installation_id, exc)
             if mapped is exc:
                 raise
             raise mapped from exc
 
-    def _map_error(self, installation_id: int, exc: BaseException) -> BaseException:
+    def map_error(self, installation_id: int, exc: BaseException) -> BaseException:
         if isinstance(exc, BadRequest) and int(exc.status_code) == 401:
             # The token was revoked or expired early (the App was reinstalled, its key
             # rotated): forget it, so that the retry asks for a new one.
@@ -212,55 +192,56 @@ class GitHub:
             return TemporaryError("GitHub refused the installation token (401)")
         return classify_error(exc)
 
+    def repo(self, installation_id: int, repo: str) -> RepoClient:
+        """The calls a sync makes on one repository, through one installation."""
+        return RepoClient(self, installation_id, repo)
+
+
+class RepoClient:
+    """One repository of one installation of the App: bot.ports.RepoPort over GitHub's API."""
+
+    def __init__(self, github: GitHub, installation_id: int, repo: str) -> None:
+        self._github = github
+        self.installation_id = installation_id
+        self.repo = repo
+
+    async def _call(self, method: str, url: str, data: Any = None, **url_vars: Any) -> Any:
+        return await self._github.request(
+            self.installation_id, method, url, {"repo": self.repo, **url_vars}, data or {}
+        )
+
     # ---- pull requests and comments --------------------------------------------------------
 
-    async def get_pull(self, installation_id: int, repo: str, number: int) -> PullRequest:
-        data = await self._call(
-            installation_id,
-            "GET",
-            "/repos/{+repo}/pulls/{number}",
-            url_vars={"repo": repo, "number": number},
-        )
+    async def get_pull(self, number: int) -> PullRequest:
+        data = await self._call("GET", "/repos/{+repo}/pulls/{number}", number=number)
         return pull_from_api(data)
 
-    async def find_comment(
-        self, installation_id: int, repo: str, number: int
-    ) -> ObservedComment | None:
-        gh = await self.api(installation_id)
-        try:
-            async for c in gh.getiter(
-                "/repos/{+repo}/issues/{number}/comments{?per_page}",
-                {"repo": repo, "number": number, "per_page": 100},
-            ):
-                body = c.get("body") or ""
-                if COMMENT_MARKER in body:
-                    state, fp = parse_comment_state(body)
-                    return ObservedComment(int(c["id"]), state, fp)
-        except Exception as exc:
-            raise self._map_error(installation_id, exc) from exc
-        return None
+    async def comments(self, number: int) -> AsyncIterator[IssueComment]:
+        gh = await self._github.api(self.installation_id)
+        pages = gh.getiter(
+            "/repos/{+repo}/issues/{number}/comments{?per_page}",
+            {"repo": self.repo, "number": number, "per_page": 100},
+        )
+        while True:
+            try:
+                data = await anext(pages)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                raise self._github.map_error(self.installation_id, exc) from exc
+            yield comment_from_api(data)
 
-    async def create_comment(self, installation_id: int, repo: str, number: int, body: str) -> int:
+    async def create_comment(self, number: int, body: str) -> int:
         data = await self._call(
-            installation_id,
-            "POST",
-            "/repos/{+repo}/issues/{number}/comments",
-            url_vars={"repo": repo, "number": number},
-            data={"body": body},
+            "POST", "/repos/{+repo}/issues/{number}/comments", {"body": body}, number=number
         )
         return int(data["id"])
 
-    async def edit_comment(
-        self, installation_id: int, repo: str, comment_id: int, body: str
-    ) -> bool:
+    async def edit_comment(self, comment_id: int, body: str) -> bool:
         """Edit the comment; False when it no longer exists (someone deleted it)."""
         try:
             await self._call(
-                installation_id,
-                "PATCH",
-                "/repos/{+repo}/issues/comments/{id}",
-                url_vars={"repo": repo, "id": comment_id},
-                data={"body": body},
+                "PATCH", "/repos/{+repo}/issues/comments/{id}", {"body": body}, id=comment_id
             )
         except PermanentError as exc:
             if exc.status == 404:
@@ -270,44 +251,32 @@ class GitHub:
 
     # ---- contents --------------------------------------------------------------------------
 
-    async def _contents(self, installation_id: int, repo: str, path: str, ref: str) -> Any:
+    async def _contents(self, path: str, ref: str) -> Any:
         """The contents API's answer for `path` on `ref` (file or listing); None on 404."""
         try:
             return await self._call(
-                installation_id,
-                "GET",
-                "/repos/{+repo}/contents/{+path}{?ref}",
-                url_vars={"repo": repo, "path": path, "ref": ref},
+                "GET", "/repos/{+repo}/contents/{+path}{?ref}", path=path, ref=ref
             )
         except PermanentError as exc:
             if exc.status == 404:
                 return None
             raise
 
-    async def get_file_sha(
-        self, installation_id: int, repo: str, path: str, ref: str
-    ) -> str | None:
-        data = await self._contents(installation_id, repo, path, ref)
+    async def get_file_sha(self, path: str, ref: str) -> str | None:
+        data = await self._contents(path, ref)
         if data is None:
             return None
         if isinstance(data, list):
             raise PermanentError(f"{path} is a directory on {ref}, expected a file")
         return str(data["sha"])
 
-    async def has_kustomization(self, installation_id: int, repo: str, path: str, ref: str) -> bool:
+    async def has_kustomization(self, path: str, ref: str) -> bool:
         """Whether directory `path` on `ref` holds a kustomization file."""
-        data = await self._contents(installation_id, repo, path, ref)
+        data = await self._contents(path, ref)
         return isinstance(data, list) and any(e.get("name") in KUSTOMIZATION_NAMES for e in data)
 
     async def put_file(
-        self,
-        installation_id: int,
-        repo: str,
-        path: str,
-        branch: str,
-        content: str,
-        message: str,
-        sha: str | None,
+        self, path: str, branch: str, content: str, message: str, sha: str | None
     ) -> tuple[str, str]:
         """Create or update a file in one commit: (blob sha, commit sha). Conflict if stale."""
         data: dict[str, Any] = {
@@ -318,13 +287,7 @@ class GitHub:
         if sha:
             data["sha"] = sha
         try:
-            result = await self._call(
-                installation_id,
-                "PUT",
-                "/repos/{+repo}/contents/{+path}",
-                url_vars={"repo": repo, "path": path},
-                data=data,
-            )
+            result = await self._call("PUT", "/repos/{+repo}/contents/{+path}", data, path=path)
         except PermanentError as exc:
             # 422 when the file exists and no sha was given, or the sha is not the file's.
             if exc.status in (409, 422):
@@ -332,18 +295,11 @@ class GitHub:
             raise
         return str(result["content"]["sha"]), str(result["commit"]["sha"])
 
-    async def delete_file(
-        self, installation_id: int, repo: str, path: str, branch: str, message: str, sha: str
-    ) -> bool:
+    async def delete_file(self, path: str, branch: str, message: str, sha: str) -> bool:
         """Delete a file in one commit; False when it was already gone. Conflict if stale."""
+        data = {"message": message, "sha": sha, "branch": branch}
         try:
-            await self._call(
-                installation_id,
-                "DELETE",
-                "/repos/{+repo}/contents/{+path}",
-                url_vars={"repo": repo, "path": path},
-                data={"message": message, "sha": sha, "branch": branch},
-            )
+            await self._call("DELETE", "/repos/{+repo}/contents/{+path}", data, path=path)
         except PermanentError as exc:
             if exc.status == 404:
                 return False
@@ -355,49 +311,29 @@ class GitHub:
 
     # ---- deployments -----------------------------------------------------------------------
 
-    async def create_deployment(
-        self, installation_id: int, repo: str, sha: str, environment: str, description: str
-    ) -> int:
-        data = await self._call(
-            installation_id,
-            "POST",
-            "/repos/{+repo}/deployments",
-            url_vars={"repo": repo},
-            data={
-                "ref": sha,
-                "environment": environment,
-                "description": description,
-                "auto_merge": False,
-                "required_contexts": [],
-                "transient_environment": True,
-                "production_environment": False,
-            },
-        )
-        return int(data["id"])
+    async def create_deployment(self, sha: str, environment: str, description: str) -> int:
+        data = {
+            "ref": sha,
+            "environment": environment,
+            "description": description,
+            "auto_merge": False,
+            "required_contexts": [],
+            "transient_environment": True,
+            "production_environment": False,
+        }
+        result = await self._call("POST", "/repos/{+repo}/deployments", data)
+        return int(result["id"])
 
-    async def set_deployment_status(
-        self,
-        installation_id: int,
-        repo: str,
-        deployment_id: int,
-        state: str,
-        environment_url: str | None,
-        log_url: str | None,
-        description: str,
-    ) -> bool:
+    async def set_deployment_status(self, deployment_id: int, status: DeploymentStatus) -> bool:
         """Add a status; False when the deployment no longer exists."""
-        data: dict[str, Any] = {"state": state, "description": description[:140]}
-        if environment_url:
-            data["environment_url"] = environment_url
-        if log_url:
-            data["log_url"] = log_url
+        data: dict[str, Any] = {"state": status.state, "description": status.description[:140]}
+        if status.environment_url:
+            data["environment_url"] = status.environment_url
+        if status.log_url:
+            data["log_url"] = status.log_url
         try:
             await self._call(
-                installation_id,
-                "POST",
-                "/repos/{+repo}/deployments/{id}/statuses",
-                url_vars={"repo": repo, "id": deployment_id},
-                data=data,
+                "POST", "/repos/{+repo}/deployments/{id}/statuses", data, id=deployment_id
             )
         except PermanentError as exc:
             if exc.status == 404:
@@ -405,44 +341,19 @@ class GitHub:
             raise
         return True
 
-    async def active_deployments(
-        self, installation_id: int, repo: str, environment: str
-    ) -> list[int]:
+    async def active_deployments(self, environment: str) -> list[int]:
         """Deployments of `environment` whose latest status is not inactive (newest first)."""
         deployments = await self._call(
-            installation_id,
             "GET",
             "/repos/{+repo}/deployments{?environment,per_page}",
-            url_vars={"repo": repo, "environment": environment, "per_page": 20},
+            environment=environment,
+            per_page=20,
         )
         active = []
         for d in deployments:
             statuses = await self._call(
-                installation_id,
-                "GET",
-                "/repos/{+repo}/deployments/{id}/statuses{?per_page}",
-                url_vars={"repo": repo, "id": d["id"], "per_page": 1},
+                "GET", "/repos/{+repo}/deployments/{id}/statuses{?per_page}", id=d["id"], per_page=1
             )
             if not statuses or statuses[0].get("state") != "inactive":
                 active.append(int(d["id"]))
         return active
-
-
-def pull_from_api(data: Mapping[str, Any]) -> PullRequest:
-    """A PullRequest from GitHub's pull-request JSON (the API's, or a webhook's)."""
-    base_repo = data["base"]["repo"]
-    head_repo = data["head"].get("repo")
-    return PullRequest(
-        repo=str(base_repo["full_name"]),
-        number=int(data["number"]),
-        state=str(data["state"]),
-        merged=bool(data.get("merged")),
-        labels=frozenset(str(label["name"]) for label in data.get("labels") or []),
-        head_sha=str(data["head"]["sha"]),
-        head_repo=str(head_repo["full_name"]) if head_repo else None,
-        default_branch=str(base_repo.get("default_branch") or data["base"]["ref"]),
-        html_url=str(data["html_url"]),
-        repo_html_url=str(base_repo["html_url"]),
-        draft=bool(data.get("draft")),
-        comment_count=data["comments"] if isinstance(data.get("comments"), int) else None,
-    )

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from bot.model import BOT, MANAGED_BY, AppStatus, ObservedApp
+from bot.config import Settings
+from bot.errors import ClusterUnavailable
+from bot.model import BOT, MANAGED_BY, ObservedApp
+from bot.parse import app_from_object
+from bot.ports import OnEvent
 
 log = logging.getLogger(__name__)
 
@@ -29,42 +34,34 @@ APPLY: dict[str, Any] = {"_content_type": "application/apply-patch+yaml"}
 MERGE: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 
 
-class ClusterUnavailable(Exception):
-    """The API server could not be reached or answered 5xx/429: retry later."""
-
-
 def _temporary(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status in (0, 429) or (exc.status or 0) >= 500
     return isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError | OSError)
 
 
-def observed_app(obj: dict[str, Any]) -> ObservedApp:
-    """The parts of an Application object a plan looks at."""
-    meta = obj.get("metadata") or {}
-    status = obj.get("status") or {}
-    op = status.get("operationState") or {}
-    return ObservedApp(
-        name=str(meta.get("name", "")),
-        managed=(meta.get("labels") or {}).get(MANAGED_BY) == BOT,
-        terminating=bool(meta.get("deletionTimestamp")),
-        annotations=dict(meta.get("annotations") or {}),
-        status=AppStatus(
-            sync=(status.get("sync") or {}).get("status"),
-            health=(status.get("health") or {}).get("status"),
-            revision=(status.get("sync") or {}).get("revision"),
-            operation_phase=op.get("phase"),
-            message=op.get("message") or (status.get("health") or {}).get("message"),
-        ),
-    )
+async def load_kube_client(settings: Settings) -> client.ApiClient:
+    """An ApiClient from KUBECONFIG, else the in-cluster service account, else ~/.kube/config."""
+    if settings.kubeconfig:
+        await kconfig.load_kube_config(config_file=settings.kubeconfig)
+        return client.ApiClient()
+    try:
+        kconfig.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped upstream
+    except kconfig.ConfigException:
+        await kconfig.load_kube_config()
+    return client.ApiClient()
 
 
 class ArgoCD:
     """Applications in one Argo CD namespace, through one ApiClient."""
 
     def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.api_client = api_client
         self.api = client.CustomObjectsApi(api_client)
         self.namespace = namespace
+
+    async def close(self) -> None:
+        await self.api_client.close()
 
     async def _do(self, what: str, call: Awaitable[Any]) -> Any:
         try:
@@ -74,7 +71,7 @@ class ArgoCD:
                 raise ClusterUnavailable(f"{what}: {exc}") from exc
             raise
 
-    async def get(self, name: str) -> dict[str, Any] | None:
+    async def get(self, name: str) -> ObservedApp | None:
         try:
             obj: dict[str, Any] = await self._do(
                 f"get Application {name}",
@@ -84,7 +81,7 @@ class ArgoCD:
             if exc.status == 404:
                 return None
             raise
-        return obj
+        return app_from_object(obj)
 
     async def apply(self, manifest: dict[str, Any]) -> None:
         """Create or update the Application in one server-side apply.
@@ -149,20 +146,16 @@ class ArgoCD:
             "deletionTimestamp"
         )
 
-    async def list_managed(self) -> list[dict[str, Any]]:
+    async def list_managed(self) -> list[ObservedApp]:
         result = await self._do(
             "list Applications",
             self.api.list_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, label_selector=f"{MANAGED_BY}={BOT}"
             ),
         )
-        return list(result.get("items") or [])
+        return [app_from_object(item) for item in result.get("items") or []]
 
-    async def watch(
-        self,
-        on_event: Callable[[str, dict[str, Any]], Awaitable[None]],
-        timeout_seconds: int = 300,
-    ) -> None:
+    async def watch(self, on_event: OnEvent, timeout_seconds: int = 300) -> None:
         """Call `on_event(type, object)` for every change of a managed Application, forever.
 
         Restarts from a fresh list when the server says the resourceVersion is gone (410), and
@@ -182,7 +175,7 @@ class ArgoCD:
                     )
                     version = listing["metadata"]["resourceVersion"]
                     for item in listing.get("items") or []:
-                        await on_event("SYNCED", item)
+                        await on_event("SYNCED", app_from_object(item))
                 async with watch.Watch() as w:
                     stream = w.stream(
                         self.api.list_namespaced_custom_object,
@@ -202,7 +195,7 @@ class ArgoCD:
                                 break
                             continue
                         version = obj["metadata"]["resourceVersion"]
-                        await on_event(event["type"], obj)
+                        await on_event(event["type"], app_from_object(obj))
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise

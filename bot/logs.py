@@ -1,24 +1,51 @@
 """Log setup: JSON lines when stdout is not a terminal, readable lines when it is.
 
-Every line about a delivery or a sync carries its context (delivery id, event, action,
-repository, PR) as `extra=` fields, so one grep finds a PR's whole story.
+Every line about a delivery or a sync carries its context (delivery id, repository, PR) as
+fields, so one grep finds a PR's whole story. A sync sets its context once (`log_context`, a
+contextvar, so each worker task has its own); every line logged inside it carries the fields.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, TextIO
 
-# The context fields we lift out of a LogRecord's `extra=`.
-CONTEXT = ("delivery", "event", "action", "repo", "pr", "outcome", "sha", "app", "status")
+# Immutable default: a sync's fields are added by replacing the mapping, never by mutating it.
+_CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar(
+    "preview_bot_log_context", default=MappingProxyType({})
+)
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add `fields` to every line logged inside the block, in this task only."""
+    token = _CONTEXT.set({**_CONTEXT.get(), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the current log_context onto each record (fields given with `extra=` win)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _CONTEXT.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,6 +83,7 @@ def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     out = stream if stream is not None else sys.stdout
     handler = logging.StreamHandler(out)
     handler.setFormatter(TextFormatter() if out.isatty() else JsonFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

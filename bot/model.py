@@ -1,12 +1,13 @@
-"""Plain data of a sync: what was observed, and the actions that converge on what should be."""
+"""Plain data of a sync: the PR, what the bot recorded, what it observed, and the actions."""
 
 from __future__ import annotations
 
 import enum
 import hashlib
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar, Union
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -14,22 +15,42 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 BOT = "preview-bot"
 FINALIZER = "resources-finalizer.argocd.argoproj.io"
 
-# Annotations on the Application: where the bot keeps what it last wrote, so a redeploy or a
-# teardown needs no read of GitHub to find its comment, overlay blob or deployment.
+# Annotations the bot applies with the Application: whose preview it is.
 A_REPO = "preview-bot.io/repo"
 A_PR = "preview-bot.io/pr"
 A_PR_URL = "preview-bot.io/pr-url"
 A_HEAD_SHA = "preview-bot.io/head-sha"
 A_INSTALLATION = "preview-bot.io/installation"
+# Annotations the bot merges in after each sync: its Record (see below).
 A_COMMENT = "preview-bot.io/comment-id"
+A_COMMENT_STATE = "preview-bot.io/comment-state"
+A_COMMENT_FP = "preview-bot.io/comment-fingerprint"
 A_OVERLAY_BLOB = "preview-bot.io/overlay-blob"
 A_OVERLAY_COMMIT = "preview-bot.io/overlay-commit"
 A_DEPLOYMENT = "preview-bot.io/deployment-id"
 A_DEPLOYED_SHA = "preview-bot.io/deployed-sha"
-A_COMMENT_STATE = "preview-bot.io/comment-state"
-A_COMMENT_FP = "preview-bot.io/comment-fingerprint"
 L_PR = "preview-bot.io/pr"
 L_REPO = "preview-bot.io/repo"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkKey:
+    """One PR of one repository: the unit of work. Deliveries for the same key coalesce."""
+
+    repo: str  # owner/name, as GitHub spells it
+    number: int
+
+    def __str__(self) -> str:
+        return f"{self.repo}#{self.number}"
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A key plus what the worker needs to reach GitHub for it."""
+
+    key: WorkKey
+    installation_id: int
+    delivery: str = ""
 
 
 class State(enum.Enum):
@@ -41,6 +62,95 @@ class State(enum.Enum):
     TEARDOWN_PENDING = "teardown pending"
     DESTROYED = "destroyed"
     NOT_DEPLOYED = "not deployed"  # refused: fork PR, bad input, a name taken by another owner
+
+
+class Unknown(enum.Enum):
+    """A value the bot does not know: never recorded, or the record was lost."""
+
+    UNKNOWN = "unknown"
+
+
+UNKNOWN = Unknown.UNKNOWN
+T = TypeVar("T")
+# A recorded value: UNKNOWN (not recorded), None (known: there is none), or the value.
+Known = Union[T, None, Unknown]  # noqa: UP007  (a generic alias needs Union before 3.12)
+
+
+def known_value(value: Known[T]) -> T | None:
+    """The value, or None when there is none or it is not known."""
+    return None if isinstance(value, Unknown) else value
+
+
+# Record field -> (annotation, decoder of a non-empty annotation value).
+def _int_or_unknown(text: str) -> int | Unknown:
+    return int(text) if text.isdigit() else UNKNOWN
+
+
+_RECORD_ANNOTATIONS: dict[str, tuple[str, Any]] = {
+    "comment_id": (A_COMMENT, _int_or_unknown),
+    "comment_state": (A_COMMENT_STATE, str),
+    "comment_fingerprint": (A_COMMENT_FP, str),
+    "overlay_blob": (A_OVERLAY_BLOB, str),
+    "overlay_commit": (A_OVERLAY_COMMIT, str),
+    "deployment_id": (A_DEPLOYMENT, _int_or_unknown),
+    "deployed_sha": (A_DEPLOYED_SHA, str),
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the bot last wrote for a PR, kept in its Application's annotations.
+
+    Lets a redeploy or a teardown find its comment, overlay blob and deployment without reading
+    GitHub. Each field is UNKNOWN (never recorded, or lost: read it from GitHub, or write
+    blindly and let a conflict tell), None (known: there is none) or the value. In annotations,
+    an absent key is UNKNOWN and an empty string is None.
+    """
+
+    comment_id: Known[int] = UNKNOWN
+    comment_state: Known[str] = UNKNOWN
+    comment_fingerprint: Known[str] = UNKNOWN
+    overlay_blob: Known[str] = UNKNOWN  # the git blob sha of the overlay file; None: no file
+    overlay_commit: Known[str] = UNKNOWN  # the commit that last wrote the overlay
+    deployment_id: Known[int] = UNKNOWN  # the deployment of deployed_sha; None: all inactive
+    deployed_sha: Known[str] = UNKNOWN
+
+    @classmethod
+    def from_annotations(cls, annotations: Mapping[str, str]) -> Record:
+        values: dict[str, Any] = {}
+        for name, (key, decode) in _RECORD_ANNOTATIONS.items():
+            raw = annotations.get(key)
+            if raw is not None:
+                values[name] = decode(raw) if raw else None
+        return cls(**values)
+
+    def to_annotations(self) -> dict[str, str]:
+        """The known fields as annotations; unknown ones are left out, so a merge keeps them."""
+        out: dict[str, str] = {}
+        for name, (key, _) in _RECORD_ANNOTATIONS.items():
+            value = getattr(self, name)
+            if value is not UNKNOWN:
+                out[key] = "" if value is None else str(value)
+        return out
+
+    @property
+    def comment(self) -> ObservedComment | None:
+        """The bot's comment as recorded, when its id is known."""
+        if not isinstance(self.comment_id, int):
+            return None
+        return ObservedComment(
+            self.comment_id, known_value(self.comment_state), known_value(self.comment_fingerprint)
+        )
+
+    def updated_by(self, produced: Record) -> Record:
+        """The one merge rule: a field produced while executing (known in `produced`) replaces
+        the planned value; the plan's value stands where execution produced nothing."""
+        changes = {
+            f.name: getattr(produced, f.name)
+            for f in fields(produced)
+            if getattr(produced, f.name) is not UNKNOWN
+        }
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -77,20 +187,50 @@ class AppStatus:
     operation_phase: str | None = None  # Running | Succeeded | Failed | Error | Terminating
     message: str | None = None
 
+    @property
+    def verdict(self) -> tuple[str | None, str | None, str | None]:
+        """What Argo CD concluded (sync, health, operation phase): a change of it is news."""
+        return self.sync, self.health, self.operation_phase
+
 
 @dataclass(frozen=True)
 class ObservedApp:
-    """An Application found in the cluster under the PR's name."""
+    """An Application as the cluster has it, with what the bot wrote on it."""
 
     name: str
     managed: bool  # carries app.kubernetes.io/managed-by=preview-bot
     terminating: bool  # has a deletionTimestamp
-    annotations: dict[str, str] = field(default_factory=dict)
+    repo: str | None = None  # the PR's repository (annotation), None when absent
+    number: int | None = None  # the PR's number (annotation)
+    installation_id: int | None = None  # the installation that deployed it (annotation)
+    head_sha: str | None = None  # the head SHA the last apply deployed (annotation)
+    record: Record = Record()
     status: AppStatus = AppStatus()
 
-    @property
-    def repo(self) -> str | None:
-        return self.annotations.get(A_REPO)
+    def owned_by(self, repo: str) -> bool:
+        """The ownership rule: the bot's label, and no other repository's annotation.
+
+        Two repositories with the same name template would otherwise fight over dex-pr-42.
+        """
+        return self.managed and self.repo in (None, repo)
+
+    def work(self, delivery: str) -> Work | None:
+        """The PR this Application belongs to, when the bot's annotations say it in full."""
+        if not self.managed or self.repo is None or "/" not in self.repo:
+            return None
+        if self.number is None or self.installation_id is None:
+            return None
+        return Work(WorkKey(self.repo, self.number), self.installation_id, delivery)
+
+
+@dataclass(frozen=True)
+class IssueComment:
+    """A comment on the PR as GitHub has it: who wrote it, and what it says."""
+
+    id: int
+    author: str  # the user's login; `<app-slug>[bot]` for an App
+    app_id: int | None  # performed_via_github_app.id, when an App wrote it
+    body: str
 
 
 @dataclass(frozen=True)
@@ -109,16 +249,10 @@ class Observed:
     pr: PullRequest
     installation_id: int
     app: ObservedApp | None
-    comment: ObservedComment | None
-    # The blob sha of the overlay in git as far as we know it (None: no file); `overlay_known`
-    # False means we did not read it (the plan then writes and lets a conflict tell us).
-    overlay_blob: str | None
-    overlay_known: bool
+    record: Record  # the Application's record, else the last one this process saw
+    comment: ObservedComment | None  # from the record, or found on GitHub
     base_ok: bool | None  # does the base overlay exist on the branch? None: not checked
     branch: str  # the branch overlays are committed to and Argo CD reads
-    deployment_id: int | None  # the deployment of `deployed_sha`, when known
-    deployed_sha: str | None
-    deployments_done: bool = False  # a teardown already marked the deployments inactive
 
 
 # ---- actions -----------------------------------------------------------------------------
@@ -164,6 +298,16 @@ class CreateDeployment:
 
 
 @dataclass(frozen=True)
+class DeploymentStatus:
+    """A status of a GitHub deployment, as the bot posts it."""
+
+    state: str  # in_progress | success | failure | inactive | error
+    description: str
+    environment_url: str | None = None
+    log_url: str | None = None
+
+
+@dataclass(frozen=True)
 class SetDeploymentStatus:
     """A status on a deployment; deployment_id None means the one created in this sync."""
 
@@ -172,6 +316,10 @@ class SetDeploymentStatus:
     environment_url: str | None
     log_url: str | None
     description: str
+
+    @property
+    def status(self) -> DeploymentStatus:
+        return DeploymentStatus(self.state, self.description, self.environment_url, self.log_url)
 
 
 @dataclass(frozen=True)
@@ -206,10 +354,10 @@ class Requeue:
 
 @dataclass(frozen=True)
 class RecordState:
-    """Write what this sync produced (ids, blob, states) into the Application's annotations."""
+    """Write the PR's record into its Application, merged with what this sync produced."""
 
     name: str
-    values: dict[str, str]
+    record: Record
 
 
 Action = (

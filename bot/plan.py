@@ -10,18 +10,13 @@ the comment is written last, so it never claims more than was done.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from bot.config import Settings
 from bot.model import (
-    A_COMMENT,
-    A_COMMENT_FP,
-    A_COMMENT_STATE,
-    A_DEPLOYED_SHA,
-    A_DEPLOYMENT,
-    A_HEAD_SHA,
-    A_OVERLAY_BLOB,
     SHA_RE,
+    UNKNOWN,
     Action,
     ApplyApplication,
     CommentText,
@@ -34,12 +29,14 @@ from bot.model import (
     Plan,
     PullRequest,
     PutOverlay,
+    Record,
     RecordState,
     Requeue,
     SetDeploymentStatus,
     State,
     UpsertComment,
     git_blob_sha,
+    known_value,
 )
 from bot.render import (
     FORK_REFUSAL,
@@ -62,21 +59,21 @@ def wants_preview(pr: PullRequest, settings: Settings) -> bool:
 
 
 def needs_base_check(
-    pr: PullRequest, settings: Settings, overlay_known: bool, app_is_ours_or_absent: bool
+    pr: PullRequest, settings: Settings, record: Record, app: ObservedApp | None
 ) -> bool:
     """Whether the plan needs to know that the base overlay exists: only before a PR's first
     overlay (a redeploy builds on a base that existed), and only when it may deploy at all."""
     return (
         wants_preview(pr, settings)
         and not pr.is_fork
-        and not overlay_known
-        and app_is_ours_or_absent
+        and record.overlay_blob is UNKNOWN
+        and (app is None or app.owned_by(pr.repo))
     )
 
 
 def app_state(app: ObservedApp | None, head_sha: str) -> State:
     """What Argo CD's status says about the preview of `head_sha`."""
-    if app is None or app.annotations.get(A_HEAD_SHA) != head_sha:
+    if app is None or app.head_sha != head_sha:
         return State.DEPLOYING
     st = app.status
     if st.health == "Degraded" or st.operation_phase in ("Failed", "Error"):
@@ -91,6 +88,16 @@ def _comment(obs: Observed, text: CommentText) -> list[Action]:
     if obs.comment is not None and obs.comment.fingerprint == text.fingerprint:
         return []
     return [UpsertComment(obs.comment.id if obs.comment else None, text)]
+
+
+def _with_comment(record: Record, obs: Observed, text: CommentText) -> Record:
+    """The record once `text` is the comment (its id comes from executing, if it is new)."""
+    return replace(
+        record,
+        comment_id=obs.comment.id if obs.comment else record.comment_id,
+        comment_state=text.state.value,
+        comment_fingerprint=text.fingerprint,
+    )
 
 
 def _refuse(obs: Observed, settings: Settings, now: datetime, detail: str, reason: str) -> Plan:
@@ -113,9 +120,8 @@ def plan_sync(obs: Observed, settings: Settings, now: datetime) -> Plan:
     app = obs.app
     want = wants_preview(pr, settings)
 
-    # Never touch an Application the bot does not own, or one owned for another repository
-    # (two repositories with the same name template would otherwise fight over dex-pr-42).
-    if app is not None and (not app.managed or (app.repo is not None and app.repo != pr.repo)):
+    # Never touch an Application the bot does not own, or one owned for another repository.
+    if app is not None and not app.owned_by(pr.repo):
         if not want:
             return Plan(State.NOT_DEPLOYED, (), f"Application {n.app} is not ours; nothing to do")
         owner = app.repo if app.managed else "something other than preview-bot"
@@ -143,8 +149,8 @@ def plan_failure(obs: Observed, settings: Settings, now: datetime, reason: str) 
     detail = f"preview-bot could not finish: {reason}. It will try again on the next event."
     text = render_comment(settings, pr, State.FAILED, now, detail)
     actions = _comment(obs, text)
-    if actions and obs.app is not None and obs.app.managed:
-        actions.append(RecordState(n.app, {}))
+    if actions and obs.app is not None and obs.app.owned_by(pr.repo):
+        actions.append(RecordState(n.app, _with_comment(obs.record, obs, text)))
     return Plan(State.FAILED, tuple(actions), "permanent failure")
 
 
@@ -155,7 +161,8 @@ def _plan_deploy(obs: Observed, settings: Settings, now: datetime) -> Plan:
     content = render_overlay(settings, pr)
     blob = git_blob_sha(content)
     actions: list[Action] = []
-    overlay_current = obs.overlay_known and obs.overlay_blob == blob
+    overlay_known = obs.record.overlay_blob is not UNKNOWN
+    overlay_current = obs.record.overlay_blob == blob
 
     if not overlay_current and obs.base_ok is False:
         detail = (
@@ -178,49 +185,50 @@ def _plan_deploy(obs: Observed, settings: Settings, now: datetime) -> Plan:
                 path=n.overlay_path,
                 content=content,
                 blob_sha=blob,
-                previous_blob=obs.overlay_blob if obs.overlay_known else None,
+                previous_blob=known_value(obs.record.overlay_blob) if overlay_known else None,
                 branch=obs.branch,
                 message=overlay_message(pr, settings),
             )
         )
     manifest = render_application(settings, pr, obs.branch, obs.installation_id)
-    if app is None or app.annotations.get(A_HEAD_SHA) != pr.head_sha or not overlay_current:
+    if app is None or app.head_sha != pr.head_sha or not overlay_current:
         actions.append(ApplyApplication(manifest))
 
     deploying = bool(actions)
     state = State.DEPLOYING if deploying else app_state(app, pr.head_sha)
     log_url = argocd_app_url(settings, n.app)
-    record: dict[str, str] = {A_OVERLAY_BLOB: blob}
-    if obs.deployed_sha != pr.head_sha or obs.deployment_id is None:
-        if obs.deployment_id is not None:
+    record = replace(obs.record, overlay_blob=blob)
+    deployment_id = known_value(obs.record.deployment_id)
+    if obs.record.deployed_sha != pr.head_sha or deployment_id is None:
+        if deployment_id is not None:
             actions.append(
                 SetDeploymentStatus(
-                    obs.deployment_id, "inactive", None, log_url, "Superseded by a newer commit"
+                    deployment_id, "inactive", None, log_url, "Superseded by a newer commit"
                 )
             )
         actions.append(
             CreateDeployment(
-                pr.head_sha, n.app, n.preview_url, log_url, deployment_description(State.DEPLOYING)
+                pr.head_sha,
+                n.app,
+                n.preview_url,
+                log_url,
+                deployment_description(State.DEPLOYING),
             )
         )
-        record[A_DEPLOYED_SHA] = pr.head_sha
+        # The new deployment's id is produced by executing CreateDeployment.
+        record = replace(record, deployed_sha=pr.head_sha, deployment_id=UNKNOWN)
     text = render_comment(settings, pr, state, now)
     comment_actions = _comment(obs, text)
-    if comment_actions and state in (State.READY, State.FAILED) and obs.deployment_id:
+    if comment_actions and state in (State.READY, State.FAILED) and deployment_id:
         gh_state = "success" if state is State.READY else "failure"
         actions.append(
             SetDeploymentStatus(
-                obs.deployment_id, gh_state, n.preview_url, log_url, deployment_description(state)
+                deployment_id, gh_state, n.preview_url, log_url, deployment_description(state)
             )
         )
     actions.extend(comment_actions)
     if actions:
-        record.update({A_COMMENT_STATE: text.state.value, A_COMMENT_FP: text.fingerprint})
-        if obs.comment is not None:
-            record[A_COMMENT] = str(obs.comment.id)
-        if obs.deployment_id is not None and A_DEPLOYED_SHA not in record:
-            record[A_DEPLOYMENT] = str(obs.deployment_id)
-        actions.append(RecordState(n.app, record))
+        actions.append(RecordState(n.app, _with_comment(record, obs, text)))
     return Plan(state, tuple(actions), "deploy" if deploying else f"preview {state.value}")
 
 
@@ -241,24 +249,26 @@ def _plan_teardown(obs: Observed, settings: Settings, now: datetime) -> Plan:
 
     # Without any record (a restart after a crash) the comment tells: a teardown writes it only
     # after its GitHub steps, so "teardown pending" means they were done.
-    unknown = not obs.overlay_known and comment_state == State.TEARDOWN_PENDING.value
+    overlay = obs.record.overlay_blob
+    unknown = overlay is UNKNOWN and comment_state == State.TEARDOWN_PENDING.value
     actions: list[Action] = []
     if app is not None and not app.terminating:
         actions.append(DeleteApplication(n.app))
-    if not (obs.overlay_known and obs.overlay_blob is None) and not unknown:
+    if overlay is not None and not unknown:
         actions.append(
             DeleteOverlay(
                 path=n.overlay_path,
-                previous_blob=obs.overlay_blob if obs.overlay_known else None,
+                previous_blob=known_value(overlay),
                 branch=obs.branch,
                 message=overlay_message(pr, settings, deleting=True),
             )
         )
-    if not obs.deployments_done and not unknown:
-        actions.append(DeactivateDeployments(n.app, obs.deployment_id))
-    record: dict[str, str] = {A_OVERLAY_BLOB: "", A_DEPLOYMENT: ""}
+    if obs.record.deployment_id is not None and not unknown:
+        actions.append(DeactivateDeployments(n.app, known_value(obs.record.deployment_id)))
+    record = replace(obs.record, overlay_blob=None, deployment_id=None)
     if app is None:
-        actions.extend(_comment(obs, render_comment(settings, pr, State.DESTROYED, now)))
+        text = render_comment(settings, pr, State.DESTROYED, now)
+        actions.extend(_comment(obs, text))
         if actions:
             actions.append(RecordState(n.app, record))
         return Plan(State.DESTROYED, tuple(actions), "teardown finished")

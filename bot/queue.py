@@ -13,7 +13,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from bot.webhooks import Outcome, Work, WorkKey
+from bot.model import Work, WorkKey
+from bot.webhooks import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,8 @@ from bot.model import (
     L_REPO,
     MANAGED_BY,
     CommentText,
+    IssueComment,
+    ObservedComment,
     PullRequest,
     State,
     label_safe,
@@ -257,6 +259,14 @@ def parse_comment_state(body: str) -> tuple[str | None, str | None]:
         return None, None
     state, fp = hidden.get("state"), hidden.get("fingerprint")
     return (state if isinstance(state, str) else None, fp if isinstance(fp, str) else None)
+
+
+def read_comment(comment: IssueComment) -> ObservedComment | None:
+    """The bot's comment, with the state its hidden marker records; None for any other."""
+    if COMMENT_MARKER not in comment.body:
+        return None
+    state, fp = parse_comment_state(comment.body)
+    return ObservedComment(comment.id, state, fp)
 
 
 def deployment_description(state: State) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -18,6 +16,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from bot.webhooks import delivery_headers
 from tests.deploy.chart import BIN
 from tests.deploy.conftest import FIGURES, du
 from tests.deploy.dockerfile import Builder, IgnoreRules, Image
@@ -184,16 +183,8 @@ def test_serve_runs_from_a_tree_it_never_writes(
     before = _snapshot(image.root)
     # Import-heavy paths (webhook, metrics) after the snapshot, to catch late .pyc writes.
     body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
-    signature = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
     status, text = _get(
-        base + "/webhook",
-        body,
-        {
-            "Content-Type": "application/json",
-            "X-GitHub-Event": "ping",
-            "X-GitHub-Delivery": "image-test-1",
-            "X-Hub-Signature-256": signature,
-        },
+        base + "/webhook", body, delivery_headers(WEBHOOK_SECRET, "ping", body, "image-test-1")
     )
     assert (status, json.loads(text)["outcome"]) == (200, "ping")
     assert _get(base + "/readyz")[0] == 200

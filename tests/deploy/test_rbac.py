@@ -27,7 +27,7 @@ from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from bot.config import Settings
 from bot.kube import MERGE, ArgoCD
-from bot.model import PullRequest
+from bot.model import ObservedApp, PullRequest
 from bot.render import render_application
 from tests.deploy.chart import documents, one, render
 from tests.deploy.conftest import ensure_namespace, kubectl
@@ -171,11 +171,11 @@ async def _run_every_operation(argocd: ArgoCD) -> None:
     app["spec"]["source"]["targetRevision"] = "preview-branch"
     await argocd.apply(app)  # updates
     assert await argocd.annotate(name, {"preview-bot.io/comment-id": "1"})
-    assert [a["metadata"]["name"] for a in await argocd.list_managed()] == [name]
+    assert [a.name for a in await argocd.list_managed()] == [name]
 
     changed = asyncio.Event()
 
-    async def on_event(kind: str, obj: dict[str, Any]) -> None:
+    async def on_event(kind: str, _: ObservedApp) -> None:
         if kind == "MODIFIED":
             changed.set()
 

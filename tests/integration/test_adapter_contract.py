@@ -16,14 +16,19 @@ from typing import Any, Protocol
 
 import aiohttp
 import pytest
+import yaml
 
 from bot.config import Settings
-from bot.github import Conflict, GitHub, PermanentError
+from bot.errors import Conflict, PermanentError
+from bot.github import GitHub
 from bot.kube import ArgoCD
-from bot.local import FileCluster, Layout, LocalGitHub, LocalRepo, skeleton_infra
-from bot.model import A_COMMENT, A_HEAD_SHA, SHA_RE, PullRequest, git_blob_sha
+from bot.local.cluster import FileCluster
+from bot.local.github import LocalGitHub
+from bot.local.layout import Layout
+from bot.local.repo import LocalRepo, skeleton_infra
+from bot.model import A_COMMENT, SHA_RE, ObservedApp, PullRequest, git_blob_sha
+from bot.ports import ClusterPort, GitHubPort, OnEvent, RepoPort
 from bot.render import render_application
-from bot.sync import ClusterPort, GitHubPort
 from tests.rig.kube import KubeRig
 
 OWNER, NAME = "data-literate", "dex"
@@ -41,10 +46,15 @@ SETTINGS = Settings(github_app_id=1, github_private_key="unused", github_webhook
 class GitSide:
     """A GitHubPort on a repository holding the infra tree, and a peek into that repository."""
 
-    port: GitHubPort
+    github: GitHubPort
     installation: int
     read: Callable[[str], str | None]  # the file's text on BRANCH, read behind the port's back
     other_actor_commits: Callable[[dict[str, str]], None]  # someone else commits to BRANCH
+
+    @property
+    def port(self) -> RepoPort:
+        """The repository, through the installation: what a sync talks to."""
+        return self.github.repo(self.installation, REPO)
 
 
 class GitBackend(Protocol):
@@ -117,63 +127,63 @@ async def test_put_file_creates_then_updates_given_the_current_sha(
     git_backend: GitBackend,
 ) -> None:
     async with git_backend.open() as side:
-        gh, inst = side.port, side.installation
-        assert await gh.get_file_sha(inst, REPO, OVERLAY, BRANCH) is None
-        blob, commit = await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 1\n", "create", None)
+        gh = side.port
+        assert await gh.get_file_sha(OVERLAY, BRANCH) is None
+        blob, commit = await gh.put_file(OVERLAY, BRANCH, "a: 1\n", "create", None)
         assert blob == git_blob_sha("a: 1\n")
         assert SHA_RE.match(commit)
-        assert await gh.get_file_sha(inst, REPO, OVERLAY, BRANCH) == blob
-        blob2, commit2 = await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 2\n", "update", blob)
+        assert await gh.get_file_sha(OVERLAY, BRANCH) == blob
+        blob2, commit2 = await gh.put_file(OVERLAY, BRANCH, "a: 2\n", "update", blob)
         assert blob2 == git_blob_sha("a: 2\n")
         assert commit2 != commit
-        assert await gh.get_file_sha(inst, REPO, OVERLAY, BRANCH) == blob2
+        assert await gh.get_file_sha(OVERLAY, BRANCH) == blob2
         assert side.read(OVERLAY) == "a: 2\n"
 
 
 async def test_put_file_with_a_stale_or_missing_sha_is_a_conflict(git_backend: GitBackend) -> None:
     async with git_backend.open() as side:
-        gh, inst = side.port, side.installation
-        first, _ = await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 1\n", "create", None)
-        second, _ = await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 2\n", "update", first)
+        gh = side.port
+        first, _ = await gh.put_file(OVERLAY, BRANCH, "a: 1\n", "create", None)
+        second, _ = await gh.put_file(OVERLAY, BRANCH, "a: 2\n", "update", first)
         with pytest.raises(Conflict):  # the file exists: a create must name its sha
-            await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 3\n", "again", None)
+            await gh.put_file(OVERLAY, BRANCH, "a: 3\n", "again", None)
         with pytest.raises(Conflict):  # someone changed it since we read `first`
-            await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 3\n", "stale", first)
-        assert await gh.get_file_sha(inst, REPO, OVERLAY, BRANCH) == second
+            await gh.put_file(OVERLAY, BRANCH, "a: 3\n", "stale", first)
+        assert await gh.get_file_sha(OVERLAY, BRANCH) == second
         assert side.read(OVERLAY) == "a: 2\n"
 
 
 async def test_put_file_lands_on_a_branch_someone_else_moved(git_backend: GitBackend) -> None:
     async with git_backend.open() as side:
-        gh, inst = side.port, side.installation
-        blob, _ = await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 1\n", "create", None)
+        gh = side.port
+        blob, _ = await gh.put_file(OVERLAY, BRANCH, "a: 1\n", "create", None)
         side.other_actor_commits({"docs/notes.md": "unrelated\n"})
-        await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 2\n", "update", blob)
+        await gh.put_file(OVERLAY, BRANCH, "a: 2\n", "update", blob)
         assert side.read("docs/notes.md") == "unrelated\n"  # their commit is kept, not undone
         assert side.read(OVERLAY) == "a: 2\n"
 
 
 async def test_delete_file(git_backend: GitBackend) -> None:
     async with git_backend.open() as side:
-        gh, inst = side.port, side.installation
-        blob, _ = await gh.put_file(inst, REPO, OVERLAY, BRANCH, "a: 1\n", "create", None)
+        gh = side.port
+        blob, _ = await gh.put_file(OVERLAY, BRANCH, "a: 1\n", "create", None)
         with pytest.raises(Conflict):
-            await gh.delete_file(inst, REPO, OVERLAY, BRANCH, "stale", git_blob_sha("other\n"))
-        assert await gh.delete_file(inst, REPO, OVERLAY, BRANCH, "remove", blob) is True
-        assert await gh.get_file_sha(inst, REPO, OVERLAY, BRANCH) is None
+            await gh.delete_file(OVERLAY, BRANCH, "stale", git_blob_sha("other\n"))
+        assert await gh.delete_file(OVERLAY, BRANCH, "remove", blob) is True
+        assert await gh.get_file_sha(OVERLAY, BRANCH) is None
         assert side.read(OVERLAY) is None
-        assert await gh.delete_file(inst, REPO, OVERLAY, BRANCH, "again", blob) is False
+        assert await gh.delete_file(OVERLAY, BRANCH, "again", blob) is False
 
 
 async def test_has_kustomization_and_directories(git_backend: GitBackend) -> None:
     async with git_backend.open() as side:
-        gh, inst = side.port, side.installation
-        assert await gh.has_kustomization(inst, REPO, BASE_DIR, BRANCH) is True
-        assert await gh.has_kustomization(inst, REPO, "infra/argocd", BRANCH) is False
-        assert await gh.has_kustomization(inst, REPO, "no/such/dir", BRANCH) is False
-        assert await gh.has_kustomization(inst, REPO, BASE_DIR, "no-such-branch") is False
+        gh = side.port
+        assert await gh.has_kustomization(BASE_DIR, BRANCH) is True
+        assert await gh.has_kustomization("infra/argocd", BRANCH) is False
+        assert await gh.has_kustomization("no/such/dir", BRANCH) is False
+        assert await gh.has_kustomization(BASE_DIR, "no-such-branch") is False
         with pytest.raises(PermanentError):  # a directory where a file is expected
-            await gh.get_file_sha(inst, REPO, BASE_DIR, BRANCH)
+            await gh.get_file_sha(BASE_DIR, BRANCH)
 
 
 # ---- ClusterPort -----------------------------------------------------------------------------
@@ -182,8 +192,9 @@ async def test_has_kustomization_and_directories(git_backend: GitBackend) -> Non
 @dataclass
 class ClusterSide:
     port: ClusterPort
-    watch: Callable[[Callable[[str, dict[str, Any]], Awaitable[None]]], Coroutine[Any, Any, None]]
+    watch: Callable[[OnEvent], Coroutine[Any, Any, None]]
     finish_deletion: Callable[[str], Awaitable[None]]  # what Argo CD does after pruning
+    raw: Callable[[str], Awaitable[dict[str, Any] | None]]  # the object, behind the port's back
 
 
 class ClusterBackend(Protocol):
@@ -198,10 +209,14 @@ class FilesBackend:
     async def open(self) -> AsyncIterator[ClusterSide]:
         files = FileCluster(self.tmp / "cluster", "argocd")
 
-        async def nothing_to_finish(name: str) -> None:
+        async def nothing_to_finish(_: str) -> None:
             return None
 
-        yield ClusterSide(files, lambda on: files.watch(on, poll=0.05), nothing_to_finish)
+        async def raw(name: str) -> dict[str, Any] | None:
+            path = self.tmp / "cluster" / f"{name}.yaml"
+            return yaml.safe_load(path.read_text()) if path.exists() else None
+
+        yield ClusterSide(files, lambda on: files.watch(on, poll=0.05), nothing_to_finish, raw)
 
 
 class ArgoCDBackend:
@@ -221,7 +236,7 @@ class ArgoCDBackend:
                 await standin.finish_deletion(name)
                 await standin.wait_gone(name)
 
-            yield ClusterSide(argocd, argocd.watch, finish)
+            yield ClusterSide(argocd, argocd.watch, finish, standin.find)
 
 
 @pytest.fixture(params=["files", pytest.param("argocd", marks=pytest.mark.rig)])
@@ -258,17 +273,20 @@ async def test_apply_creates_then_updates(cluster_backend: ClusterBackend) -> No
     async with cluster_backend.open() as side:
         first = manifest()
         await side.port.apply(first)
-        got = await side.port.get("dex-pr-7")
+        got = await side.raw("dex-pr-7")
         assert got is not None
         assert got["spec"] == first["spec"]
         assert got["metadata"]["labels"] == first["metadata"]["labels"]
         assert got["metadata"]["finalizers"] == first["metadata"]["finalizers"]
+        seen = await side.port.get("dex-pr-7")
+        assert seen is not None and (seen.managed, seen.repo, seen.number) == (True, REPO, 7)
         second = manifest("2" * 40, branch="previews")
         await side.port.apply(second)
-        got = await side.port.get("dex-pr-7")
+        got = await side.raw("dex-pr-7")
         assert got is not None
         assert got["spec"]["source"]["targetRevision"] == "previews"
-        assert got["metadata"]["annotations"][A_HEAD_SHA] == "2" * 40
+        seen = await side.port.get("dex-pr-7")
+        assert seen is not None and seen.head_sha == "2" * 40
 
 
 async def test_annotate_merges_and_survives_the_next_apply(cluster_backend: ClusterBackend) -> None:
@@ -277,15 +295,14 @@ async def test_annotate_merges_and_survives_the_next_apply(cluster_backend: Clus
         assert await side.port.annotate("dex-pr-7", {A_COMMENT: "12"}) is True
         got = await side.port.get("dex-pr-7")
         assert got is not None
-        annotations = got["metadata"]["annotations"]
-        assert annotations[A_COMMENT] == "12"
-        assert annotations[A_HEAD_SHA] == "1" * 40  # the apply's own are kept
+        assert got.record.comment_id == 12
+        assert got.head_sha == "1" * 40  # the apply's own are kept
         # Another field manager owns the bookkeeping: a forced apply must not drop it.
         await side.port.apply(manifest("3" * 40))
         got = await side.port.get("dex-pr-7")
         assert got is not None
-        assert got["metadata"]["annotations"][A_COMMENT] == "12"
-        assert got["metadata"]["annotations"][A_HEAD_SHA] == "3" * 40
+        assert got.record.comment_id == 12
+        assert got.head_sha == "3" * 40
 
 
 async def test_delete_then_get_is_none(cluster_backend: ClusterBackend) -> None:
@@ -295,7 +312,7 @@ async def test_delete_then_get_is_none(cluster_backend: ClusterBackend) -> None:
             # A real cluster keeps it terminating until Argo CD has pruned (the finalizer).
             pending = await side.port.get("dex-pr-7")
             assert pending is not None
-            assert pending["metadata"].get("deletionTimestamp")
+            assert pending.terminating
             await side.finish_deletion("dex-pr-7")
         assert await side.port.get("dex-pr-7") is None
 
@@ -304,8 +321,8 @@ async def test_watch_reports_an_applied_application(cluster_backend: ClusterBack
     async with cluster_backend.open() as side:
         seen: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
-        async def on_event(kind: str, obj: dict[str, Any]) -> None:
-            await seen.put((kind, obj["metadata"]["name"]))
+        async def on_event(kind: str, app: ObservedApp) -> None:
+            await seen.put((kind, app.name))
 
         task = asyncio.create_task(side.watch(on_event))
         try:

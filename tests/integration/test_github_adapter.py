@@ -6,7 +6,8 @@ import aiohttp
 import pytest
 
 from bot.config import Settings
-from bot.github import GitHub, TemporaryError
+from bot.errors import TemporaryError
+from bot.github import GitHub
 from tests.rig.github.server import FakeGitHub
 from tests.rig.harness import NAME, OWNER, Harness, skeleton_files
 
@@ -29,15 +30,15 @@ async def test_one_token_per_installation_until_it_nears_expiry(github: FakeGitH
     async with aiohttp.ClientSession() as session:
         gh = GitHub(session, settings_for(github))
         for _ in range(5):
-            assert (await gh.get_pull(inst, f"{OWNER}/{NAME}", 1)).head_sha == pr.head_sha
+            assert (await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)).head_sha == pr.head_sha
         assert github.token_requests == 1
         # Reads are conditional: the repeats were answered 304, which costs no rate limit.
         assert github.count(status=304) == 4
         # A token within five minutes of expiry is renewed before use.
         github.token_lifetime = 120
         gh2 = GitHub(session, settings_for(github))
-        await gh2.get_pull(inst, f"{OWNER}/{NAME}", 1)
-        await gh2.get_pull(inst, f"{OWNER}/{NAME}", 1)
+        await gh2.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
+        await gh2.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
         assert github.token_requests == 3
 
 
@@ -49,11 +50,11 @@ async def test_a_revoked_token_is_dropped_and_the_next_call_gets_a_new_one(
     inst = github.installation_for(OWNER).id
     async with aiohttp.ClientSession() as session:
         gh = GitHub(session, settings_for(github))
-        await gh.get_pull(inst, f"{OWNER}/{NAME}", 1)
+        await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
         github.expire_tokens()
         with pytest.raises(TemporaryError, match="401"):
-            await gh.get_pull(inst, f"{OWNER}/{NAME}", 1)
-        await gh.get_pull(inst, f"{OWNER}/{NAME}", 1)
+            await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
+        await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
         assert github.token_requests == 2
 
 
@@ -65,16 +66,16 @@ async def test_rate_limits_become_retries_at_the_reset(github: FakeGitHub) -> No
         gh = GitHub(session, settings_for(github))
         github.fail_rate_limited("GET", r"/pulls/1$", reset_in=40)
         with pytest.raises(TemporaryError) as primary:
-            await gh.get_pull(inst, f"{OWNER}/{NAME}", 1)
+            await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
         assert primary.value.retry_after is not None
         assert 30 <= primary.value.retry_after <= 45
         github.fail_secondary_rate_limit("GET", r"/pulls/1$", retry_after=17)
         with pytest.raises(TemporaryError) as secondary:
-            await gh.get_pull(inst, f"{OWNER}/{NAME}", 1)
+            await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
         assert secondary.value.retry_after == 17
         github.fail_next("GET", r"/pulls/1$", 503)
         with pytest.raises(TemporaryError) as broken:
-            await gh.get_pull(inst, f"{OWNER}/{NAME}", 1)
+            await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
         assert broken.value.retry_after is None  # the configured backoff applies
 
 

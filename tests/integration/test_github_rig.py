@@ -17,7 +17,8 @@ from gidgethub.aiohttp import GitHubAPI
 from gidgethub.apps import get_installation_access_token
 from gidgethub.sansio import Event
 
-from tests.rig.github import FakeGitHub, WebhookSchemaError, sign, webhook_request
+from bot.webhooks import sign
+from tests.rig.github import FakeGitHub, WebhookSchemaError, webhook_request
 
 pytestmark = pytest.mark.rig
 
@@ -685,6 +686,6 @@ async def test_webhook_payloads_from_state_validate(repo: FakeGitHub) -> None:
     assert org["organization"]["login"] == "acme-org"
 
     headers, body = webhook_request("pull_request", opened, "s3cret")
-    assert headers["X-Hub-Signature-256"] == sign(body, "s3cret")
+    assert headers["X-Hub-Signature-256"] == sign("s3cret", body)
     event = Event.from_http({k.lower(): v for k, v in headers.items()}, body, secret="s3cret")
     assert event.data["number"] == 31

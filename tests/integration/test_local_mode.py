@@ -29,10 +29,9 @@ import yaml
 from kubernetes_asyncio.client import ApiClient
 
 from bot.config import Settings
-from bot.github import pull_from_api
-from bot.kube import ArgoCD
-from bot.local import simulate
+from bot.local.simulate import simulate
 from bot.model import A_HEAD_SHA
+from bot.parse import pull_from_api
 from bot.render import render_application
 from tests.rig.artifacts import validate_webhook
 from tests.rig.kube import KubeRig
@@ -300,14 +299,13 @@ async def test_local_mode_uses_a_reachable_cluster_with_argocd(
 ) -> None:
     from tests.rig.argocd import ArgoCDStandIn
 
-    argocd = ArgoCD(kube_client, argocd_ns)
     async with ArgoCDStandIn(kube_client, argocd_ns) as standin:
         with serve_local(tmp_path, KUBECONFIG=str(kube.kubeconfig_path)) as server:
             assert f"of the cluster at {kube.server}" in server.logs()
             assert "HTTP 202" in await asyncio.to_thread(server.simulate, "label")
             head = server.head()
             deadline = time.monotonic() + WAIT
-            while (app := await argocd.get(APP)) is None or app["metadata"]["annotations"].get(
+            while (app := await standin.find(APP)) is None or app["metadata"]["annotations"].get(
                 A_HEAD_SHA
             ) != head:
                 assert time.monotonic() < deadline, server.logs()
@@ -319,6 +317,6 @@ async def test_local_mode_uses_a_reachable_cluster_with_argocd(
             while not any("destroyed" in h for h in server.comment_history()):
                 assert time.monotonic() < deadline + WAIT, server.logs()
                 await asyncio.sleep(0.05)
-            assert await argocd.get(APP) is None
+            assert await standin.find(APP) is None
             assert APP in standin.finished  # gone through the finalizer, as with Argo CD
             assert server.overlay() == ""

@@ -82,6 +82,15 @@ class ArgoCDStandIn:
         )
         return app
 
+    async def find(self, name: str) -> dict[str, Any] | None:
+        """The Application, or None when it does not exist."""
+        try:
+            return await self.get(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def set_status(
         self,
         name: str,

@@ -3,8 +3,8 @@ Argo CD adapter to the test API server, and the Argo CD stand-in playing the con
 
 from __future__ import annotations
 
+import json
 import shutil
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +18,7 @@ from bot.config import Settings
 from bot.github import GitHub
 from bot.kube import ArgoCD
 from bot.service import Bot
-from bot.webhooks import sign
+from bot.webhooks import delivery_headers
 from tests.rig.argocd import ArgoCDStandIn
 from tests.rig.github.server import FakeGitHub
 from tests.rig.kube import KubeRig
@@ -75,25 +75,16 @@ class Harness:
     async def post(
         self, payload: dict[str, Any], *, event: str = "pull_request", delivery: str | None = None
     ) -> httpx.Response:
-        import json
-
         body = json.dumps(payload).encode()
-        return await self.http.post(
-            "/webhook",
-            content=body,
-            headers={
-                "Content-Type": "application/json",
-                "X-GitHub-Event": event,
-                "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-                "X-Hub-Signature-256": sign(SECRET, body),
-            },
-        )
+        headers = delivery_headers(SECRET, event, body, delivery)
+        return await self.http.post("/webhook", content=body, headers=headers)
 
     async def settle(self, limit: float = 30.0) -> None:
         await self.bot.idle(quiet=0.4, limit=limit)
 
     async def app(self, number: int) -> dict[str, Any] | None:
-        return await self.argocd.get(f"dex-pr-{number}")
+        """The whole Application object as the API server has it (None when gone)."""
+        return await self.standin.find(f"dex-pr-{number}")
 
     def overlay_path(self, number: int) -> str:
         return f"infra/argocd/previews/pr-{number}/kustomization.yaml"
@@ -138,7 +129,7 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
     async with aiohttp.ClientSession() as session, ArgoCDStandIn(api_client, argocd_ns) as argo:
         gh = GitHub(session, settings, bot.metrics)
         argocd = ArgoCD(api_client, argocd_ns)
-        bot.start(gh, argocd, argocd.watch)
+        bot.start(gh, argocd)
         from bot.app import create_app
 
         transport = httpx.ASGITransport(app=create_app(bot.intake))

@@ -13,8 +13,9 @@ from starlette.testclient import TestClient
 from bot.app import Intake, create_app
 from bot.config import Settings
 from bot.metrics import Metrics
+from bot.model import WorkKey
 from bot.queue import KeyedQueue
-from bot.webhooks import WorkKey, sign
+from bot.webhooks import sign
 from tests.rig.artifacts import app_ping, official_example, validate_webhook
 
 SECRET = "It's a Secret to Everybody"

@@ -11,25 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from bot import __main__ as cli
 from bot.config import Settings
-from bot.github import PermanentError
-from bot.local import (
-    DEFAULT_REPOSITORY,
-    UNUSED_APP_ID,
-    FileCluster,
-    Layout,
-    LocalConfig,
-    LocalError,
-    LocalGitHub,
-    LocalRepo,
-    connect_cluster,
-    local_settings,
-    prepare,
-    simulate,
-    skeleton_infra,
-)
-from bot.local_payloads import ACTIONS, PullState, build_payload
+from bot.errors import PermanentError
+from bot.local.cluster import FileCluster
+from bot.local.github import LocalGitHub
+from bot.local.layout import DEFAULT_DIR, DEFAULT_REPOSITORY, Layout, LocalConfig, LocalError
+from bot.local.payloads import ACTIONS, PullState, build_payload
+from bot.local.repo import LocalRepo, skeleton_infra
+from bot.local.serve import UNUSED_APP_ID, connect_cluster, local_settings, prepare
+from bot.local.simulate import Command, check, needs_commit, simulate, transition
+from bot.model import DeploymentStatus
+from bot.render import read_comment
 from bot.webhooks import verify_signature
 from tests.rig.artifacts import validate_webhook, webhook_examples
 
@@ -130,10 +125,11 @@ def test_observer_keeps_the_newest_pull_request(local_github: LocalGitHub) -> No
 
 
 async def test_get_pull_reads_what_deliveries_said(local_github: LocalGitHub) -> None:
+    repo = local_github.repo(1, DEFAULT_REPOSITORY)
     with pytest.raises(PermanentError):
-        await local_github.get_pull(1, DEFAULT_REPOSITORY, 7)
+        await repo.get_pull(7)
     local_github.observe_delivery("pull_request", _payload("labeled"))
-    pr = await local_github.get_pull(1, DEFAULT_REPOSITORY, 7)
+    pr = await repo.get_pull(7)
     assert (pr.number, pr.state, pr.head_sha, pr.labels) == (
         7,
         "open",
@@ -142,46 +138,46 @@ async def test_get_pull_reads_what_deliveries_said(local_github: LocalGitHub) ->
     )
     assert not pr.is_fork
     with pytest.raises(PermanentError):
-        await local_github.get_pull(1, "someone/else", 7)
+        await local_github.repo(1, "someone/else").get_pull(7)
 
 
 async def test_comment_and_deployments_are_kept_and_shown(local_github: LocalGitHub) -> None:
-    gh, repo = local_github, DEFAULT_REPOSITORY
-    gh.observe_delivery("pull_request", _payload("labeled"))
+    gh = local_github.repo(1, DEFAULT_REPOSITORY)
+    local_github.observe_delivery("pull_request", _payload("labeled"))
     body = (
         "<!-- preview-bot:comment -->\n<!-- preview-bot:state "
         '{"state": "deploying", "fingerprint": "f1"} -->\n### 🚧 Preview deploying\n'
     )
-    cid = await gh.create_comment(1, repo, 7, body)
-    found = await gh.find_comment(1, repo, 7)
+    cid = await gh.create_comment(7, body)
+    found = next(iter([read_comment(c) async for c in gh.comments(7)]))
     assert found is not None and (found.id, found.state, found.fingerprint) == (
         cid,
         "deploying",
         "f1",
     )
-    assert await gh.edit_comment(1, repo, cid, body.replace("f1", "f2")) is True
-    assert await gh.edit_comment(1, repo, cid + 100, body) is False
-    dep = await gh.create_deployment(1, repo, SHA_A, "dex-pr-7", "Preview deploying")
-    assert await gh.set_deployment_status(1, repo, dep, "in_progress", "https://x", None, "d")
-    assert await gh.active_deployments(1, repo, "dex-pr-7") == [dep]
-    assert await gh.set_deployment_status(1, repo, dep, "inactive", None, None, "gone")
-    assert await gh.active_deployments(1, repo, "dex-pr-7") == []
-    assert await gh.set_deployment_status(1, repo, dep + 1, "inactive", None, None, "x") is False
-    md = gh.layout.pr_md(7).read_text()
+    assert await gh.edit_comment(cid, body.replace("f1", "f2")) is True
+    assert await gh.edit_comment(cid + 100, body) is False
+    dep = await gh.create_deployment(SHA_A, "dex-pr-7", "Preview deploying")
+    assert await gh.set_deployment_status(dep, DeploymentStatus("in_progress", "d", "https://x"))
+    assert await gh.active_deployments("dex-pr-7") == [dep]
+    assert await gh.set_deployment_status(dep, DeploymentStatus("inactive", "gone"))
+    assert await gh.active_deployments("dex-pr-7") == []
+    assert await gh.set_deployment_status(dep + 1, DeploymentStatus("inactive", "x")) is False
+    md = local_github.layout.pr_md(7).read_text()
     assert md.index("comment 1 created") < md.index("comment 1 edited")
     assert "deployment 1 created: aaaaaaaa to environment dex-pr-7" in md
     assert "deployment 1 status inactive: gone" in md
-    state = json.loads(gh.layout.state.read_text())
+    state = json.loads(local_github.layout.state.read_text())
     assert state["next_id"] == {"comment": 2, "deployment": 2}
 
 
 async def test_commits_update_a_checked_out_branchs_files(local_github: LocalGitHub) -> None:
-    gh, repo = local_github, local_github.repo
+    gh, repo = local_github.repo(1, DEFAULT_REPOSITORY), local_github.git
     path = "infra/argocd/previews/pr-7/kustomization.yaml"
-    blob, _ = await gh.put_file(1, DEFAULT_REPOSITORY, path, "main", "a: 1\n", "add", None)
+    blob, _ = await gh.put_file(path, "main", "a: 1\n", "add", None)
     assert (repo.path / path).read_text() == "a: 1\n"  # what the user sees on disk
     assert repo.out("status", "--porcelain") == ""  # and git agrees nothing is pending
-    assert await gh.delete_file(1, DEFAULT_REPOSITORY, path, "main", "remove", blob)
+    assert await gh.delete_file(path, "main", "remove", blob)
     assert not (repo.path / path).parent.exists()
     assert repo.out("status", "--porcelain") == ""
     log = repo.out("log", "--format=%an|%s", "main").splitlines()
@@ -205,12 +201,14 @@ async def test_apply_keeps_argocds_status_and_counts_spec_generations(tmp_path: 
     edited = path.read_text() + "status:\n  health:\n    status: Healthy\n"
     path.write_text(edited)  # the user plays Argo CD
     await files.apply(app)
-    got = await files.get("dex-pr-7")
+    got = yaml.safe_load(path.read_text())  # the whole object, as `kubectl get -o yaml` shows
     assert got is not None
     assert got["status"] == {"health": {"status": "Healthy"}}
     assert got["metadata"]["generation"] == 1
+    seen = await files.get("dex-pr-7")  # and what the bot reads of it
+    assert seen is not None and seen.status.health == "Healthy"
     await files.apply({**app, "spec": {"project": "other"}})
-    got = await files.get("dex-pr-7")
+    got = yaml.safe_load(path.read_text())
     assert got is not None and got["metadata"]["generation"] == 2
     with pytest.raises(ValueError, match="namespace"):
         await files.apply({**app, "metadata": {**app["metadata"], "namespace": "elsewhere"}})
@@ -226,7 +224,7 @@ async def test_without_a_kubeconfig_applications_go_to_files(tmp_path: Path) -> 
     choice = await connect_cluster(settings, tmp_path / "cluster")
     assert isinstance(choice.port, FileCluster)
     assert "does not exist" in choice.description
-    await choice.close()
+    assert choice.close is None  # nothing to close: no API client was made
 
 
 # ---- DIR set-up and settings -------------------------------------------------------------------
@@ -416,3 +414,33 @@ def test_impossible_transitions_are_refused(
 def test_simulate_needs_a_local_directory(tmp_path: Path) -> None:
     with pytest.raises(LocalError, match="start the local server first"):
         simulate(tmp_path / "nothing", "label", 7)
+
+
+# ---- simulate's pure transition (no files, no git, no network) ---------------------------------
+
+
+def test_the_command_line_knows_local_modes_names() -> None:
+    # __main__ repeats them so that `preview-bot serve` never imports bot.local.
+    assert tuple(ACTIONS) == cli.SIMULATE_ACTIONS
+    assert cli.LOCAL_DIR == DEFAULT_DIR
+
+
+def test_transitions_of_a_simulated_pr() -> None:
+    label = Command("label", 7, "preview")
+    check(label, None)
+    assert needs_commit(label, None)
+    pr = transition(label, None, SHA_A, ("main", SHA_B), "2026-01-01T00:00:00Z")
+    assert (pr.head_ref, pr.head_sha, pr.labels, pr.state) == ("pr-7", SHA_A, ["preview"], "open")
+    push = Command("push", 7, "preview")
+    check(push, pr)
+    assert needs_commit(push, pr) and not needs_commit(Command("close", 7, "preview"), pr)
+    pushed = transition(push, pr, SHA_B, ("main", SHA_B), "2026-01-01T00:00:01Z")
+    assert (pushed.head_sha, pushed.commits, pr.head_sha) == (SHA_B, 2, SHA_A)  # pr unchanged
+    closed = transition(Command("close", 7, "preview"), pushed, None, ("main", ""), "t")
+    assert (closed.state, closed.closed_at, closed.base_sha) == ("closed", "t", SHA_B)
+    with pytest.raises(LocalError, match="already closed"):
+        check(Command("close", 7, "preview"), closed)
+    with pytest.raises(LocalError, match="already is the head"):
+        check(Command("push", 7, "preview", SHA_B), pushed)
+    unlabeled = transition(Command("unlabel", 7, "preview"), pushed, None, ("main", SHA_B), "t")
+    assert unlabeled.labels == [] and pushed.labels == ["preview"]

@@ -10,14 +10,6 @@ import pytest
 
 from bot.config import Settings
 from bot.model import (
-    A_COMMENT,
-    A_COMMENT_FP,
-    A_COMMENT_STATE,
-    A_DEPLOYED_SHA,
-    A_DEPLOYMENT,
-    A_HEAD_SHA,
-    A_OVERLAY_BLOB,
-    A_REPO,
     ApplyApplication,
     AppStatus,
     CreateDeployment,
@@ -29,6 +21,7 @@ from bot.model import (
     ObservedComment,
     PullRequest,
     PutOverlay,
+    Record,
     RecordState,
     Requeue,
     SetDeploymentStatus,
@@ -62,43 +55,44 @@ def pr(**changes: Any) -> PullRequest:
     return replace(base, **changes)
 
 
-def deployed_app(head: str = SHA1, status: AppStatus | None = None, **ann: str) -> ObservedApp:
-    """The Application as the bot leaves it after deploying `head`."""
+def deployed_record(head: str = SHA1, **changes: Any) -> Record:
+    """The record the bot leaves after deploying `head`."""
     p = pr(head_sha=head)
     comment = render_comment(SETTINGS, p, State.DEPLOYING, NOW)
-    annotations = {
-        A_REPO: "data-literate/DEX",
-        A_HEAD_SHA: head,
-        A_OVERLAY_BLOB: git_blob_sha(render_overlay(SETTINGS, p)),
-        A_DEPLOYMENT: "7",
-        A_DEPLOYED_SHA: head,
-        A_COMMENT: "99",
-        A_COMMENT_STATE: "deploying",
-        A_COMMENT_FP: comment.fingerprint,
-    }
-    annotations.update(ann)
-    return ObservedApp("dex-pr-42", True, False, annotations, status or AppStatus())
+    record = Record(
+        comment_id=99,
+        comment_state="deploying",
+        comment_fingerprint=comment.fingerprint,
+        overlay_blob=git_blob_sha(render_overlay(SETTINGS, p)),
+        deployment_id=7,
+        deployed_sha=head,
+    )
+    return replace(record, **changes)
+
+
+def deployed_app(head: str = SHA1, status: AppStatus | None = None, **changes: Any) -> ObservedApp:
+    """The Application as the bot leaves it after deploying `head`."""
+    return ObservedApp(
+        "dex-pr-42",
+        managed=True,
+        terminating=False,
+        repo="data-literate/DEX",
+        head_sha=head,
+        record=deployed_record(head, **changes),
+        status=status or AppStatus(),
+    )
 
 
 def observed(p: PullRequest | None = None, app: ObservedApp | None = None, **kw: Any) -> Observed:
-    ann = app.annotations if app else {}
-    comment = None
-    if A_COMMENT in ann:
-        comment = ObservedComment(
-            int(ann[A_COMMENT]), ann.get(A_COMMENT_STATE), ann.get(A_COMMENT_FP)
-        )
+    record = kw.pop("record", app.record if app else Record())
     values: dict[str, Any] = {
         "pr": p or pr(),
         "installation_id": 5,
         "app": app,
-        "comment": comment,
-        "overlay_blob": ann.get(A_OVERLAY_BLOB) or None,
-        "overlay_known": A_OVERLAY_BLOB in ann,
+        "record": record,
+        "comment": record.comment,
         "base_ok": True,
         "branch": "main",
-        "deployment_id": int(ann[A_DEPLOYMENT]) if ann.get(A_DEPLOYMENT) else None,
-        "deployed_sha": ann.get(A_DEPLOYED_SHA),
-        "deployments_done": ann.get(A_DEPLOYMENT) == "",
     }
     values.update(kw)
     return Observed(**values)
@@ -205,24 +199,18 @@ def test_close_or_unlabel_deletes_app_first_and_waits_for_it_to_go(change: dict[
     assert isinstance(requeue, Requeue)
     assert requeue.seconds == SETTINGS.teardown_grace_seconds
     assert isinstance(record, RecordState)
-    assert record.values == {A_OVERLAY_BLOB: "", A_DEPLOYMENT: ""}
+    assert (record.record.overlay_blob, record.record.deployment_id) == (None, None)
 
 
-def done_annotations(**extra: str) -> dict[str, str]:
-    """Annotations after a teardown sync did its GitHub steps."""
-    return {**deployed_app().annotations, A_OVERLAY_BLOB: "", A_DEPLOYMENT: "", **extra}
+def done_record(**changes: Any) -> Record:
+    """The record after a teardown sync did its GitHub steps."""
+    return deployed_record(overlay_blob=None, deployment_id=None, **changes)
 
 
 def test_app_gone_after_teardown_steps_only_says_destroyed() -> None:
-    ann = done_annotations()
-    comment = ObservedComment(99, ann[A_COMMENT_STATE], ann[A_COMMENT_FP])
-    obs = observed(
-        pr(state="closed"),
-        comment=comment,
-        overlay_known=True,
-        overlay_blob=None,
-        deployments_done=True,
-    )
+    record = done_record()
+    obs = observed(pr(state="closed"), record=record)
+    assert obs.comment is not None and obs.comment == record.comment and obs.comment.id == 99
     plan = plan_sync(obs, SETTINGS, NOW)
     assert kinds(plan) == ["UpsertComment", "RecordState"]
     assert plan.state is State.DESTROYED
@@ -248,16 +236,14 @@ def test_restart_after_a_crash_mid_teardown_redoes_the_github_steps() -> None:
 
 
 def test_terminating_past_the_grace_says_pending_once() -> None:
-    app = replace(deployed_app(), terminating=True, annotations=done_annotations())
+    app = replace(deployed_app(), terminating=True, record=done_record())
     plan = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
     assert kinds(plan) == ["UpsertComment", "RecordState"]
     assert plan.state is State.TEARDOWN_PENDING
     text = plan.actions[0].text  # type: ignore[union-attr]
     app2 = replace(
         app,
-        annotations=done_annotations(
-            **{A_COMMENT_STATE: text.state.value, A_COMMENT_FP: text.fingerprint}
-        ),
+        record=done_record(comment_state=text.state.value, comment_fingerprint=text.fingerprint),
     )
     assert plan_sync(observed(pr(state="closed"), app=app2), SETTINGS, NOW).actions == ()
 
@@ -302,9 +288,7 @@ def test_missing_base_fails_in_the_comment_without_a_commit() -> None:
     "app",
     [
         ObservedApp("dex-pr-42", managed=False, terminating=False),
-        ObservedApp(
-            "dex-pr-42", managed=True, terminating=False, annotations={A_REPO: "other/repo"}
-        ),
+        ObservedApp("dex-pr-42", managed=True, terminating=False, repo="other/repo"),
     ],
 )
 def test_an_application_not_ours_is_never_touched(app: ObservedApp) -> None:
@@ -330,7 +314,7 @@ def test_lost_annotations_write_with_unknown_sha_and_find_the_comment() -> None:
     upsert = next(a for a in plan.actions if isinstance(a, UpsertComment))
     assert upsert.comment_id == 99
     record = plan.actions[-1]
-    assert isinstance(record, RecordState) and record.values[A_COMMENT] == "99"
+    assert isinstance(record, RecordState) and record.record.comment_id == 99
 
 
 def test_preview_host_patches_the_ingress_and_templates_apply() -> None:

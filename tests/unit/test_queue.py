@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.model import Work, WorkKey
 from bot.queue import KeyedQueue, run_worker
-from bot.webhooks import Outcome, Work, WorkKey
+from bot.webhooks import Outcome
 
 
 def work(n: int, inst: int = 1) -> Work:

@@ -2,7 +2,7 @@
 
 from tests.rig.github.contract import ContractChecker, ContractStats, Violation
 from tests.rig.github.server import FakeGitHub
-from tests.rig.github.webhooks import WebhookSchemaError, sign, webhook_request
+from tests.rig.github.webhooks import WebhookSchemaError, webhook_request
 
 __all__ = [
     "ContractChecker",
@@ -10,6 +10,5 @@ __all__ = [
     "FakeGitHub",
     "Violation",
     "WebhookSchemaError",
-    "sign",
     "webhook_request",
 ]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
-import hmac
 import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
 # jsonschema ships no type stubs here (types-jsonschema is not a dev dependency).
+from bot.webhooks import delivery_headers
 from tests.rig.artifacts import webhook_errors, webhook_examples
 from tests.rig.github.shapes import HTML, iso, node_id
 from tests.rig.github.state import Pull, Repo
@@ -255,11 +254,6 @@ def event_payload(
     return payload
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The X-Hub-Signature-256 value GitHub sends for `body`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 def webhook_request(
     event: str,
     payload: JSON,
@@ -270,19 +264,21 @@ def webhook_request(
 ) -> tuple[dict[str, str], bytes]:
     """Headers and body of a delivery as GitHub sends it (signed when `secret` is given)."""
     body = json.dumps(payload).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "GitHub-Hookshot/fake",
-        "X-GitHub-Event": event,
-        "X-GitHub-Delivery": delivery_id or str(uuid.uuid4()),
-        "X-GitHub-Hook-ID": "1",
-        "X-GitHub-Hook-Installation-Target-Type": "integration",
-        "X-GitHub-Hook-Installation-Target-ID": str(installation_target_id or 0),
-    }
+    delivery = delivery_id or str(uuid.uuid4())
     if secret is not None:
-        headers["X-Hub-Signature-256"] = sign(body, secret)
-        # GitHub still sends the legacy SHA-1 signature next to the SHA-256 one.
-        headers["X-Hub-Signature"] = (
-            "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
-        )
+        headers = delivery_headers(secret, event, body, delivery)
+    else:  # an unsigned delivery, as from a hook configured without a secret
+        headers = {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": delivery,
+        }
+    headers.update(
+        {
+            "User-Agent": "GitHub-Hookshot/fake",
+            "X-GitHub-Hook-ID": "1",
+            "X-GitHub-Hook-Installation-Target-Type": "integration",
+            "X-GitHub-Hook-Installation-Target-ID": str(installation_target_id or 0),
+        }
+    )
     return headers, body
