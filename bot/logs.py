@@ -25,12 +25,20 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    """The context of the line: its log_context, then what `extra=` gave (which wins)."""
+    fields = dict(getattr(record, "log_context", {}))
+    fields.update(
+        (k, v)
+        for k, v in vars(record).items()
+        if k not in _STANDARD and k != "log_context" and not k.startswith("_")
+    )
+    return fields
 
 
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Add `fields` to every line logged inside the block, in this task only."""
+    _install_record_factory()
     token = _CONTEXT.set({**_CONTEXT.get(), **fields})
     try:
         yield
@@ -38,14 +46,21 @@ def log_context(**fields: Any) -> Iterator[None]:
         _CONTEXT.reset(token)
 
 
-class ContextFilter(logging.Filter):
-    """Copies the current log_context onto each record (fields given with `extra=` win)."""
+def _install_record_factory() -> None:
+    """Make every LogRecord carry the current log_context as `record.log_context`, whichever
+    handler gets it (ours, a test's capture, uvicorn's). One attribute, not one per field:
+    logging refuses an `extra=` key that the record already has. Idempotent."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "preview_bot", False):
+        return
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in _CONTEXT.get().items():
-            if not hasattr(record, key):
-                setattr(record, key, value)
-        return True
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        record.log_context = _CONTEXT.get()
+        return record
+
+    factory.preview_bot = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 class JsonFormatter(logging.Formatter):
@@ -83,7 +98,7 @@ def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     out = stream if stream is not None else sys.stdout
     handler = logging.StreamHandler(out)
     handler.setFormatter(TextFormatter() if out.isatty() else JsonFormatter())
-    handler.addFilter(ContextFilter())
+    _install_record_factory()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

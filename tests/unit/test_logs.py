@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from bot.logs import setup_logging
+from bot.logs import log_context, setup_logging
 from tests.unit.test_intake import SECRET, Rig, labeled
 
 
@@ -53,3 +53,20 @@ def test_terminal_gets_readable_lines() -> None:
     assert "INFO" in line and "bot.test: hello" in line and "repo=o/r pr=1" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+def test_a_sync_context_is_on_every_line_and_extra_fields_still_work() -> None:
+    out = io.StringIO()
+    setup_logging("INFO", out)
+    log = logging.getLogger("bot.test")
+    with log_context(repo="o/r", pr=7, delivery="d-1"):
+        log.info("inside", extra={"pr": 8, "sha": "abc"})  # a key the context has: no clash
+    log.info("outside")
+    inside, outside = (json.loads(line) for line in out.getvalue().splitlines())
+    assert (inside["repo"], inside["pr"], inside["delivery"], inside["sha"]) == (
+        "o/r",
+        8,
+        "d-1",
+        "abc",
+    )
+    assert "repo" not in outside and "log_context" not in inside

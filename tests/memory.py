@@ -1,0 +1,290 @@
+"""In-memory ports (GitHubPort, RepoPort, ClusterPort) for the middle test layer: the Syncer and
+the Bot tested in milliseconds, with no HTTP. The one fake of the ports; the fakes of GitHub's
+and Kubernetes' HTTP APIs live in tests/rig.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bot.errors import Conflict
+from bot.model import (
+    DeploymentStatus,
+    IssueComment,
+    ObservedApp,
+    PullRequest,
+    git_blob_sha,
+)
+from bot.parse import KUSTOMIZATION_NAMES, app_from_object
+from bot.ports import OnEvent
+
+REPO = "data-literate/DEX"
+BOT_LOGIN = "preview-bot[bot]"
+APP_ID = 1
+
+
+@dataclass
+class Deployment:
+    id: int
+    sha: str
+    environment: str
+    statuses: list[DeploymentStatus] = field(default_factory=list)
+
+    @property
+    def state(self) -> str | None:
+        return self.statuses[-1].state if self.statuses else None
+
+
+class MemoryRepo:
+    """One repository: PRs, comments, files on branches, deployments; every call logged."""
+
+    def __init__(self, name: str = REPO, files: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.pulls: dict[int, PullRequest] = {}
+        self.comments_: dict[int, IssueComment] = {}
+        self.comment_pr: dict[int, int] = {}
+        self.branches: dict[str, dict[str, str]] = {"main": dict(files or {})}
+        self.commits: list[str] = []
+        self.deployments: dict[int, Deployment] = {}
+        self.calls: list[str] = []
+        # method name -> exceptions to raise on its next calls, in order (fault injection)
+        self.faults: dict[str, list[BaseException]] = {}
+        self._ids = itertools.count(1)
+
+    def _call(self, method: str) -> None:
+        self.calls.append(method)
+        pending = self.faults.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    def fail_next(self, method: str, *errors: BaseException) -> None:
+        self.faults.setdefault(method, []).extend(errors)
+
+    def open_pull(self, number: int, head_sha: str, **changes: Any) -> PullRequest:
+        pr = PullRequest(
+            repo=self.name,
+            number=number,
+            state="open",
+            merged=False,
+            labels=frozenset({"preview"}),
+            head_sha=head_sha,
+            head_repo=self.name,
+            default_branch="main",
+            html_url=f"https://github.com/{self.name}/pull/{number}",
+            repo_html_url=f"https://github.com/{self.name}",
+            comment_count=0,
+        )
+        self.pulls[number] = replace(pr, **changes)
+        return self.pulls[number]
+
+    def change_pull(self, number: int, **changes: Any) -> PullRequest:
+        self.pulls[number] = replace(self.pulls[number], **changes)
+        return self.pulls[number]
+
+    def comments_on(self, number: int) -> list[IssueComment]:
+        return [c for cid, c in self.comments_.items() if self.comment_pr[cid] == number]
+
+    def add_comment(self, number: int, body: str, author: str = "octocat") -> int:
+        cid = next(self._ids)
+        app_id = APP_ID if author == BOT_LOGIN else None
+        self.comments_[cid] = IssueComment(cid, author, app_id, body)
+        self.comment_pr[cid] = number
+        pr = self.pulls[number]
+        self.pulls[number] = replace(pr, comment_count=(pr.comment_count or 0) + 1)
+        return cid
+
+    # ---- RepoPort ---------------------------------------------------------------------------
+
+    async def get_pull(self, number: int) -> PullRequest:
+        self._call("get_pull")
+        return self.pulls[number]
+
+    async def comments(self, number: int) -> AsyncIterator[IssueComment]:
+        self._call("comments")
+        for comment in self.comments_on(number):
+            yield comment
+
+    async def create_comment(self, number: int, body: str) -> int:
+        self._call("create_comment")
+        return self.add_comment(number, body, BOT_LOGIN)
+
+    async def edit_comment(self, comment_id: int, body: str) -> bool:
+        self._call("edit_comment")
+        if comment_id not in self.comments_:
+            return False
+        self.comments_[comment_id] = replace(self.comments_[comment_id], body=body)
+        return True
+
+    async def get_file_sha(self, path: str, ref: str) -> str | None:
+        self._call("get_file_sha")
+        text = self.branches.get(ref, {}).get(path)
+        return None if text is None else git_blob_sha(text)
+
+    async def has_kustomization(self, path: str, ref: str) -> bool:
+        self._call("has_kustomization")
+        files = self.branches.get(ref, {})
+        return any(f"{path}/{name}" in files for name in KUSTOMIZATION_NAMES)
+
+    def _commit(self, branch: str, path: str, content: str | None) -> str:
+        files = self.branches[branch]
+        if content is None:
+            files.pop(path, None)
+        else:
+            files[path] = content
+        sha = f"{next(self._ids):040x}"
+        self.commits.append(sha)
+        return sha
+
+    async def put_file(
+        self, path: str, branch: str, content: str, message: str, sha: str | None
+    ) -> tuple[str, str]:
+        self._call("put_file")
+        current = self.branches[branch].get(path)
+        if current is not None and sha != git_blob_sha(current):
+            raise Conflict(f"{path} does not match {sha}")
+        return git_blob_sha(content), self._commit(branch, path, content)
+
+    async def delete_file(self, path: str, branch: str, message: str, sha: str) -> bool:
+        self._call("delete_file")
+        current = self.branches[branch].get(path)
+        if current is None:
+            return False
+        if sha != git_blob_sha(current):
+            raise Conflict(f"{path} does not match {sha}")
+        self._commit(branch, path, None)
+        return True
+
+    async def create_deployment(self, sha: str, environment: str, description: str) -> int:
+        self._call("create_deployment")
+        dep = Deployment(next(self._ids), sha, environment)
+        self.deployments[dep.id] = dep
+        return dep.id
+
+    async def set_deployment_status(self, deployment_id: int, status: DeploymentStatus) -> bool:
+        self._call("set_deployment_status")
+        dep = self.deployments.get(deployment_id)
+        if dep is None:
+            return False
+        dep.statuses.append(status)
+        return True
+
+    async def active_deployments(self, environment: str) -> list[int]:
+        self._call("active_deployments")
+        return sorted(
+            (
+                d.id
+                for d in self.deployments.values()
+                if d.environment == environment and d.state != "inactive"
+            ),
+            reverse=True,
+        )
+
+
+class MemoryGitHub:
+    """GitHubPort over MemoryRepos; every installation sees every repository."""
+
+    def __init__(self, *repos: MemoryRepo) -> None:
+        self.repos = {r.name: r for r in repos}
+
+    def repo(self, installation_id: int, repo: str) -> MemoryRepo:
+        return self.repos[repo]
+
+
+class MemoryCluster:
+    """ClusterPort over a dict of Application objects; deletions wait for `finish_deletion`
+    when the object carries a finalizer, as Argo CD's resources finalizer makes them wait."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self._watchers: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
+        self.faults: dict[str, list[BaseException]] = {}
+
+    def _call(self, method: str) -> None:
+        self.calls.append(method)
+        pending = self.faults.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    def fail_next(self, method: str, *errors: BaseException) -> None:
+        self.faults.setdefault(method, []).extend(errors)
+
+    def _emit(self, kind: str, obj: dict[str, Any]) -> None:
+        for queue in self._watchers:
+            queue.put_nowait((kind, copy.deepcopy(obj)))
+
+    def set_status(self, name: str, **status: Any) -> None:
+        """Play Argo CD: write .status (sync/health/phase) and tell the watchers."""
+        obj = self.objects[name]
+        obj["status"] = {
+            "sync": {"status": status.get("sync"), "revision": status.get("revision")},
+            "health": {"status": status.get("health")},
+            "operationState": {"phase": status.get("phase")},
+        }
+        self._emit("MODIFIED", obj)
+
+    def finish_deletion(self, name: str) -> None:
+        """Play Argo CD after pruning: the finalizer goes, and so does the object."""
+        obj = self.objects.pop(name)
+        self._emit("DELETED", obj)
+
+    async def get(self, name: str) -> ObservedApp | None:
+        self._call("get")
+        obj = self.objects.get(name)
+        return None if obj is None else app_from_object(obj)
+
+    async def apply(self, manifest: dict[str, Any]) -> None:
+        self._call("apply")
+        name = manifest["metadata"]["name"]
+        old = self.objects.get(name)
+        obj = copy.deepcopy(manifest)
+        if old is not None:
+            kept = old["metadata"].get("annotations") or {}
+            obj["metadata"]["annotations"] = {**kept, **obj["metadata"].get("annotations", {})}
+            if "status" in old:
+                obj["status"] = old["status"]
+        self.objects[name] = obj
+        self._emit("MODIFIED" if old else "ADDED", obj)
+
+    async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
+        self._call("annotate")
+        obj = self.objects.get(name)
+        if obj is None:
+            return False
+        obj["metadata"]["annotations"] = {**obj["metadata"].get("annotations", {}), **annotations}
+        self._emit("MODIFIED", obj)
+        return True
+
+    async def delete(self, name: str) -> bool:
+        self._call("delete")
+        obj = self.objects.get(name)
+        if obj is None:
+            return True
+        if obj["metadata"].get("finalizers"):
+            obj["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+            self._emit("MODIFIED", obj)
+            return False
+        self.finish_deletion(name)
+        return True
+
+    async def list_managed(self) -> list[ObservedApp]:
+        self._call("list_managed")
+        apps = [app_from_object(obj) for obj in self.objects.values()]
+        return [app for app in apps if app.managed]
+
+    async def watch(self, on_event: OnEvent) -> None:
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._watchers.append(queue)
+        try:
+            for obj in list(self.objects.values()):
+                await on_event("SYNCED", app_from_object(obj))
+            while True:
+                kind, obj = await queue.get()
+                await on_event(kind, app_from_object(obj))
+        finally:
+            self._watchers.remove(queue)

@@ -1,0 +1,266 @@
+"""The middle layer: Syncer, Watcher and Bot on in-memory ports (no HTTP), in milliseconds.
+
+What the planner decides is table-tested in test_plan.py and what the adapters do on the wire in
+tests/integration; this layer checks the glue: what observe reads, how execute merges what it
+produced into the record, how a permanent failure reaches the PR and how retries are scheduled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import pytest
+
+from bot.config import Settings
+from bot.errors import PermanentError, TemporaryError
+from bot.model import (
+    A_COMMENT,
+    A_DEPLOYMENT,
+    A_OVERLAY_BLOB,
+    UNKNOWN,
+    ObservedApp,
+    Record,
+    State,
+    Work,
+    WorkKey,
+    git_blob_sha,
+)
+from bot.parse import app_from_object
+from bot.queue import KeyedQueue
+from bot.render import COMMENT_MARKER, render_comment
+from bot.service import Bot, Watcher
+from bot.sync import Syncer
+from tests.memory import REPO, MemoryCluster, MemoryGitHub, MemoryRepo
+
+SHA1 = "1a2b3c4d" + "0" * 32
+SHA2 = "9f8e7d6c" + "1" * 32
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+SETTINGS = Settings(
+    github_app_id=1,
+    github_private_key="k",
+    github_webhook_secret="s",
+    retry_seconds=0.01,
+    teardown_grace_seconds=0.05,
+)
+BASE = {"infra/argocd/overlays/preview/kustomization.yaml": "resources: []\n"}
+OVERLAY = "infra/argocd/previews/pr-42/kustomization.yaml"
+WORK = Work(WorkKey(REPO, 42), 5, "test")
+
+
+class World:
+    """The in-memory ports and a Syncer on them."""
+
+    def __init__(self) -> None:
+        self.repo = MemoryRepo(files=BASE)
+        self.github = MemoryGitHub(self.repo)
+        self.cluster = MemoryCluster()
+        self.syncer = Syncer(SETTINGS, self.github, self.cluster, clock=lambda: NOW)
+
+    def comment(self) -> str:
+        (only,) = self.repo.comments_on(42)
+        return only.body
+
+    async def app(self) -> ObservedApp:
+        app = await self.cluster.get("dex-pr-42")
+        assert app is not None
+        return app
+
+    def writes(self) -> list[str]:
+        reads = {"get_pull", "comments", "get_file_sha", "has_kustomization", "active_deployments"}
+        return [c for c in self.repo.calls if c not in reads]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+# ---- the record ------------------------------------------------------------------------------
+
+
+def test_record_round_trips_through_annotations_with_explicit_unknown() -> None:
+    record = Record.from_annotations({A_COMMENT: "12", A_OVERLAY_BLOB: "", "other": "x"})
+    assert record.comment_id == 12
+    assert record.overlay_blob is None  # "" is a known none: the file was removed
+    assert record.deployment_id is UNKNOWN  # absent: never recorded, or lost
+    assert record.to_annotations() == {A_COMMENT: "12", A_OVERLAY_BLOB: ""}
+    assert Record.from_annotations({A_DEPLOYMENT: "not-a-number"}).deployment_id is UNKNOWN
+
+
+def test_what_execution_produced_wins_over_the_plan() -> None:
+    planned = Record(comment_id=1, overlay_blob="planned", deployment_id=UNKNOWN)
+    produced = Record(overlay_blob="written", deployment_id=9)
+    merged = planned.updated_by(produced)
+    assert (merged.comment_id, merged.overlay_blob, merged.deployment_id) == (1, "written", 9)
+    assert planned.updated_by(Record(overlay_blob=None)).overlay_blob is None
+
+
+# ---- observe -> plan -> execute --------------------------------------------------------------
+
+
+async def test_deploy_records_what_it_made_and_a_replay_writes_nothing(world: World) -> None:
+    world.repo.open_pull(42, SHA1)
+    outcome = await world.syncer.sync(WORK)
+    assert outcome.executed == [
+        "PutOverlay",
+        "ApplyApplication",
+        "CreateDeployment",
+        "UpsertComment",
+        "RecordState",
+    ]
+    app = await world.app()
+    (dep,) = world.repo.deployments.values()
+    overlay = world.repo.branches["main"][OVERLAY]
+    assert app.record.overlay_blob == git_blob_sha(overlay)
+    assert app.record.overlay_commit == world.repo.commits[-1]
+    assert (app.record.deployment_id, app.record.deployed_sha) == (dep.id, SHA1)
+    assert (dep.sha, dep.state) == (SHA1, "in_progress")
+    assert app.record.comment_state == "deploying"
+    assert COMMENT_MARKER in world.comment()
+    world.repo.calls.clear()
+    again = await world.syncer.sync(WORK)
+    assert again.executed == []
+    assert world.repo.calls == ["get_pull"]  # the record answered everything else
+
+
+async def test_health_then_a_push_then_a_close(world: World) -> None:
+    world.repo.open_pull(42, SHA1)
+    await world.syncer.sync(WORK)
+    world.cluster.set_status("dex-pr-42", sync="Synced", health="Healthy")
+    await world.syncer.sync(WORK)
+    assert "Preview ready" in world.comment()
+    (first,) = world.repo.deployments.values()
+    assert first.state == "success"
+
+    world.repo.change_pull(42, head_sha=SHA2)
+    await world.syncer.sync(WORK)
+    old, new = world.repo.deployments.values()
+    assert (old.state, new.sha, new.state) == ("inactive", SHA2, "in_progress")
+    assert (await world.app()).record.deployment_id == new.id
+
+    world.repo.change_pull(42, state="closed")
+    outcome = await world.syncer.sync(WORK)
+    assert outcome.requeue_after == SETTINGS.teardown_grace_seconds
+    assert OVERLAY not in world.repo.branches["main"]
+    assert (await world.app()).terminating
+    world.cluster.finish_deletion("dex-pr-42")
+    world.repo.calls.clear()
+    await world.syncer.sync(WORK)
+    assert "Preview destroyed" in world.comment()
+    # The Application is gone, but the last record found the comment: no listing of comments.
+    assert "comments" not in world.repo.calls
+    assert all(d.state == "inactive" for d in world.repo.deployments.values())
+
+
+async def test_a_lost_record_finds_our_comment_by_its_marker(world: World) -> None:
+    world.repo.open_pull(42, SHA1)
+    world.repo.add_comment(42, "LGTM, but please add a preview")  # a human's, no marker
+    ours = render_comment(SETTINGS, world.repo.pulls[42], State.DEPLOYING, NOW)
+    cid = world.repo.add_comment(42, ours.body)
+    await world.syncer.sync(WORK)
+    assert "comments" in world.repo.calls
+    assert (await world.app()).record.comment_id == cid
+    assert len(world.repo.comments_on(42)) == 2  # edited in place, none added
+
+
+async def test_a_permanent_failure_is_said_once_on_the_pr(world: World) -> None:
+    world.repo.open_pull(42, SHA1)
+    world.repo.fail_next("put_file", PermanentError("GitHub answered 403: Resource not accessible"))
+    with pytest.raises(PermanentError):
+        await world.syncer.sync(WORK)
+    body = world.comment()
+    assert "Preview failed" in body and "Resource not accessible" in body
+    assert world.writes() == ["put_file", "create_comment"]
+    assert world.cluster.objects == {}  # nothing applied after the refusal
+
+
+async def test_a_temporary_failure_mid_sync_leaves_the_record_unwritten(world: World) -> None:
+    world.repo.open_pull(42, SHA1)
+    world.repo.fail_next("create_deployment", TemporaryError("GitHub answered 502"))
+    with pytest.raises(TemporaryError):
+        await world.syncer.sync(WORK)
+    assert (await world.app()).record.deployment_id is UNKNOWN
+    await world.syncer.sync(WORK)  # the retry converges
+    (dep,) = world.repo.deployments.values()
+    assert (await world.app()).record.deployment_id == dep.id
+
+
+# ---- the watch and the Bot -------------------------------------------------------------------
+
+
+def _app_object(**status: str) -> dict[str, object]:
+    return {
+        "metadata": {
+            "name": "dex-pr-42",
+            "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
+            "annotations": {
+                "preview-bot.io/repo": REPO,
+                "preview-bot.io/pr": "42",
+                "preview-bot.io/installation": "5",
+            },
+        },
+        "status": {"health": {"status": status.get("health")}},
+    }
+
+
+async def test_watcher_queues_only_news() -> None:
+    queue = KeyedQueue(10)
+    watcher = Watcher(queue)
+    await watcher.on_event("ADDED", app_from_object(_app_object()))  # no verdict yet
+    assert len(queue) == 0
+    await watcher.on_event("MODIFIED", app_from_object(_app_object(health="Progressing")))
+    assert len(queue) == 1
+    work = await queue.get()
+    queue.done(work.key)
+    assert (work.key, work.installation_id, work.delivery) == (WORK.key, 5, "watch")
+    await watcher.on_event("MODIFIED", app_from_object(_app_object(health="Progressing")))
+    assert len(queue) == 0  # the bot's own annotation write echoing back
+    await watcher.on_event("DELETED", app_from_object(_app_object(health="Progressing")))
+    assert len(queue) == 1
+    unmanaged = _app_object(health="Healthy")
+    unmanaged["metadata"]["labels"] = {}  # type: ignore[index]
+    await watcher.on_event("MODIFIED", app_from_object(unmanaged))
+    assert len(queue) == 1
+
+
+async def test_bot_retries_with_backoff_and_logs_each_retry_once(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.repo.open_pull(42, SHA1)
+    world.repo.fail_next("get_pull", TemporaryError("GitHub answered 502"))
+    world.repo.fail_next("get_pull", TemporaryError("GitHub answered 503"))
+    bot = Bot(SETTINGS)
+    bot.start(world.github, world.cluster)
+    try:
+        with caplog.at_level(logging.WARNING, logger="bot"):
+            bot.queue.put_nowait(WORK)
+            await bot.idle(quiet=0.1, limit=5)
+    finally:
+        await bot.stop()
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert [r.getMessage() for r in retries] == [
+        "retry 1 in 0.0s: GitHub answered 502",
+        "retry 2 in 0.0s: GitHub answered 503",
+    ]
+    assert all(getattr(r, "log_context", {}).get("pr") == 42 for r in retries)  # set once
+    assert "Preview deploying" in world.comment()
+
+
+async def test_bot_follows_the_watch_to_destroyed(world: World) -> None:
+    world.repo.open_pull(42, SHA1)
+    bot = Bot(SETTINGS)
+    bot.start(world.github, world.cluster)
+    try:
+        bot.queue.put_nowait(WORK)
+        await bot.idle(quiet=0.05, limit=5)
+        world.repo.change_pull(42, state="closed")
+        bot.queue.put_nowait(WORK)
+        await bot.idle(quiet=0.05, limit=5)
+        world.cluster.finish_deletion("dex-pr-42")  # the watch sees it go and queues the PR
+        await asyncio.sleep(0.05)
+        await bot.idle(quiet=0.1, limit=5)
+    finally:
+        await bot.stop()
+    assert "Preview destroyed" in world.comment()
