@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bot.config import MASK, SettingsError, load_settings
+from bot.config import (
+    MASK,
+    SPECS,
+    SPECS_BY_NAME,
+    Kind,
+    Settings,
+    SettingsError,
+    load_settings,
+    setting,
+)
 
 KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"
 GOOD = {"GITHUB_APP_ID": "12345", "GITHUB_PRIVATE_KEY": KEY, "GITHUB_WEBHOOK_SECRET": "s3cret"}
@@ -97,6 +107,32 @@ def test_unknown_key_in_file_and_unreadable_secret_file(tmp_path: Path) -> None:
 def test_overlay_path_must_stay_inside_the_repository() -> None:
     lines = problems({**GOOD, "PREVIEW_BOT_OVERLAY_PATH_TEMPLATE": "../x/{number}/k.yaml"})
     assert any("inside the repository" in line for line in lines)
+
+
+def test_specs_are_the_settings_fields_with_their_defaults() -> None:
+    fields = dataclasses.fields(Settings)
+    assert [spec.name for spec in SPECS] == [f.name for f in fields]
+    assert len(SPECS) == 27
+    defaults = Settings(github_app_id=1, github_private_key="k", github_webhook_secret="s")
+    for spec in SPECS:
+        if spec.required:
+            assert spec.default is None
+        else:
+            assert getattr(defaults, spec.name) == spec.default, spec.name
+    assert SPECS_BY_NAME["github_app_id"].kind is Kind.INT
+    assert SPECS_BY_NAME["github_webhook_secret"].file_env == "GITHUB_WEBHOOK_SECRET_FILE"
+    assert SPECS_BY_NAME["deploy_branch"].optional
+    assert not SPECS_BY_NAME["github_app_id"].optional
+    changed = dataclasses.replace(defaults, workers=9)
+    assert (changed.workers, changed.queue_size) == (9, 1000)
+    assert "'k'" not in repr(defaults) and "'s'" not in repr(defaults)
+
+
+def test_a_declaration_keeps_kind_and_extras_together() -> None:
+    with pytest.raises(TypeError, match="placeholders"):
+        setting(default="a", env="X", help="x", kind=Kind.TEMPLATE)
+    with pytest.raises(TypeError, match="placeholders"):
+        setting(default="a", env="X", help="x", placeholders=frozenset({"number"}))
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
