@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -23,6 +24,11 @@ import yaml
 
 CONFIG_ENV = "PREVIEW_BOT_CONFIG"
 MASK = "********"
+# A Kind.DURATION value: a number of seconds, or a number with a unit (s, m, h, d). The chart's
+# values.schema.json uses the same pattern, so Helm rejects what the bot would (the bot also
+# forgives surrounding spaces, which an environment variable easily has).
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?)([smhd]?)$"
+
 _T = TypeVar("_T")
 _C = TypeVar("_C")
 _SPEC = "preview_bot.setting"  # the key of a setting's declaration in its field's metadata
@@ -45,6 +51,10 @@ class Kind(enum.Enum):
     TEMPLATE = enum.auto()  # a str.format template using only the spec's placeholders
     URL = enum.auto()  # an http(s) URL, without its trailing /
     SECRET = enum.auto()  # non-empty text kept as given, and out of repr
+    BOOL = enum.auto()  # true/false, yes/no, on/off, 1/0
+    DURATION = enum.auto()  # 90s, 30m, 12h, 7d or bare seconds, as float seconds; 0 means off
+    LIST = enum.auto()  # comma-separated text or a YAML list, as a tuple of strings
+    CHOICE = enum.auto()  # one of the spec's `choices`, in any case, spelled as the spec does
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class Spec:
     placeholders: frozenset[str] = frozenset()
     file_env: str | None = None  # an env var naming a file that holds the value (secrets)
     required: bool = False
+    choices: tuple[str, ...] = ()  # the allowed values of a Kind.CHOICE setting
 
     @property
     def optional(self) -> bool:
@@ -70,6 +81,7 @@ class _Extras(TypedDict, total=False):
     """What only some kinds of setting need."""
 
     placeholders: frozenset[str]  # Kind.TEMPLATE: the placeholders it may use
+    choices: tuple[str, ...]  # Kind.CHOICE: the values it allows
     file_env: str  # an env var naming a file that holds the value (secrets)
 
 
@@ -88,6 +100,8 @@ def setting(
     **extras: Unpack[_Extras],
 ) -> Any:
     """Declare one field of Settings: without a default the setting is required."""
+    if (kind is Kind.CHOICE) != bool(extras.get("choices")):
+        raise TypeError(f"{env}: choices go with Kind.CHOICE, and Kind.CHOICE needs choices")
     if (kind is Kind.TEMPLATE) != bool(extras.get("placeholders")):
         raise TypeError(f"{env}: placeholders go with Kind.TEMPLATE, and Kind.TEMPLATE needs them")
     declared = {"env": env, "help": help, "kind": kind, **extras}
@@ -308,6 +322,13 @@ def template_fields(template: str) -> set[str]:
     return names
 
 
+def _either(words: tuple[str, ...]) -> str:
+    """`a, b or c`: how a problem line lists the allowed values."""
+    if len(words) == 1:
+        return words[0]
+    return f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def _text(raw: Any) -> str:
     if not isinstance(raw, str):
         raise ValueError(f"expected a string, got {type(raw).__name__}")
@@ -381,6 +402,56 @@ def _parse_float(spec: Spec, raw: Any) -> float:
     return number
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _parse_bool(spec: Spec, raw: Any) -> bool:
+    if isinstance(raw, bool):  # YAML's own true/false/yes/no/on/off
+        return raw
+    # str() also takes YAML's 1 and 0, which arrive as ints.
+    word = str(raw).strip().lower() if isinstance(raw, str | int) else ""
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+_DURATION = re.compile(DURATION_PATTERN)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(spec: Spec, raw: Any) -> float:
+    # A YAML number is read as its text, so -5, 1e+20 and .inf fail as their text would.
+    readable = isinstance(raw, str | int | float) and not isinstance(raw, bool)
+    match = _DURATION.fullmatch(str(raw).strip()) if readable else None
+    if match is None:
+        raise ValueError(
+            "expected a duration such as 90s, 30m, 12h or 7d, a number of seconds, or 0 for off"
+        )
+    return float(match[1]) * _UNIT_SECONDS[match[3]]
+
+
+def _parse_list(spec: Spec, raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items: list[Any] = raw.split(",")
+    elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        items = raw
+    else:
+        raise ValueError("expected a list of strings, or one string of comma-separated items")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _parse_choice(spec: Spec, raw: Any) -> str:
+    # Any case is understood; the value is the choice as the spec spells it.
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    for choice in spec.choices:
+        if word == choice.lower():
+            return choice
+    raise ValueError(f"expected {_either(spec.choices)}")
+
+
 _PARSERS: dict[Kind, Callable[[Spec, Any], Any]] = {
     Kind.STR: _parse_str,
     Kind.INT: _parse_int,
@@ -388,6 +459,10 @@ _PARSERS: dict[Kind, Callable[[Spec, Any], Any]] = {
     Kind.TEMPLATE: _parse_template,
     Kind.URL: _parse_url,
     Kind.SECRET: _parse_secret,
+    Kind.BOOL: _parse_bool,
+    Kind.DURATION: _parse_duration,
+    Kind.LIST: _parse_list,
+    Kind.CHOICE: _parse_choice,
 }
 
 

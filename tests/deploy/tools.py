@@ -155,7 +155,7 @@ def settings_schema() -> dict[str, Any]:
 
 def value_schema(spec: Spec) -> dict[str, Any]:
     """What Helm should accept for one setting: the bot's own checks, as far as JSON Schema goes."""
-    from bot.config import Kind
+    from bot.config import DURATION_PATTERN, Kind
 
     schema: dict[str, Any]
     match spec.kind:
@@ -164,6 +164,15 @@ def value_schema(spec: Spec) -> dict[str, Any]:
         case Kind.FLOAT:
             # The bot's own check: seconds, 0 < value <= 3600.
             schema = {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}
+        case Kind.BOOL:
+            schema = {"type": "boolean"}
+        case Kind.DURATION:
+            # The pattern only applies to a string, the minimum only to a number.
+            schema = {"type": ["string", "number"], "pattern": DURATION_PATTERN, "minimum": 0}
+        case Kind.LIST:
+            schema = {"type": ["array", "string"], "items": {"type": "string"}}
+        case Kind.CHOICE:
+            schema = {"type": "string", "enum": list(spec.choices)}
         case _ if spec.name == "log_level":
             schema = {"type": "string", "enum": ["DEBUG", "INFO", "WARNING", "ERROR"]}
         case _:
@@ -174,6 +183,8 @@ def value_schema(spec: Spec) -> dict[str, Any]:
         # A setting that defaults to unset may be set to null (or to an empty string).
         schema["type"] = [*_types(schema), "null"]
         schema.pop("minLength", None)
+        if "enum" in schema:
+            schema["enum"] = [*schema["enum"], None]
     return schema
 
 
