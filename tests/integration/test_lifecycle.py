@@ -57,7 +57,7 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
     deploy_requests = fake.count()
     objs = h.build(42, tmp_path / "co1")
     assert images(objs) == [TAG + sha1[:8]]
-    assert {o["metadata"]["namespace"] for o in objs} == {"dex-pr-42"}  # type: ignore[index]
+    assert {o["metadata"]["namespace"] for o in objs} == {"dex-pr-42"}
     log = h.commits()
     assert len(log) == commits_before + 1
     assert log[0]["message"].endswith("[skip ci]")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from jsonschema import FormatChecker  # type: ignore[import-untyped]  # no stubs here
+from jsonschema import FormatChecker
 from multidict import CIMultiDict, MultiDict, MultiMapping
 from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
