@@ -1,6 +1,8 @@
 """The bot's settings: one frozen object, loaded once at start from the environment and a YAML file.
 
-Every setting has a name (the YAML key), an environment variable and a default. Loading never
+Every setting is one field of `Settings`, declared with `setting(...)`: its default (none for a
+required setting), environment variable, help and Kind live there and nowhere else; `SPECS` is
+derived from those fields for the loader, the docs table and the chart schema. Loading never
 happens at import time; `load_settings` returns the Settings or raises SettingsError carrying one
 line per problem (which setting, what was wrong, what is expected), so the process can print them
 all at once and exit with code 2.
@@ -8,18 +10,28 @@ all at once and exit with code 2.
 
 from __future__ import annotations
 
+import enum
 import os
+import re
 import string
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypedDict, TypeVar, Unpack, dataclass_transform, overload
 from urllib.parse import urlparse
 
 import yaml
 
 CONFIG_ENV = "PREVIEW_BOT_CONFIG"
 MASK = "********"
+# A Kind.DURATION value: a number of seconds, or a number with a unit (s, m, h, d). The chart's
+# values.schema.json uses the same pattern, so Helm rejects what the bot would (the bot also
+# forgives surrounding spaces, which an environment variable easily has).
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?)([smhd]?)$"
+
+_T = TypeVar("_T")
+_C = TypeVar("_C")
+_SPEC = "preview_bot.setting"  # the key of a setting's declaration in its field's metadata
 
 
 class SettingsError(Exception):
@@ -30,6 +42,21 @@ class SettingsError(Exception):
         self.problems = problems
 
 
+class Kind(enum.Enum):
+    """How a setting's raw value (environment text or YAML value) becomes its typed value."""
+
+    STR = enum.auto()  # non-empty text, stripped
+    INT = enum.auto()  # a positive integer
+    FLOAT = enum.auto()  # a number of seconds, 0 < x <= 3600
+    TEMPLATE = enum.auto()  # a str.format template using only the spec's placeholders
+    URL = enum.auto()  # an http(s) URL, without its trailing /
+    SECRET = enum.auto()  # non-empty text kept as given, and out of repr
+    BOOL = enum.auto()  # true/false, yes/no, on/off, 1/0
+    DURATION = enum.auto()  # 90s, 30m, 12h, 7d or bare seconds, as float seconds; 0 means off
+    LIST = enum.auto()  # comma-separated text or a YAML list, as a tuple of strings
+    CHOICE = enum.auto()  # one of the spec's `choices`, in any case, spelled as the spec does
+
+
 @dataclass(frozen=True)
 class Spec:
     """How one setting is named, parsed and documented."""
@@ -38,10 +65,53 @@ class Spec:
     env: str
     default: Any
     help: str
-    kind: str = "str"  # str, int, float, bool, optional-str, template, url, optional-url, secret
+    kind: Kind = Kind.STR
     placeholders: frozenset[str] = frozenset()
     file_env: str | None = None  # an env var naming a file that holds the value (secrets)
     required: bool = False
+    choices: tuple[str, ...] = ()  # the allowed values of a Kind.CHOICE setting
+
+    @property
+    def optional(self) -> bool:
+        """A setting that defaults to None may stay unset: an empty value also means None."""
+        return self.default is None and not self.required
+
+
+class _Extras(TypedDict, total=False):
+    """What only some kinds of setting need."""
+
+    placeholders: frozenset[str]  # Kind.TEMPLATE: the placeholders it may use
+    choices: tuple[str, ...]  # Kind.CHOICE: the values it allows
+    file_env: str  # an env var naming a file that holds the value (secrets)
+
+
+@overload
+def setting(
+    *, default: _T, env: str, help: str, kind: Kind = ..., **extras: Unpack[_Extras]
+) -> _T: ...
+@overload
+def setting(*, env: str, help: str, kind: Kind = ..., **extras: Unpack[_Extras]) -> Any: ...
+def setting(
+    *,
+    default: Any = MISSING,
+    env: str,
+    help: str,
+    kind: Kind = Kind.STR,
+    **extras: Unpack[_Extras],
+) -> Any:
+    """Declare one field of Settings: without a default the setting is required."""
+    if (kind is Kind.CHOICE) != bool(extras.get("choices")):
+        raise TypeError(f"{env}: choices go with Kind.CHOICE, and Kind.CHOICE needs choices")
+    if (kind is Kind.TEMPLATE) != bool(extras.get("placeholders")):
+        raise TypeError(f"{env}: placeholders go with Kind.TEMPLATE, and Kind.TEMPLATE needs them")
+    declared = {"env": env, "help": help, "kind": kind, **extras}
+    return field(default=default, repr=kind is not Kind.SECRET, metadata={_SPEC: declared})
+
+
+# Type checkers learn from this that `setting` declares fields (and which ones are required).
+@dataclass_transform(frozen_default=True, field_specifiers=(setting,))
+def _settings_class(cls: type[_C]) -> type[_C]:
+    return dataclass(frozen=True)(cls)
 
 
 # Placeholders a template may use. Checked at start: an unknown placeholder stops the process.
@@ -50,232 +120,192 @@ TAG_VARS = frozenset({"number", "owner", "repo", "sha", "short_sha"})
 URL_VARS = frozenset({"number", "owner", "repo", "name", "namespace"})
 PATH_VARS = frozenset({"number", "owner", "repo", "name"})
 
-SPECS: tuple[Spec, ...] = (
-    Spec(
-        "github_app_id", "GITHUB_APP_ID", None, "The GitHub App's numeric id.", "int", required=True
-    ),
-    Spec(
-        "github_private_key",
-        "GITHUB_PRIVATE_KEY",
-        None,
-        "The App's private key (PEM). Or name a file with GITHUB_PRIVATE_KEY_FILE.",
-        "secret",
-        file_env="GITHUB_PRIVATE_KEY_FILE",
-        required=True,
-    ),
-    Spec(
-        "github_webhook_secret",
-        "GITHUB_WEBHOOK_SECRET",
-        None,
-        "The webhook secret set on the App. Or name a file with GITHUB_WEBHOOK_SECRET_FILE.",
-        "secret",
-        file_env="GITHUB_WEBHOOK_SECRET_FILE",
-        required=True,
-    ),
-    Spec(
-        "github_api_url",
-        "GITHUB_API_URL",
-        "https://api.github.com",
-        "GitHub's REST API root; set it for GitHub Enterprise Server (https://HOST/api/v3).",
-        "url",
-    ),
-    Spec(
-        "trigger_label",
-        "PREVIEW_BOT_TRIGGER_LABEL",
-        "preview",
-        "The PR label that asks for a preview.",
-    ),
-    Spec(
-        "app_name_template",
-        "PREVIEW_BOT_APP_NAME_TEMPLATE",
-        "dex-pr-{number}",
-        "Name of the Argo CD Application (and the GitHub environment) of a PR.",
-        "template",
-        NAME_VARS,
-    ),
-    Spec(
-        "namespace_template",
-        "PREVIEW_BOT_NAMESPACE_TEMPLATE",
-        "dex-pr-{number}",
-        "Namespace the preview deploys into.",
-        "template",
-        NAME_VARS,
-    ),
-    Spec(
-        "image_name",
-        "PREVIEW_BOT_IMAGE_NAME",
-        "ghcr.io/data-literate/dex",
-        "Image whose tag the overlay pins (the `images[].name` of the base).",
-    ),
-    Spec(
-        "image_tag_template",
-        "PREVIEW_BOT_IMAGE_TAG_TEMPLATE",
-        "sha-{short_sha}",
-        "Image tag of a PR's head commit; {short_sha} is the first 8 hex of the head SHA.",
-        "template",
-        TAG_VARS,
-    ),
-    Spec(
-        "preview_url_template",
-        "PREVIEW_BOT_PREVIEW_URL_TEMPLATE",
-        "https://dex-pr-{number}.preview.example.com",
-        "URL of the running preview, shown in the comment and the deployment.",
-        "template",
-        URL_VARS,
-    ),
-    Spec(
-        "preview_host_template",
-        "PREVIEW_BOT_PREVIEW_HOST_TEMPLATE",
-        None,
-        "If set, the host of every Ingress rule in the preview becomes this host.",
-        "optional-template",
-        URL_VARS,
-    ),
-    Spec(
-        "overlay_path_template",
-        "PREVIEW_BOT_OVERLAY_PATH_TEMPLATE",
-        "infra/argocd/previews/pr-{number}/kustomization.yaml",
-        "Where the PR's kustomization is committed. Must not be inside the base.",
-        "template",
-        PATH_VARS,
-    ),
-    Spec(
-        "overlay_base",
-        "PREVIEW_BOT_OVERLAY_BASE",
-        "../../overlays/preview",
-        "The overlay's `resources` entry, relative to the overlay's directory.",
-    ),
-    Spec(
-        "deploy_branch",
-        "PREVIEW_BOT_DEPLOY_BRANCH",
-        None,
-        "Branch that receives overlay commits and that Argo CD reads; default: the "
-        "repository's default branch.",
-        "optional-str",
-    ),
-    Spec(
-        "argocd_namespace",
-        "PREVIEW_BOT_ARGOCD_NAMESPACE",
-        "argocd",
-        "Namespace of Argo CD's Applications.",
-    ),
-    Spec(
-        "argocd_project",
-        "PREVIEW_BOT_ARGOCD_PROJECT",
-        "default",
-        "Argo CD project of the preview Applications.",
-    ),
-    Spec(
-        "argocd_url",
-        "PREVIEW_BOT_ARGOCD_URL",
-        None,
-        "Base URL of the Argo CD UI; when set, the comment links to the Application.",
-        "optional-url",
-    ),
-    Spec(
-        "destination_server",
-        "PREVIEW_BOT_DESTINATION_SERVER",
-        "https://kubernetes.default.svc",
-        "Cluster the previews deploy to, as Argo CD names it.",
-        "url",
-    ),
-    Spec(
-        "kubeconfig",
-        "KUBECONFIG",
-        None,
-        "Kubeconfig file; unset means in-cluster configuration when running in a pod.",
-        "optional-str",
-    ),
-    Spec(
-        "queue_size",
-        "PREVIEW_BOT_QUEUE_SIZE",
-        1000,
-        "Most PRs waiting for a sync; past it deliveries get 503 so GitHub shows the failure.",
-        "int",
-    ),
-    Spec("workers", "PREVIEW_BOT_WORKERS", 4, "Syncs run at once (never two for one PR).", "int"),
-    Spec(
-        "delivery_cache_size",
-        "PREVIEW_BOT_DELIVERY_CACHE_SIZE",
-        100_000,
-        "Most delivery ids remembered for dedupe.",
-        "int",
-    ),
-    Spec(
-        "delivery_ttl_seconds",
-        "PREVIEW_BOT_DELIVERY_TTL_SECONDS",
-        3600,
-        "How long a delivery id is remembered.",
-        "int",
-    ),
-    Spec(
-        "retry_seconds",
-        "PREVIEW_BOT_RETRY_SECONDS",
-        5.0,
-        "First backoff after a temporary failure (GitHub 5xx, network, API server); it "
-        "doubles per attempt up to 5 minutes. Rate limits wait for their reset instead.",
-        "float",
-    ),
-    Spec(
-        "teardown_grace_seconds",
-        "PREVIEW_BOT_TEARDOWN_GRACE_SECONDS",
-        30.0,
-        "How long a deleted Application may take to be pruned before the comment says "
-        "teardown pending (it says destroyed as soon as the Application is gone).",
-        "float",
-    ),
-    Spec(
-        "resync_seconds",
-        "PREVIEW_BOT_RESYNC_SECONDS",
-        300,
-        "Every so often each managed Application's PR is synced again, so a lost webhook "
-        "(a missed close, push or unlabel) or a crash heals by itself.",
-        "int",
-    ),
-    Spec("log_level", "PREVIEW_BOT_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR."),
-)
-SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
 
-
-@dataclass(frozen=True)
+@_settings_class
 class Settings:
     """The effective settings. Secrets are kept out of repr."""
 
-    github_app_id: int
-    github_private_key: str = field(repr=False)
-    github_webhook_secret: str = field(repr=False)
-    github_api_url: str = "https://api.github.com"
-    trigger_label: str = "preview"
-    app_name_template: str = "dex-pr-{number}"
-    namespace_template: str = "dex-pr-{number}"
-    image_name: str = "ghcr.io/data-literate/dex"
-    image_tag_template: str = "sha-{short_sha}"
-    preview_url_template: str = "https://dex-pr-{number}.preview.example.com"
-    preview_host_template: str | None = None
-    overlay_path_template: str = "infra/argocd/previews/pr-{number}/kustomization.yaml"
-    overlay_base: str = "../../overlays/preview"
-    deploy_branch: str | None = None
-    argocd_namespace: str = "argocd"
-    argocd_project: str = "default"
-    argocd_url: str | None = None
-    destination_server: str = "https://kubernetes.default.svc"
-    kubeconfig: str | None = None
-    queue_size: int = 1000
-    workers: int = 4
-    delivery_cache_size: int = 100_000
-    delivery_ttl_seconds: int = 3600
-    retry_seconds: float = 5.0
-    teardown_grace_seconds: float = 30.0
-    resync_seconds: int = 300
-    log_level: str = "INFO"
+    github_app_id: int = setting(
+        env="GITHUB_APP_ID", help="The GitHub App's numeric id.", kind=Kind.INT
+    )
+    github_private_key: str = setting(
+        env="GITHUB_PRIVATE_KEY",
+        help="The App's private key (PEM). Or name a file with GITHUB_PRIVATE_KEY_FILE.",
+        kind=Kind.SECRET,
+        file_env="GITHUB_PRIVATE_KEY_FILE",
+    )
+    github_webhook_secret: str = setting(
+        env="GITHUB_WEBHOOK_SECRET",
+        help="The webhook secret set on the App. Or name a file with GITHUB_WEBHOOK_SECRET_FILE.",
+        kind=Kind.SECRET,
+        file_env="GITHUB_WEBHOOK_SECRET_FILE",
+    )
+    github_api_url: str = setting(
+        default="https://api.github.com",
+        env="GITHUB_API_URL",
+        help="GitHub's REST API root; set it for GitHub Enterprise Server (https://HOST/api/v3).",
+        kind=Kind.URL,
+    )
+    trigger_label: str = setting(
+        default="preview",
+        env="PREVIEW_BOT_TRIGGER_LABEL",
+        help="The PR label that asks for a preview.",
+    )
+    app_name_template: str = setting(
+        default="dex-pr-{number}",
+        env="PREVIEW_BOT_APP_NAME_TEMPLATE",
+        help="Name of the Argo CD Application (and the GitHub environment) of a PR.",
+        kind=Kind.TEMPLATE,
+        placeholders=NAME_VARS,
+    )
+    namespace_template: str = setting(
+        default="dex-pr-{number}",
+        env="PREVIEW_BOT_NAMESPACE_TEMPLATE",
+        help="Namespace the preview deploys into.",
+        kind=Kind.TEMPLATE,
+        placeholders=NAME_VARS,
+    )
+    image_name: str = setting(
+        default="ghcr.io/data-literate/dex",
+        env="PREVIEW_BOT_IMAGE_NAME",
+        help="Image whose tag the overlay pins (the `images[].name` of the base).",
+    )
+    image_tag_template: str = setting(
+        default="sha-{short_sha}",
+        env="PREVIEW_BOT_IMAGE_TAG_TEMPLATE",
+        help="Image tag of a PR's head commit; {short_sha} is the first 8 hex of the head SHA.",
+        kind=Kind.TEMPLATE,
+        placeholders=TAG_VARS,
+    )
+    preview_url_template: str = setting(
+        default="https://dex-pr-{number}.preview.example.com",
+        env="PREVIEW_BOT_PREVIEW_URL_TEMPLATE",
+        help="URL of the running preview, shown in the comment and the deployment.",
+        kind=Kind.TEMPLATE,
+        placeholders=URL_VARS,
+    )
+    preview_host_template: str | None = setting(
+        default=None,
+        env="PREVIEW_BOT_PREVIEW_HOST_TEMPLATE",
+        help="If set, the host of every Ingress rule in the preview becomes this host.",
+        kind=Kind.TEMPLATE,
+        placeholders=URL_VARS,
+    )
+    overlay_path_template: str = setting(
+        default="infra/argocd/previews/pr-{number}/kustomization.yaml",
+        env="PREVIEW_BOT_OVERLAY_PATH_TEMPLATE",
+        help="Where the PR's kustomization is committed. Must not be inside the base.",
+        kind=Kind.TEMPLATE,
+        placeholders=PATH_VARS,
+    )
+    overlay_base: str = setting(
+        default="../../overlays/preview",
+        env="PREVIEW_BOT_OVERLAY_BASE",
+        help="The overlay's `resources` entry, relative to the overlay's directory.",
+    )
+    deploy_branch: str | None = setting(
+        default=None,
+        env="PREVIEW_BOT_DEPLOY_BRANCH",
+        help="Branch that receives overlay commits and that Argo CD reads; default: the "
+        "repository's default branch.",
+    )
+    argocd_namespace: str = setting(
+        default="argocd",
+        env="PREVIEW_BOT_ARGOCD_NAMESPACE",
+        help="Namespace of Argo CD's Applications.",
+    )
+    argocd_project: str = setting(
+        default="default",
+        env="PREVIEW_BOT_ARGOCD_PROJECT",
+        help="Argo CD project of the preview Applications.",
+    )
+    argocd_url: str | None = setting(
+        default=None,
+        env="PREVIEW_BOT_ARGOCD_URL",
+        help="Base URL of the Argo CD UI; when set, the comment links to the Application.",
+        kind=Kind.URL,
+    )
+    destination_server: str = setting(
+        default="https://kubernetes.default.svc",
+        env="PREVIEW_BOT_DESTINATION_SERVER",
+        help="Cluster the previews deploy to, as Argo CD names it.",
+        kind=Kind.URL,
+    )
+    kubeconfig: str | None = setting(
+        default=None,
+        env="KUBECONFIG",
+        help="Kubeconfig file; unset means in-cluster configuration when running in a pod.",
+    )
+    queue_size: int = setting(
+        default=1000,
+        env="PREVIEW_BOT_QUEUE_SIZE",
+        help="Most PRs waiting for a sync; past it deliveries get 503 so GitHub shows the failure.",
+        kind=Kind.INT,
+    )
+    workers: int = setting(
+        default=4,
+        env="PREVIEW_BOT_WORKERS",
+        help="Syncs run at once (never two for one PR).",
+        kind=Kind.INT,
+    )
+    delivery_cache_size: int = setting(
+        default=100_000,
+        env="PREVIEW_BOT_DELIVERY_CACHE_SIZE",
+        help="Most delivery ids remembered for dedupe.",
+        kind=Kind.INT,
+    )
+    delivery_ttl_seconds: int = setting(
+        default=3600,
+        env="PREVIEW_BOT_DELIVERY_TTL_SECONDS",
+        help="How long a delivery id is remembered.",
+        kind=Kind.INT,
+    )
+    retry_seconds: float = setting(
+        default=5.0,
+        env="PREVIEW_BOT_RETRY_SECONDS",
+        help="First backoff after a temporary failure (GitHub 5xx, network, API server); it "
+        "doubles per attempt up to 5 minutes. Rate limits wait for their reset instead.",
+        kind=Kind.FLOAT,
+    )
+    teardown_grace_seconds: float = setting(
+        default=30.0,
+        env="PREVIEW_BOT_TEARDOWN_GRACE_SECONDS",
+        help="How long a deleted Application may take to be pruned before the comment says "
+        "teardown pending (it says destroyed as soon as the Application is gone).",
+        kind=Kind.FLOAT,
+    )
+    resync_seconds: int = setting(
+        default=300,
+        env="PREVIEW_BOT_RESYNC_SECONDS",
+        help="Every so often each managed Application's PR is synced again, so a lost webhook "
+        "(a missed close, push or unlabel) or a crash heals by itself.",
+        kind=Kind.INT,
+    )
+    log_level: str = setting(
+        default="INFO", env="PREVIEW_BOT_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."
+    )
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for `check-config` and logs."""
         out: dict[str, Any] = {}
         for spec in SPECS:
             value = getattr(self, spec.name)
-            out[spec.name] = MASK if spec.kind == "secret" and value else value
+            out[spec.name] = MASK if spec.kind is Kind.SECRET and value else value
         return out
+
+
+def _spec_of(declared: Field[Any]) -> Spec:
+    required = declared.default is MISSING
+    return Spec(
+        name=declared.name,
+        default=None if required else declared.default,
+        required=required,
+        **declared.metadata[_SPEC],
+    )
+
+
+SPECS: tuple[Spec, ...] = tuple(_spec_of(declared) for declared in fields(Settings))
+SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
 
 
 def template_fields(template: str) -> set[str]:
@@ -292,7 +322,56 @@ def template_fields(template: str) -> set[str]:
     return names
 
 
-def _parse_int(raw: Any) -> int:
+def _either(words: tuple[str, ...]) -> str:
+    """`a, b or c`: how a problem line lists the allowed values."""
+    if len(words) == 1:
+        return words[0]
+    return f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, got {type(raw).__name__}")
+    return raw
+
+
+def _non_empty(raw: Any) -> str:
+    text = _text(raw)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _parse_str(spec: Spec, raw: Any) -> str:
+    return _non_empty(raw).strip()
+
+
+def _parse_secret(spec: Spec, raw: Any) -> str:
+    # Kept as given: a secret's spaces are part of it.
+    return _non_empty(raw)
+
+
+def _parse_template(spec: Spec, raw: Any) -> str:
+    text = _non_empty(raw)
+    unknown = template_fields(text) - spec.placeholders
+    if unknown:
+        allowed = ", ".join(f"{{{n}}}" for n in sorted(spec.placeholders))
+        bad = ", ".join(f"{{{n}}}" for n in sorted(unknown))
+        raise ValueError(f"unknown placeholder {bad}; allowed: {allowed}")
+    return text
+
+
+def _parse_url(spec: Spec, raw: Any) -> str:
+    text = _text(raw).strip()
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("expected an http(s) URL such as https://example.com")
+    return text.rstrip("/")
+
+
+def _integer(raw: Any) -> int:
+    # YAML gives ints (and bools, which Python counts as ints but nobody means as one);
+    # the environment gives text.
     if isinstance(raw, bool):
         raise ValueError("expected an integer")
     if isinstance(raw, int):
@@ -303,59 +382,102 @@ def _parse_int(raw: Any) -> int:
     return int(text)
 
 
-def _check_url(raw: str) -> str:
-    parsed = urlparse(raw)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError("expected an http(s) URL such as https://example.com")
-    return raw.rstrip("/")
+def _parse_int(spec: Spec, raw: Any) -> int:
+    value = _integer(raw)
+    if value < 1 and spec.name == "github_app_id":
+        # The one INT that is not a count: say what it is.
+        raise ValueError("expected the App's positive numeric id")
+    if value < 1:
+        raise ValueError("expected a positive integer")
+    return value
 
 
-def _parse(spec: Spec, raw: Any) -> Any:
-    """Turn one raw value (from YAML or the environment) into the typed value, or raise."""
-    if spec.kind == "float":
-        try:
-            number = float(raw)
-        except (TypeError, ValueError):
-            raise ValueError("expected a number of seconds") from None
-        if not 0 < number <= 3600:
-            raise ValueError("expected a number of seconds between 0 and 3600")
-        return number
-    if spec.kind == "int":
-        value = _parse_int(raw)
-        if spec.name != "github_app_id" and value < 1:
-            raise ValueError("expected a positive integer")
-        if spec.name == "github_app_id" and value < 1:
-            raise ValueError("expected the App's positive numeric id")
-        return value
-    if not isinstance(raw, str):
-        raise ValueError(f"expected a string, got {type(raw).__name__}")
-    if spec.kind in ("optional-str", "optional-template", "optional-url") and raw.strip() == "":
-        return None
-    if spec.kind in ("template", "optional-template"):
-        if not raw.strip():
-            raise ValueError("must not be empty")
-        unknown = template_fields(raw) - spec.placeholders
-        if unknown:
-            allowed = ", ".join(f"{{{n}}}" for n in sorted(spec.placeholders))
-            bad = ", ".join(f"{{{n}}}" for n in sorted(unknown))
-            raise ValueError(f"unknown placeholder {bad}; allowed: {allowed}")
-        return raw
-    if spec.kind in ("url", "optional-url"):
-        return _check_url(raw.strip())
-    if spec.kind == "secret":
-        if not raw.strip():
-            raise ValueError("must not be empty")
-        return raw
-    if not raw.strip():
-        raise ValueError("must not be empty")
-    return raw.strip()
-
-
-def _read_file_setting(path: str) -> str:
+def _parse_float(spec: Spec, raw: Any) -> float:
     try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read file {path}: {exc.strerror or exc}") from exc
+        number = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds") from None
+    if not 0 < number <= 3600:
+        raise ValueError("expected a number of seconds between 0 and 3600")
+    return number
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _parse_bool(spec: Spec, raw: Any) -> bool:
+    if isinstance(raw, bool):  # YAML's own true/false/yes/no/on/off
+        return raw
+    # str() also takes YAML's 1 and 0, which arrive as ints.
+    word = str(raw).strip().lower() if isinstance(raw, str | int) else ""
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+_DURATION = re.compile(DURATION_PATTERN)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(spec: Spec, raw: Any) -> float:
+    # A YAML number is read as its text, so -5, 1e+20 and .inf fail as their text would.
+    readable = isinstance(raw, str | int | float) and not isinstance(raw, bool)
+    match = _DURATION.fullmatch(str(raw).strip()) if readable else None
+    if match is None:
+        raise ValueError(
+            "expected a duration such as 90s, 30m, 12h or 7d, a number of seconds, or 0 for off"
+        )
+    return float(match[1]) * _UNIT_SECONDS[match[3]]
+
+
+def _parse_list(spec: Spec, raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items: list[Any] = raw.split(",")
+    elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        items = raw
+    else:
+        raise ValueError("expected a list of strings, or one string of comma-separated items")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _parse_choice(spec: Spec, raw: Any) -> str:
+    # Any case is understood; the value is the choice as the spec spells it.
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    for choice in spec.choices:
+        if word == choice.lower():
+            return choice
+    raise ValueError(f"expected {_either(spec.choices)}")
+
+
+_PARSERS: dict[Kind, Callable[[Spec, Any], Any]] = {
+    Kind.STR: _parse_str,
+    Kind.INT: _parse_int,
+    Kind.FLOAT: _parse_float,
+    Kind.TEMPLATE: _parse_template,
+    Kind.URL: _parse_url,
+    Kind.SECRET: _parse_secret,
+    Kind.BOOL: _parse_bool,
+    Kind.DURATION: _parse_duration,
+    Kind.LIST: _parse_list,
+    Kind.CHOICE: _parse_choice,
+}
+
+
+def parse_value(spec: Spec, raw: Any) -> Any:
+    """Turn one raw value (from YAML or the environment) into the typed value, or raise."""
+    if spec.optional and isinstance(raw, str) and not raw.strip():
+        return None
+    return _PARSERS[spec.kind](spec, raw)
+
+
+class _Given(NamedTuple):
+    """A raw value and where it was given, which a problem line names."""
+
+    value: Any
+    where: str
 
 
 def load_settings(
@@ -370,73 +492,96 @@ def load_settings(
     offline commands (render) run without the App's id and secrets.
     """
     env = dict(os.environ if environ is None else environ)
-    problems: list[str] = []
-    raw: dict[str, Any] = {}
-    source: dict[str, str] = {}
-
     path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as exc:
-            raise SettingsError(
-                [f"config file {path}: cannot read it ({exc.strerror or exc})"]
-            ) from exc
-        except yaml.YAMLError as exc:
-            raise SettingsError([f"config file {path}: not valid YAML ({exc})"]) from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise SettingsError(
-                [f"config file {path}: expected a mapping of setting names to values"]
-            )
-        for key, value in loaded.items():
-            if key not in SPECS_BY_NAME:
-                known = ", ".join(sorted(SPECS_BY_NAME))
-                problems.append(f"config file {path}: unknown setting {key!r}; known: {known}")
-                continue
-            raw[key] = value
-            source[key] = f"{key} (config file {path})"
-
-    for spec in SPECS:
-        if spec.file_env and env.get(spec.file_env):
-            if env.get(spec.env):
-                problems.append(f"{spec.env} and {spec.file_env}: set one of them, not both")
-                continue
-            try:
-                text = _read_file_setting(env[spec.file_env])
-            except ValueError as exc:
-                problems.append(f"{spec.file_env}: {exc}")
-                continue
-            # A secret file made with `echo` or an editor ends in a newline GitHub never sent:
-            # keeping it would make every signature check fail.
-            raw[spec.name] = text.rstrip("\r\n") if spec.name == "github_webhook_secret" else text
-            source[spec.name] = spec.file_env
-        elif spec.env in env:
-            raw[spec.name] = env[spec.env]
-            source[spec.name] = spec.env
-
-    values: dict[str, Any] = {}
-    for spec in SPECS:
-        where = source.get(spec.name, spec.env)
-        if spec.name not in raw or raw[spec.name] is None:
-            if spec.required and not require_github:
-                values[spec.name] = 0 if spec.kind == "int" else ""
-            elif spec.required:
-                alt = f" (or {spec.file_env})" if spec.file_env else ""
-                problems.append(
-                    f"{spec.env}{alt}: missing; expected {spec.help[0].lower()}{spec.help[1:]}"
-                )
-            continue
-        try:
-            values[spec.name] = _parse(spec, raw[spec.name])
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
-
-    problems.extend(_cross_checks(values))
+    given, problems = _read_config_file(path) if path is not None else ({}, [])
+    from_env, env_problems = _read_environment(env)
+    given.update(from_env)
+    values, value_problems = _parse_all(given, require_github=require_github)
+    problems += env_problems + value_problems + _cross_checks(values)
     if problems:
         raise SettingsError(problems)
     return Settings(**values)
+
+
+def _read_config_file(path: str | Path) -> tuple[dict[str, _Given], list[str]]:
+    """The settings a YAML file gives; a file that cannot be used at all raises SettingsError."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise SettingsError(
+            [f"config file {path}: cannot read it ({exc.strerror or exc})"]
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError([f"config file {path}: not valid YAML ({exc})"]) from exc
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise SettingsError([f"config file {path}: expected a mapping of setting names to values"])
+    given: dict[str, _Given] = {}
+    problems: list[str] = []
+    for key, value in loaded.items():
+        if key in SPECS_BY_NAME:
+            given[key] = _Given(value, f"{key} (config file {path})")
+        else:
+            known = ", ".join(sorted(SPECS_BY_NAME))
+            problems.append(f"config file {path}: unknown setting {key!r}; known: {known}")
+    return given, problems
+
+
+def _read_environment(env: Mapping[str, str]) -> tuple[dict[str, _Given], list[str]]:
+    """The settings the environment gives, directly or through a file an env var names."""
+    given: dict[str, _Given] = {}
+    problems: list[str] = []
+    for spec in SPECS:
+        if spec.file_env and env.get(spec.file_env):
+            try:
+                given[spec.name] = _Given(_read_file_env(spec, env), spec.file_env)
+            except ValueError as exc:
+                problems.append(str(exc))
+        elif spec.env in env:
+            given[spec.name] = _Given(env[spec.env], spec.env)
+    return given, problems
+
+
+def _read_file_env(spec: Spec, env: Mapping[str, str]) -> str:
+    """The value in the file that `spec.file_env` names; ValueError carries the problem line."""
+    assert spec.file_env is not None
+    if env.get(spec.env):
+        raise ValueError(f"{spec.env} and {spec.file_env}: set one of them, not both")
+    path = env[spec.file_env]
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(
+            f"{spec.file_env}: cannot read file {path}: {exc.strerror or exc}"
+        ) from exc
+    # A secret file made with `echo` or an editor ends in a newline GitHub never sent:
+    # keeping it would make every signature check fail.
+    return text.rstrip("\r\n") if spec.name == "github_webhook_secret" else text
+
+
+def _parse_all(
+    given: Mapping[str, _Given], *, require_github: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The typed value of every setting given (and of required ones), and the problems found."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for spec in SPECS:
+        raw = given.get(spec.name)
+        if raw is not None and raw.value is not None:  # YAML's null leaves the default
+            try:
+                values[spec.name] = parse_value(spec, raw.value)
+            except ValueError as exc:
+                problems.append(f"{raw.where}: {exc}")
+        elif spec.required and require_github:
+            alt = f" (or {spec.file_env})" if spec.file_env else ""
+            problems.append(
+                f"{spec.env}{alt}: missing; expected {spec.help[0].lower()}{spec.help[1:]}"
+            )
+        elif spec.required:
+            # Offline commands never use the App's id or secrets: a stand-in of the right type.
+            values[spec.name] = 0 if spec.kind is Kind.INT else ""
+    return values, problems
 
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:

@@ -8,10 +8,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
-from bot.config import SPECS, load_settings
+from bot.config import SPECS, Kind, Spec, load_settings, parse_value
 from tests.deploy.chart import (
     BIN,
     CHART,
@@ -26,7 +27,7 @@ from tests.deploy.chart import (
 )
 from tests.deploy.conftest import ensure_namespace, kubectl
 from tests.deploy.dockerfile import parse
-from tests.deploy.tools import ROOT, VALUES_KEYS, settings_schema
+from tests.deploy.tools import ROOT, VALUES_KEYS, settings_schema, value_schema
 from tests.rig.kube import KubeRig
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -346,6 +347,10 @@ def test_schema_rejects_misplaced_or_bad_values(flag: str, message: str) -> None
     assert message in done.stderr
 
 
+# The JSON type a setting's value has in values.yaml, by kind; any other kind is a string.
+JSON_TYPES = {Kind.INT: "integer", Kind.FLOAT: "number", Kind.BOOL: "boolean", Kind.LIST: "array"}
+
+
 def test_schema_settings_are_the_bots_settings() -> None:
     """Every setting the chart does not manage itself is a documented, typed `settings` key."""
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -358,12 +363,50 @@ def test_schema_settings_are_the_bots_settings() -> None:
         if spec.name in properties:
             types = properties[spec.name]["type"]
             types = types if isinstance(types, list) else [types]
-            assert {"int": "integer", "float": "number"}.get(spec.kind, "string") in types
-            assert ("null" in types) == spec.kind.startswith("optional"), spec.name
+            assert JSON_TYPES.get(spec.kind, "string") in types
+            assert ("null" in types) == spec.optional, spec.name
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for key in filter(None, VALUES_KEYS.values()):
         group, field = key.split(".")
         assert field in values[group], key
+
+
+CHOICES = ("merge", "squash")
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        *((Kind.BOOL, v) for v in (True, False, "yes", "off", "maybe", None)),
+        *((Kind.DURATION, v) for v in ("90s", "1.5h", "45", 45, 0, 2.5, "5w", -1, "", True, None)),
+        *((Kind.LIST, v) for v in (["a", "b"], "a, b", [], [1], {"a": "b"}, None)),
+        *((Kind.CHOICE, v) for v in ("merge", "rebase", "", 1, None)),
+    ],
+)
+@pytest.mark.parametrize("optional", [False, True])
+def test_schema_of_a_kind_takes_what_the_bot_takes(kind: Kind, value: Any, optional: bool) -> None:
+    """Kinds no setting has yet: the schema the chart would get agrees with the bot's parser."""
+    choices = CHOICES if kind is Kind.CHOICE else ()
+    spec = Spec("thing", "THING", None if optional else "x", "A thing.", kind, choices=choices)
+    schema_takes = jsonschema.Draft7Validator(value_schema(spec)).is_valid(value)
+    if value is None:
+        # YAML's null leaves the default: the schema allows it where the default is unset.
+        assert schema_takes == optional
+        return
+    try:
+        parse_value(spec, value)
+        bot_takes = True
+    except ValueError:
+        bot_takes = False
+    if optional and value == "":
+        # The bot reads an empty value as unset (an environment variable cannot be null);
+        # in values.yaml, null says that.
+        assert bot_takes
+        return
+    # values.yaml is YAML: the schema asks for a real boolean where the bot also reads the
+    # words an environment variable has to use.
+    words_for_a_bool = kind is Kind.BOOL and isinstance(value, str)
+    assert schema_takes == (bot_takes and not words_for_a_bool)
 
 
 _KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z][A-Za-z0-9]*):(?P<rest>.*)$")

@@ -21,12 +21,15 @@ import sys
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.rig.artifacts import npm_file
+
+if TYPE_CHECKING:
+    from bot.config import Spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PREVIEW_BOT_CACHE", ROOT / ".cache")) / "deploy-tools"
@@ -143,26 +146,51 @@ def settings_schema() -> dict[str, Any]:
     """The JSON Schema of `.Values.settings`: one typed property per bot setting."""
     from bot.config import SPECS
 
-    properties: dict[str, Any] = {}
-    for spec in SPECS:
-        if spec.name in VALUES_KEYS:
-            continue
-        prop: dict[str, Any] = {"description": spec.help}
-        if spec.kind == "int":
-            prop.update(type="integer", minimum=1)
-        elif spec.kind == "float":
+    return {
+        spec.name: {"description": spec.help, **value_schema(spec)}
+        for spec in SPECS
+        if spec.name not in VALUES_KEYS
+    }
+
+
+def value_schema(spec: Spec) -> dict[str, Any]:
+    """What Helm should accept for one setting: the bot's own checks, as far as JSON Schema goes."""
+    from bot.config import DURATION_PATTERN, Kind
+
+    schema: dict[str, Any]
+    match spec.kind:
+        case Kind.INT:
+            schema = {"type": "integer", "minimum": 1}
+        case Kind.FLOAT:
             # The bot's own check: seconds, 0 < value <= 3600.
-            prop.update(type="number", exclusiveMinimum=0, maximum=3600)
-        elif spec.kind.startswith("optional"):
-            prop.update(type=["string", "null"])
-        elif spec.name == "log_level":
-            prop.update(type="string", enum=["DEBUG", "INFO", "WARNING", "ERROR"])
-        else:
-            prop.update(type="string", minLength=1)
-        if spec.kind.endswith("url"):
-            prop["pattern"] = "^https?://"
-        properties[spec.name] = prop
-    return properties
+            schema = {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}
+        case Kind.BOOL:
+            schema = {"type": "boolean"}
+        case Kind.DURATION:
+            # The pattern only applies to a string, the minimum only to a number.
+            schema = {"type": ["string", "number"], "pattern": DURATION_PATTERN, "minimum": 0}
+        case Kind.LIST:
+            schema = {"type": ["array", "string"], "items": {"type": "string"}}
+        case Kind.CHOICE:
+            schema = {"type": "string", "enum": list(spec.choices)}
+        case _ if spec.name == "log_level":
+            schema = {"type": "string", "enum": ["DEBUG", "INFO", "WARNING", "ERROR"]}
+        case _:
+            schema = {"type": "string", "minLength": 1}
+    if spec.kind is Kind.URL:
+        schema["pattern"] = "^https?://"
+    if spec.optional:
+        # A setting that defaults to unset may be set to null (or to an empty string).
+        schema["type"] = [*_types(schema), "null"]
+        schema.pop("minLength", None)
+        if "enum" in schema:
+            schema["enum"] = [*schema["enum"], None]
+    return schema
+
+
+def _types(schema: dict[str, Any]) -> list[str]:
+    types = schema["type"]
+    return types if isinstance(types, list) else [types]
 
 
 def values_key(name: str) -> str | None:

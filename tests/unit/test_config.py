@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from bot.config import MASK, SettingsError, load_settings
+from bot.config import (
+    MASK,
+    SPECS,
+    SPECS_BY_NAME,
+    Kind,
+    Settings,
+    SettingsError,
+    Spec,
+    load_settings,
+    parse_value,
+    setting,
+)
 
 KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"
 GOOD = {"GITHUB_APP_ID": "12345", "GITHUB_PRIVATE_KEY": KEY, "GITHUB_WEBHOOK_SECRET": "s3cret"}
@@ -97,6 +111,156 @@ def test_unknown_key_in_file_and_unreadable_secret_file(tmp_path: Path) -> None:
 def test_overlay_path_must_stay_inside_the_repository() -> None:
     lines = problems({**GOOD, "PREVIEW_BOT_OVERLAY_PATH_TEMPLATE": "../x/{number}/k.yaml"})
     assert any("inside the repository" in line for line in lines)
+
+
+def test_specs_are_the_settings_fields_with_their_defaults() -> None:
+    fields = dataclasses.fields(Settings)
+    assert [spec.name for spec in SPECS] == [f.name for f in fields]
+    assert len(SPECS) == 27
+    defaults = Settings(github_app_id=1, github_private_key="k", github_webhook_secret="s")
+    for spec in SPECS:
+        if spec.required:
+            assert spec.default is None
+        else:
+            assert getattr(defaults, spec.name) == spec.default, spec.name
+    assert SPECS_BY_NAME["github_app_id"].kind is Kind.INT
+    assert SPECS_BY_NAME["github_webhook_secret"].file_env == "GITHUB_WEBHOOK_SECRET_FILE"
+    assert SPECS_BY_NAME["deploy_branch"].optional
+    assert not SPECS_BY_NAME["github_app_id"].optional
+    changed = dataclasses.replace(defaults, workers=9)
+    assert (changed.workers, changed.queue_size) == (9, 1000)
+    assert "'k'" not in repr(defaults) and "'s'" not in repr(defaults)
+
+
+def test_a_declaration_keeps_kind_and_extras_together() -> None:
+    with pytest.raises(TypeError, match="choices"):
+        setting(default="a", env="X", help="x", kind=Kind.CHOICE)
+    with pytest.raises(TypeError, match="choices"):
+        setting(default="a", env="X", help="x", choices=("a",))
+    with pytest.raises(TypeError, match="placeholders"):
+        setting(default="a", env="X", help="x", kind=Kind.TEMPLATE)
+    with pytest.raises(TypeError, match="placeholders"):
+        setting(default="a", env="X", help="x", placeholders=frozenset({"number"}))
+
+
+def spec_of(kind: Kind, default: Any = "x", **extras: Any) -> Spec:
+    return Spec("thing", "THING", default, "A thing.", kind, **extras)
+
+
+def yaml_value(text: str) -> Any:
+    """A value as the config file gives it."""
+    return yaml.safe_load(f"v: {text}")["v"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        (" yes ", True),
+        ("On", True),
+        ("1", True),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+        ("0", False),
+        (yaml_value("yes"), True),
+        (yaml_value("off"), False),
+        (yaml_value("true"), True),
+        (yaml_value("1"), True),
+        (yaml_value("0"), False),
+    ],
+)
+def test_bool(raw: Any, expected: bool) -> None:
+    assert parse_value(spec_of(Kind.BOOL, False), raw) is expected
+
+
+@pytest.mark.parametrize("raw", ["", "maybe", "2", "tru", yaml_value("2"), 1.0, [True]])
+def test_bool_rejects(raw: Any) -> None:
+    with pytest.raises(ValueError, match=r"^expected true or false$"):
+        parse_value(spec_of(Kind.BOOL, False), raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("90s", 90.0),
+        ("30m", 1800.0),
+        ("12h", 43200.0),
+        ("7d", 604800.0),
+        ("1.5h", 5400.0),
+        ("45", 45.0),
+        (" 2.5 ", 2.5),
+        ("0", 0.0),
+        ("0s", 0.0),
+        (yaml_value("90"), 90.0),
+        (yaml_value("0.5"), 0.5),
+        (yaml_value("0"), 0.0),
+        (yaml_value("30m"), 1800.0),
+    ],
+)
+def test_duration(raw: Any, seconds: float) -> None:
+    value = parse_value(spec_of(Kind.DURATION, 0.0), raw)
+    assert isinstance(value, float)
+    assert value == seconds
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "-5", "5 m", "5w", "m", "1h30m", "inf", "nan", "1e3", yaml_value("-1"), True, [1]]
+)
+def test_duration_rejects(raw: Any) -> None:
+    with pytest.raises(ValueError, match=r"^expected a duration such as 90s, 30m, 12h or 7d, a"):
+        parse_value(spec_of(Kind.DURATION, 0.0), raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "items"),
+    [
+        ("a,b", ("a", "b")),
+        (" a , b ,, c, ", ("a", "b", "c")),
+        ("one", ("one",)),
+        ("", ()),
+        (" , ", ()),
+        (yaml_value("[a, ' b ', '']"), ("a", "b")),
+        (yaml_value("[]"), ()),
+        (yaml_value("a, b"), ("a", "b")),
+    ],
+)
+def test_list(raw: Any, items: tuple[str, ...]) -> None:
+    assert parse_value(spec_of(Kind.LIST, ()), raw) == items
+
+
+@pytest.mark.parametrize("raw", [yaml_value("[1, 2]"), yaml_value("{a: b}"), 5])
+def test_list_rejects(raw: Any) -> None:
+    with pytest.raises(ValueError, match="expected a list of strings"):
+        parse_value(spec_of(Kind.LIST, ()), raw)
+
+
+def test_choice() -> None:
+    spec = spec_of(Kind.CHOICE, "merge", choices=("merge", "squash", "rebase"))
+    assert parse_value(spec, "squash") == "squash"
+    assert parse_value(spec, " Rebase ") == "rebase"  # any case; the value is the spelling given
+    for raw in ("", "fast-forward", 1, None):
+        with pytest.raises(ValueError, match=r"^expected merge, squash or rebase$"):
+            parse_value(spec, raw)
+    with pytest.raises(ValueError, match=r"^expected only$"):
+        parse_value(spec_of(Kind.CHOICE, "only", choices=("only",)), "other")
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_every_kind_answers_a_value_it_cannot_read_with_a_problem(kind: Kind) -> None:
+    extras: dict[Kind, dict[str, Any]] = {
+        Kind.CHOICE: {"choices": ("a", "b")},
+        Kind.TEMPLATE: {"placeholders": frozenset({"number"})},
+    }
+    with pytest.raises(ValueError, match="expected"):  # a problem line, not a KeyError or crash
+        parse_value(spec_of(kind, **extras.get(kind, {})), object())
+
+
+@pytest.mark.parametrize("kind", [Kind.BOOL, Kind.DURATION, Kind.LIST, Kind.CHOICE])
+def test_an_empty_optional_setting_is_unset(kind: Kind) -> None:
+    spec = spec_of(kind, None, choices=("a", "b") if kind is Kind.CHOICE else ())
+    assert parse_value(spec, " ") is None
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
