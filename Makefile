@@ -15,9 +15,10 @@ setup: $(VENV)/.installed
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy --strict bot
+	$(VENV)/bin/mypy --strict bot tests
 
 # Pinned GitHub artifacts (webhook examples, schemas, OpenAPI) are fetched into .cache/ here.
 test: lint typecheck

@@ -151,12 +151,11 @@ def _serve_local(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from bot.local.layout import DeliveryError, LocalError
-    from bot.local.simulate import simulate
+    from bot.local.simulate import Request, simulate
 
     try:
-        return simulate(
-            args.dir, args.action, args.pr, sha=args.sha, url=args.url, print_only=args.print_only
-        )
+        request = Request(args.action, args.pr, args.sha, args.url, args.print_only)
+        return simulate(args.dir, request)
     except DeliveryError as exc:
         print(f"preview-bot simulate: {exc}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ from bot.webhooks import (
     verify_signature,
 )
 
-log = logging.getLogger("bot.intake")
+log = logging.getLogger(__name__)
 
 # GitHub caps webhook payloads at 25 MB; anything larger is not from GitHub.
 MAX_BODY = 25 * 1024 * 1024
@@ -42,6 +42,15 @@ MAX_BODY = 25 * 1024 * 1024
 
 class BodyTooLarge(Exception):
     """The request body passed MAX_BODY while streaming."""
+
+
+class EarlyAnswer(Exception):
+    """An answer given before (or instead of) queueing: a refusal, a ping, a duplicate."""
+
+    def __init__(self, status: int, message: str, outcome: Outcome = Outcome.REJECTED) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
 
 
 @dataclass
@@ -88,57 +97,59 @@ class Intake:
             self.metrics.intake_seconds.observe(time.perf_counter() - started)
 
     async def _webhook(self, request: Request) -> Response:
-        headers = request.headers
-        event = headers.get(EVENT_HEADER, "")
-        delivery = headers.get(DELIVERY_HEADER, "")
-        ctx: dict[str, Any] = {"delivery": delivery}
-        rejected = Outcome.REJECTED
+        event = request.headers.get(EVENT_HEADER, "")
+        delivery = request.headers.get(DELIVERY_HEADER, "")
+        try:
+            body = await self._verified_body(request, event, delivery)
+            return self._accept(event, delivery, body)
+        except EarlyAnswer as early:
+            return self._answer(early.status, early.outcome, event, str(early), delivery=delivery)
 
+    async def _verified_body(self, request: Request, event: str, delivery: str) -> bytes:
+        """The body, once every check that needs no parsing passed; EarlyAnswer otherwise."""
+        headers = request.headers
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return self._answer(413, rejected, event, "body larger than GitHub's 25 MB cap", **ctx)
+            raise EarlyAnswer(413, "body larger than GitHub's 25 MB cap")
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            return self._answer(
-                415,
-                rejected,
-                event,
-                "Content-Type must be application/json (set it in the App's webhook settings)",
-                **ctx,
+            raise EarlyAnswer(
+                415, "Content-Type must be application/json (set it in the App's webhook settings)"
             )
         if not event or not delivery:
             missing = " and ".join(
                 h for h, v in (("X-GitHub-Event", event), ("X-GitHub-Delivery", delivery)) if not v
             )
-            return self._answer(400, rejected, event, f"missing header {missing}", **ctx)
+            raise EarlyAnswer(400, f"missing header {missing}")
         try:
             body = await _read_capped(request, MAX_BODY)
         except BodyTooLarge:
-            return self._answer(413, rejected, event, "body larger than GitHub's 25 MB cap", **ctx)
+            raise EarlyAnswer(413, "body larger than GitHub's 25 MB cap") from None
         signature = headers.get(SIGNATURE_HEADER)
         if not verify_signature(self._secret, body, signature):
-            why = (
+            raise EarlyAnswer(
+                401,
                 "missing X-Hub-Signature-256 header"
                 if not signature
-                else ("X-Hub-Signature-256 does not match the body and the webhook secret")
+                else "X-Hub-Signature-256 does not match the body and the webhook secret",
             )
-            return self._answer(401, rejected, event, why, **ctx)
+        return body
+
+    def _accept(self, event: str, delivery: str, body: bytes) -> Response:
+        """A verified delivery: dedupe, read, and queue its key (or say why not)."""
         if delivery in self.seen:
-            return self._answer(202, Outcome.DUPLICATE, event, "delivery already seen", **ctx)
+            raise EarlyAnswer(202, "delivery already seen", Outcome.DUPLICATE)
         try:
             payload = parse_json(body)
-        except BadDelivery as exc:
-            return self._answer(400, rejected, event, str(exc), **ctx)
-        if event == "ping":
-            self.seen[delivery] = True
-            return self._answer(200, Outcome.PING, event, "pong", **ctx)
-        for observe in self.observers:
-            observe(event, payload)
-        try:
+            if event == "ping":
+                self.seen[delivery] = True
+                raise EarlyAnswer(200, "pong", Outcome.PING)
+            for observe in self.observers:
+                observe(event, payload)
             found = classify(event, payload, self.settings.trigger_label, delivery)
         except BadDelivery as exc:
-            return self._answer(400, rejected, event, str(exc), **ctx)
-        ctx.update(action=found.action, repo=found.repo, pr=found.number)
+            raise EarlyAnswer(400, str(exc)) from None
+        ctx = {"delivery": delivery, "action": found.action, "repo": found.repo, "pr": found.number}
         if found.work is None:
             self.seen[delivery] = True
             return self._answer(202, Outcome.IGNORED, event, found.reason, **ctx)
@@ -149,10 +160,10 @@ class Intake:
         self.seen[delivery] = True
         return self._answer(202, outcome, event, f"{found.work.key} {outcome.value}", **ctx)
 
-    async def healthz(self, request: Request) -> Response:
+    async def healthz(self, _: Request) -> Response:
         return PlainTextResponse("ok")
 
-    async def readyz(self, request: Request) -> Response:
+    async def readyz(self, _: Request) -> Response:
         problems = []
         if not self.health.started:
             problems.append("starting")
@@ -164,7 +175,7 @@ class Intake:
         text = "\n".join([("not ready: " + ", ".join(problems)) if problems else "ready", *notes])
         return PlainTextResponse(text + "\n", status_code=503 if problems else 200)
 
-    async def metrics_endpoint(self, request: Request) -> Response:
+    async def metrics_endpoint(self, _: Request) -> Response:
         self.metrics.queue_depth.set(len(self.queue))
         self.metrics.syncs_running.set(self.queue.running)
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -342,11 +342,11 @@ def _non_empty(raw: Any) -> str:
     return text
 
 
-def _parse_str(spec: Spec, raw: Any) -> str:
+def _parse_str(_spec: Spec, raw: Any) -> str:
     return _non_empty(raw).strip()
 
 
-def _parse_secret(spec: Spec, raw: Any) -> str:
+def _parse_secret(_spec: Spec, raw: Any) -> str:
     # Kept as given: a secret's spaces are part of it.
     return _non_empty(raw)
 
@@ -361,7 +361,7 @@ def _parse_template(spec: Spec, raw: Any) -> str:
     return text
 
 
-def _parse_url(spec: Spec, raw: Any) -> str:
+def _parse_url(_spec: Spec, raw: Any) -> str:
     text = _text(raw).strip()
     parsed = urlparse(text)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -392,7 +392,7 @@ def _parse_int(spec: Spec, raw: Any) -> int:
     return value
 
 
-def _parse_float(spec: Spec, raw: Any) -> float:
+def _parse_float(_spec: Spec, raw: Any) -> float:
     try:
         number = float(raw)
     except (TypeError, ValueError):
@@ -406,7 +406,7 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
 
-def _parse_bool(spec: Spec, raw: Any) -> bool:
+def _parse_bool(_spec: Spec, raw: Any) -> bool:
     if isinstance(raw, bool):  # YAML's own true/false/yes/no/on/off
         return raw
     # str() also takes YAML's 1 and 0, which arrive as ints.
@@ -422,7 +422,7 @@ _DURATION = re.compile(DURATION_PATTERN)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _parse_duration(spec: Spec, raw: Any) -> float:
+def _parse_duration(_spec: Spec, raw: Any) -> float:
     # A YAML number is read as its text, so -5, 1e+20 and .inf fail as their text would.
     readable = isinstance(raw, str | int | float) and not isinstance(raw, bool)
     match = _DURATION.fullmatch(str(raw).strip()) if readable else None
@@ -433,7 +433,7 @@ def _parse_duration(spec: Spec, raw: Any) -> float:
     return float(match[1]) * _UNIT_SECONDS[match[3]]
 
 
-def _parse_list(spec: Spec, raw: Any) -> tuple[str, ...]:
+def _parse_list(_spec: Spec, raw: Any) -> tuple[str, ...]:
     if isinstance(raw, str):
         items: list[Any] = raw.split(",")
     elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
@@ -535,7 +535,7 @@ def _read_environment(env: Mapping[str, str]) -> tuple[dict[str, _Given], list[s
     for spec in SPECS:
         if spec.file_env and env.get(spec.file_env):
             try:
-                given[spec.name] = _Given(_read_file_env(spec, env), spec.file_env)
+                given[spec.name] = _Given(_read_file_env(spec, spec.file_env, env), spec.file_env)
             except ValueError as exc:
                 problems.append(str(exc))
         elif spec.env in env:
@@ -543,18 +543,15 @@ def _read_environment(env: Mapping[str, str]) -> tuple[dict[str, _Given], list[s
     return given, problems
 
 
-def _read_file_env(spec: Spec, env: Mapping[str, str]) -> str:
-    """The value in the file that `spec.file_env` names; ValueError carries the problem line."""
-    assert spec.file_env is not None
+def _read_file_env(spec: Spec, file_env: str, env: Mapping[str, str]) -> str:
+    """The value in the file that `file_env` names; ValueError carries the problem line."""
     if env.get(spec.env):
-        raise ValueError(f"{spec.env} and {spec.file_env}: set one of them, not both")
-    path = env[spec.file_env]
+        raise ValueError(f"{spec.env} and {file_env}: set one of them, not both")
+    path = env[file_env]
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ValueError(
-            f"{spec.file_env}: cannot read file {path}: {exc.strerror or exc}"
-        ) from exc
+        raise ValueError(f"{file_env}: cannot read file {path}: {exc.strerror or exc}") from exc
     # A secret file made with `echo` or an editor ends in a newline GitHub never sent:
     # keeping it would make every signature check fail.
     return text.rstrip("\r\n") if spec.name == "github_webhook_secret" else text

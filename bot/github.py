@@ -76,6 +76,16 @@ def _retry_after(exc: BadRequest) -> float | None:
     return None
 
 
+def _classify_bad_request(exc: BadRequest) -> BaseException:
+    status = int(exc.status_code)
+    after = _retry_after(exc)
+    if status == 429 or (status == 403 and after is not None):
+        return TemporaryError("GitHub secondary rate limit", after or 60.0)
+    if status == 409:
+        return Conflict(str(exc))
+    return PermanentError(f"GitHub answered {status}: {exc}", status)
+
+
 def classify_error(exc: BaseException) -> BaseException:
     """Map gidgethub and network errors onto TemporaryError / Conflict / PermanentError."""
     if isinstance(exc, RateLimitExceeded):
@@ -86,13 +96,7 @@ def classify_error(exc: BaseException) -> BaseException:
     if isinstance(exc, GitHubBroken):
         return TemporaryError(f"GitHub answered {exc.status_code}")
     if isinstance(exc, BadRequest):
-        status = int(exc.status_code)
-        after = _retry_after(exc)
-        if status == 429 or (status == 403 and after is not None):
-            return TemporaryError("GitHub secondary rate limit", after or 60.0)
-        if status == 409:
-            return Conflict(str(exc))
-        return PermanentError(f"GitHub answered {status}: {exc}", status)
+        return _classify_bad_request(exc)
     if isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError | OSError):
         return TemporaryError(f"cannot reach GitHub: {type(exc).__name__}: {exc}")
     return exc

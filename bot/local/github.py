@@ -77,7 +77,7 @@ class LocalGitHub:
             return
         write_json(path, pull)
 
-    def repo(self, installation_id: int, repo: str) -> LocalGitHub:
+    def repo(self, installation_id: int, repo: str) -> LocalGitHub:  # noqa: ARG002 (the port's)
         """This one repository (local mode serves one; the installation id does not matter)."""
         if repo != self.repository:
             raise PermanentError(f"local mode serves only {self.repository}, not {repo}", 404)

@@ -291,24 +291,28 @@ def pull_request(
     }
 
 
+@dataclass(frozen=True)
+class SimulatedRepo:
+    """The repository a simulated PR belongs to, as its deliveries name it."""
+
+    full_name: str  # owner/name
+    default_branch: str
+    trigger_label: str
+
+
 def build_payload(
-    action: str,
-    pr: PullState,
-    *,
-    full_name: str,
-    default_branch: str,
-    trigger_label: str,
-    before: str | None = None,
+    action: str, pr: PullState, repo: SimulatedRepo, before: str | None = None
 ) -> dict[str, Any]:
     """The `pull_request` delivery GitHub sends for `action` (labeled, synchronize, ...).
 
     `pr` is the PR's state after the action; `before` is the previous head (synchronize).
     """
+    full_name, trigger_label = repo.full_name, repo.trigger_label
     owner = full_name.split("/", 1)[0]
     payload: dict[str, Any] = {
         "action": action,
         "number": pr.number,
-        "pull_request": pull_request(pr, full_name, default_branch, trigger_label),
+        "pull_request": pull_request(pr, full_name, repo.default_branch, trigger_label),
     }
     if action == "synchronize":
         if before is None:

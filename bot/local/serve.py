@@ -17,7 +17,6 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import uvicorn
 from starlette.applications import Starlette
@@ -288,13 +287,11 @@ def run_local(
     host: str | None = None,
     port: int | None = None,
     config_file: str | None = None,
-    out: TextIO | None = None,
 ) -> int:
     """`preview-bot serve --local DIR`: prepare DIR, print where things are, serve until ^C.
 
     Raises LocalError (bad DIR/--repo/port) and SettingsError (bad settings) for the CLI.
     """
-    stream = out or sys.stdout
     layout, config, local_repo = prepare(Path(directory), Path(repo) if repo else None, host, port)
     settings = local_settings(config.secret, config_file)
     setup_logging(settings.log_level)
@@ -304,7 +301,7 @@ def run_local(
     config.save(layout)
 
     def banner(text: str) -> None:
-        print(text, file=stream, flush=True)
+        print(text, flush=True)
 
     app, _ = build_local_app(settings, layout, config, local_repo, banner)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))

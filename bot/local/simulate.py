@@ -27,7 +27,7 @@ from bot.local.layout import (
     read_json,
     write_json,
 )
-from bot.local.payloads import ACTIONS, PullState, build_payload
+from bot.local.payloads import ACTIONS, PullState, SimulatedRepo, build_payload
 from bot.local.repo import DEVELOPER_IDENTITY, LocalRepo
 from bot.local.serve import UNUSED_APP_ID, shown
 from bot.model import SHA_RE
@@ -102,9 +102,9 @@ def _check_existing(cmd: Command, pr: PullState) -> None:
         raise LocalError(refusal)
 
 
-def needs_commit(cmd: Command, pr: PullState | None) -> bool:
-    """A new PR and a push move the head: to a made commit unless --sha names one."""
-    return cmd.sha is None and (pr is None or cmd.action == "push")
+def moves_head(cmd: Command, pr: PullState | None) -> bool:
+    """A new PR and a push move the head: to --sha, or else to a commit `simulate` makes."""
+    return pr is None or cmd.action == "push"
 
 
 def transition(
@@ -171,7 +171,7 @@ def _new_head(
     repo: LocalRepo, cmd: Command, pr: PullState | None, base: str, when: datetime
 ) -> tuple[str, tuple[str, str | None]] | None:
     """(new head, (branch, its current commit)) for a command that moves the head, else None."""
-    if pr is not None and cmd.action != "push":
+    if not moves_head(cmd, pr):
         return None
     branch = pr.head_ref if pr is not None else f"pr-{cmd.number}"
     old = repo.branch_sha(branch)
@@ -187,16 +187,18 @@ def _new_head(
     return repo.make_commit(parent, change, message, DEVELOPER_IDENTITY), (branch, old)
 
 
-def simulate(
-    directory: Path | str,
-    command: str,
-    number: int,
-    *,
-    sha: str | None = None,
-    url: str | None = None,
-    print_only: bool = False,
-    out: TextIO | None = None,
-) -> int:
+@dataclass(frozen=True)
+class Request:
+    """What `preview-bot simulate` was asked: the command line, minus DIR."""
+
+    action: str  # label | push | unlabel | close | reopen
+    number: int
+    sha: str | None = None
+    url: str | None = None  # the webhook URL; default: the local server's
+    print_only: bool = False  # print the payload instead of sending it
+
+
+def simulate(directory: Path | str, request: Request, out: TextIO | None = None) -> int:
     """`preview-bot simulate COMMAND --pr N`: change the simulated PR and deliver the webhook.
 
     Nothing changes (no branch move, no saved state) unless the server accepts the delivery
@@ -204,6 +206,7 @@ def simulate(
     printed instead of sent. Raises LocalError for bad input; returns 0 on a 2xx, else 1.
     """
     stream = out or sys.stdout
+    command, number, sha = request.action, request.number, request.sha
     check_arguments(Command(command, number, "", sha))
     layout, config, repo = _open(directory)
     cmd = Command(command, number, config.trigger_label, sha)
@@ -218,19 +221,14 @@ def simulate(
     new = transition(
         cmd, pr, moved[0] if moved else None, (config.branch, base_sha or ""), iso(when)
     )
-    payload = build_payload(
-        ACTIONS[command],
-        new,
-        full_name=config.repository,
-        default_branch=config.branch,
-        trigger_label=cmd.label,
-        before=pr.head_sha if pr is not None and command == "push" else None,
-    )
+    site = SimulatedRepo(config.repository, config.branch, cmd.label)
+    before = pr.head_sha if pr is not None and command == "push" else None
+    payload = build_payload(ACTIONS[command], new, site, before)
     body = json.dumps(payload, separators=(",", ":")).encode()
-    if print_only:
+    if request.print_only:
         print(json.dumps(payload, indent=2), file=stream)
         return 0
-    target = url or config.url
+    target = request.url or config.url
     print(
         f"PR #{number}: {ACTIONS[command]} (head {new.head_sha[:8]} on {new.head_ref}, "
         f"{new.state}, labels {new.labels or 'none'}) -> POST {target}",

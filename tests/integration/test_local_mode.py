@@ -29,7 +29,7 @@ import yaml
 from kubernetes_asyncio.client import ApiClient
 
 from bot.config import Settings
-from bot.local.simulate import simulate
+from bot.local.simulate import Request, simulate
 from bot.model import A_HEAD_SHA
 from bot.parse import pull_from_api
 from bot.render import render_application
@@ -92,7 +92,7 @@ class LocalServer:
         second of interpreter start per call.
         """
         out = io.StringIO()
-        assert simulate(self.dir, action, 7, print_only=True, out=out) == 0
+        assert simulate(self.dir, Request(action, 7, print_only=True), out) == 0
         payload: dict[str, Any] = json.loads(out.getvalue())
         validate_webhook("pull_request", payload)
         return payload

@@ -19,10 +19,10 @@ from bot.errors import PermanentError
 from bot.local.cluster import FileCluster
 from bot.local.github import LocalGitHub
 from bot.local.layout import DEFAULT_DIR, DEFAULT_REPOSITORY, Layout, LocalConfig, LocalError
-from bot.local.payloads import ACTIONS, PullState, build_payload
+from bot.local.payloads import ACTIONS, PullState, SimulatedRepo, build_payload
 from bot.local.repo import LocalRepo, skeleton_infra
 from bot.local.serve import UNUSED_APP_ID, connect_cluster, local_settings, prepare
-from bot.local.simulate import Command, check, needs_commit, simulate, transition
+from bot.local.simulate import Command, Request, check, moves_head, simulate, transition
 from bot.model import DeploymentStatus
 from bot.render import read_comment
 from bot.webhooks import verify_signature
@@ -56,14 +56,7 @@ def _payload(action: str) -> dict[str, Any]:
     pr = (
         _pull(state="closed", closed_at="2026-01-01T00:00:02Z") if action == "closed" else (_pull())
     )
-    return build_payload(
-        action,
-        pr,
-        full_name=DEFAULT_REPOSITORY,
-        default_branch="main",
-        trigger_label="preview",
-        before=SHA_B,
-    )
+    return build_payload(action, pr, SimulatedRepo(DEFAULT_REPOSITORY, "main", "preview"), SHA_B)
 
 
 def _official(action: str) -> dict[str, Any]:
@@ -319,7 +312,7 @@ def local_dir(tmp_path: Path, server: tuple[str, type[Recorder]]) -> Path:
 
 def _sim(local_dir: Path, url: str, command: str, number: int = 7, **kw: Any) -> tuple[int, str]:
     out = io.StringIO()
-    code = simulate(local_dir, command, number, url=url, out=out, **kw)
+    code = simulate(local_dir, Request(command, number, url=url, **kw), out)
     return code, out.getvalue()
 
 
@@ -413,7 +406,7 @@ def test_impossible_transitions_are_refused(
 
 def test_simulate_needs_a_local_directory(tmp_path: Path) -> None:
     with pytest.raises(LocalError, match="start the local server first"):
-        simulate(tmp_path / "nothing", "label", 7)
+        simulate(tmp_path / "nothing", Request("label", 7))
 
 
 # ---- simulate's pure transition (no files, no git, no network) ---------------------------------
@@ -428,12 +421,12 @@ def test_the_command_line_knows_local_modes_names() -> None:
 def test_transitions_of_a_simulated_pr() -> None:
     label = Command("label", 7, "preview")
     check(label, None)
-    assert needs_commit(label, None)
+    assert moves_head(label, None)
     pr = transition(label, None, SHA_A, ("main", SHA_B), "2026-01-01T00:00:00Z")
     assert (pr.head_ref, pr.head_sha, pr.labels, pr.state) == ("pr-7", SHA_A, ["preview"], "open")
     push = Command("push", 7, "preview")
     check(push, pr)
-    assert needs_commit(push, pr) and not needs_commit(Command("close", 7, "preview"), pr)
+    assert moves_head(push, pr) and not moves_head(Command("close", 7, "preview"), pr)
     pushed = transition(push, pr, SHA_B, ("main", SHA_B), "2026-01-01T00:00:01Z")
     assert (pushed.head_sha, pushed.commits, pr.head_sha) == (SHA_B, 2, SHA_A)  # pr unchanged
     closed = transition(Command("close", 7, "preview"), pushed, None, ("main", ""), "t")

@@ -594,7 +594,7 @@ def create_tree(call: Call) -> Reply:
         else:
             sha = item["sha"]
             actual = store.object_type(sha)
-            if kind != "commit" and actual != kind:
+            if kind not in ("commit", actual):
                 raise GitHubError(422, f"tree.sha {sha} is not a valid {kind}")
             changes[path] = TreeEntry(mode, kind, sha, path)
     sha = store.edit_tree(base, changes)
@@ -651,7 +651,7 @@ def get_pull(call: Call) -> Reply:
 def list_pulls(call: Call) -> Reply:
     q = call.query
     state = q.get("state", "open")
-    pulls = [p for p in call.repo.pulls.values() if state == "all" or p.state == state]
+    pulls = [p for p in call.repo.pulls.values() if state in ("all", p.state)]
     if "head" in q:
         owner, _, ref = q["head"].partition(":")
         pulls = [
