@@ -55,6 +55,7 @@ class Kind(enum.Enum):
     DURATION = enum.auto()  # 90s, 30m, 12h, 7d or bare seconds, as float seconds; 0 means off
     LIST = enum.auto()  # comma-separated text or a YAML list, as a tuple of strings
     CHOICE = enum.auto()  # one of the spec's `choices`, in any case, spelled as the spec does
+    COUNT = enum.auto()  # an integer, 0 or more (0 usually means "no limit" or "off")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class _Extras(TypedDict, total=False):
     placeholders: frozenset[str]  # Kind.TEMPLATE: the placeholders it may use
     choices: tuple[str, ...]  # Kind.CHOICE: the values it allows
     file_env: str  # an env var naming a file that holds the value (secrets)
+    required: bool  # required by `serve` and `check-config` although it has a default
 
 
 @overload
@@ -215,9 +217,10 @@ class Settings:
         help="Namespace of Argo CD's Applications.",
     )
     argocd_project: str = setting(
-        default="default",
+        default="previews",
         env="PREVIEW_BOT_ARGOCD_PROJECT",
-        help="Argo CD project of the preview Applications.",
+        help="Argo CD project of the preview Applications: a fenced one (the chart creates "
+        "`previews`), never `default`, which may deploy anything anywhere.",
     )
     argocd_url: str | None = setting(
         default=None,
@@ -284,6 +287,166 @@ class Settings:
     log_level: str = setting(
         default="INFO", env="PREVIEW_BOT_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."
     )
+    # ---- scope and intake ----------------------------------------------------------------
+    repositories: tuple[str, ...] = setting(
+        default=(),
+        env="PREVIEW_BOT_REPOSITORIES",
+        help="The repositories that may get previews: owner/name or shell globs such as "
+        "data-literate/*, comma-separated; * means every repository the App is installed on. "
+        "Required; deliveries for other repositories are ignored.",
+        kind=Kind.LIST,
+        required=True,
+    )
+    max_body_bytes: int = setting(
+        default=5 * 1024 * 1024,
+        env="PREVIEW_BOT_MAX_BODY_BYTES",
+        help="Largest webhook body read (GitHub's pull_request payloads are tens of KB); larger "
+        "ones get 413 as soon as they pass it.",
+        kind=Kind.INT,
+    )
+    body_timeout_seconds: float = setting(
+        default=10.0,
+        env="PREVIEW_BOT_BODY_TIMEOUT_SECONDS",
+        help="How long a webhook body may take to arrive in full (GitHub itself gives up after "
+        "10 s).",
+        kind=Kind.FLOAT,
+    )
+    max_in_flight: int = setting(
+        default=100,
+        env="PREVIEW_BOT_MAX_IN_FLIGHT",
+        help="Most webhook requests read at once; more get 503 at once (GitHub shows the "
+        "failure and can redeliver).",
+        kind=Kind.INT,
+    )
+    # ---- convergence and several replicas ------------------------------------------------
+    shutdown_grace_seconds: float = setting(
+        default=20.0,
+        env="PREVIEW_BOT_SHUTDOWN_GRACE_SECONDS",
+        help="On SIGTERM, how long syncs already running may take to finish; keep it below the "
+        "pod's terminationGracePeriodSeconds. Queued PRs are picked up by the next resync.",
+        kind=Kind.FLOAT,
+    )
+    leader_election: bool = setting(
+        default=False,
+        env="PREVIEW_BOT_LEADER_ELECTION",
+        help="Several replicas: only the holder of a Lease syncs, watches and resyncs; the "
+        "others answer not ready, so webhooks reach the leader only.",
+        kind=Kind.BOOL,
+    )
+    lease_name: str = setting(
+        default="preview-bot",
+        env="PREVIEW_BOT_LEASE_NAME",
+        help="Name of the coordination.k8s.io Lease used for leader election.",
+    )
+    lease_namespace: str | None = setting(
+        default=None,
+        env="PREVIEW_BOT_LEASE_NAMESPACE",
+        help="Namespace of the Lease; default: the pod's own namespace, else argocd_namespace.",
+    )
+    lease_seconds: float = setting(
+        default=15.0,
+        env="PREVIEW_BOT_LEASE_SECONDS",
+        help="How long a Lease lasts without renewal: a new leader takes over at most this long "
+        "after the old one died (at once after a clean shutdown, which releases it).",
+        kind=Kind.FLOAT,
+    )
+    # ---- who may deploy what -------------------------------------------------------------
+    fork_policy: str = setting(
+        default="approve",
+        env="PREVIEW_BOT_FORK_POLICY",
+        help="PRs from forks: deny (never), approve (a maintainer approves each pushed commit "
+        "with the label or `/preview approve`) or allow (like branches).",
+        kind=Kind.CHOICE,
+        choices=("deny", "approve", "allow"),
+    )
+    drafts: bool = setting(
+        default=False,
+        env="PREVIEW_BOT_DRAFTS",
+        help="Whether a labeled draft PR gets a preview; when false it deploys once marked "
+        "ready for review.",
+        kind=Kind.BOOL,
+    )
+    exclude_labels: tuple[str, ...] = setting(
+        default=("no-preview",),
+        env="PREVIEW_BOT_EXCLUDE_LABELS",
+        help="Labels that keep a PR from having a preview (comma-separated); adding one tears "
+        "a running preview down.",
+        kind=Kind.LIST,
+    )
+    # ---- readiness -----------------------------------------------------------------------
+    required_checks: tuple[str, ...] = setting(
+        default=(),
+        env="PREVIEW_BOT_REQUIRED_CHECKS",
+        help="Check runs or commit statuses (e.g. build) that must have succeeded on the head "
+        "commit before it deploys (comma-separated).",
+        kind=Kind.LIST,
+    )
+    image_check: bool = setting(
+        default=False,
+        env="PREVIEW_BOT_IMAGE_CHECK",
+        help="Before deploying, ask the image registry whether image:tag exists (OCI "
+        "distribution API); wait until it does.",
+        kind=Kind.BOOL,
+    )
+    registry_insecure: bool = setting(
+        default=False,
+        env="PREVIEW_BOT_REGISTRY_INSECURE",
+        help="Talk plain HTTP to the image registry (a registry inside the cluster or a test).",
+        kind=Kind.BOOL,
+    )
+    registry_credentials_file: str | None = setting(
+        default=None,
+        env="PREVIEW_BOT_REGISTRY_CREDENTIALS_FILE",
+        help='A Docker config.json ({"auths": {registry: {auth}}}) with credentials for the '
+        "image registry; unset: anonymous tokens, as public ghcr.io and Docker Hub images allow.",
+    )
+    image_wait_seconds: float = setting(
+        default=1800.0,
+        env="PREVIEW_BOT_IMAGE_WAIT",
+        help="How long to wait for an image to appear in the registry before the comment says "
+        "it failed (checked again with backoff and on every check or status delivery).",
+        kind=Kind.DURATION,
+    )
+    ready_timeout_seconds: int = setting(
+        default=600,
+        env="PREVIEW_BOT_READY_TIMEOUT_SECONDS",
+        help="How long Argo CD may take, once the image is available, to report the preview "
+        "synced and healthy before the comment says it timed out.",
+        kind=Kind.INT,
+    )
+    check_run: bool = setting(
+        default=False,
+        env="PREVIEW_BOT_CHECK_RUN",
+        help="Keep a `preview` check run on the head commit (branch protection can require "
+        "it); costs one GitHub request per deploy and two per redeploy.",
+        kind=Kind.BOOL,
+    )
+    # ---- lifetime ------------------------------------------------------------------------
+    ttl_seconds: float = setting(
+        default=604800.0,
+        env="PREVIEW_BOT_TTL",
+        help="Tear a preview down after this long without activity (push, label, command), "
+        "such as 12h or 7d; 0 keeps previews until the PR closes.",
+        kind=Kind.DURATION,
+    )
+    ttl_warning_seconds: float = setting(
+        default=86400.0,
+        env="PREVIEW_BOT_TTL_WARNING",
+        help="How long before the TTL ends the comment warns, with the exact time.",
+        kind=Kind.DURATION,
+    )
+    keep_label: str = setting(
+        default="preview:keep",
+        env="PREVIEW_BOT_KEEP_LABEL",
+        help="A label that exempts a PR's preview from the TTL (as `/preview keep` does).",
+    )
+    max_previews: int = setting(
+        default=0,
+        env="PREVIEW_BOT_MAX_PREVIEWS",
+        help="Most previews running at once per repository; newly labeled PRs beyond it wait "
+        "in a queue ordered by label time. 0: no cap.",
+        kind=Kind.COUNT,
+    )
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for `check-config` and logs."""
@@ -295,12 +458,13 @@ class Settings:
 
 
 def _spec_of(declared: Field[Any]) -> Spec:
-    required = declared.default is MISSING
+    extras = dict(declared.metadata[_SPEC])
+    required = declared.default is MISSING or bool(extras.pop("required", False))
     return Spec(
         name=declared.name,
-        default=None if required else declared.default,
+        default=None if declared.default is MISSING else declared.default,
         required=required,
-        **declared.metadata[_SPEC],
+        **extras,
     )
 
 
@@ -392,6 +556,13 @@ def _parse_int(spec: Spec, raw: Any) -> int:
     return value
 
 
+def _parse_count(_spec: Spec, raw: Any) -> int:
+    value = _integer(raw)
+    if value < 0:
+        raise ValueError("expected 0 or a positive integer")
+    return value
+
+
 def _parse_float(_spec: Spec, raw: Any) -> float:
     try:
         number = float(raw)
@@ -420,6 +591,20 @@ def _parse_bool(_spec: Spec, raw: Any) -> bool:
 
 _DURATION = re.compile(DURATION_PATTERN)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a person writes it, in the largest unit that keeps it whole: 7d, 90s, 0.
+
+    The inverse of a DURATION setting's parser (format_duration(parse(x)) reads back as x).
+    """
+    if seconds == 0:
+        return "0"
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _parse_duration(_spec: Spec, raw: Any) -> float:
@@ -463,6 +648,7 @@ _PARSERS: dict[Kind, Callable[[Spec, Any], Any]] = {
     Kind.DURATION: _parse_duration,
     Kind.LIST: _parse_list,
     Kind.CHOICE: _parse_choice,
+    Kind.COUNT: _parse_count,
 }
 
 
@@ -575,7 +761,7 @@ def _parse_all(
             problems.append(
                 f"{spec.env}{alt}: missing; expected {spec.help[0].lower()}{spec.help[1:]}"
             )
-        elif spec.required:
+        elif spec.required and spec.default is None:
             # Offline commands never use the App's id or secrets: a stand-in of the right type.
             values[spec.name] = 0 if spec.kind is Kind.INT else ""
     return values, problems

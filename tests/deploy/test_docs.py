@@ -33,7 +33,7 @@ def test_settings_table_lists_exactly_the_settings() -> None:
         assert _ticked(env) == [spec.env, *([spec.file_env] if spec.file_env else [])], name
         where = values_key(spec.name)
         assert _ticked(key) == ([where] if where else []), name
-        assert default == default_cell(spec.default, spec.required), name
+        assert default == default_cell(spec), name
         assert meaning, f"{name}: say what it means"
 
 

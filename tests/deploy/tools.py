@@ -197,10 +197,22 @@ def values_key(name: str) -> str | None:
     return VALUES_KEYS.get(name, f"settings.{name}")
 
 
-def default_cell(default: Any, required: bool) -> str:
-    if required:
+def default_cell(spec: Any) -> str:
+    """A setting's default as its user would write it (7d, true, no-preview), or why none."""
+    from bot.config import Kind, format_duration
+
+    default = spec.default
+    if spec.required:
         return "required"
-    return "unset" if default is None else f"`{default}`"
+    if default is None or default == ():
+        return "unset"
+    if spec.kind is Kind.DURATION:
+        return f"`{format_duration(default)}`"
+    if spec.kind is Kind.BOOL:
+        return f"`{str(default).lower()}`"
+    if spec.kind is Kind.LIST:
+        return f"`{','.join(default)}`"
+    return f"`{default}`"
 
 
 def settings_table() -> list[str]:
@@ -216,10 +228,7 @@ def settings_table() -> list[str]:
         key = values_key(spec.name)
         where = f"`{key}`" if key else "not set by the chart (in-cluster)"
         help_text = spec.help.replace("|", "\\|")
-        rows.append(
-            f"| `{spec.name}` | {env} | {where} | "
-            f"{default_cell(spec.default, spec.required)} | {help_text} |"
-        )
+        rows.append(f"| `{spec.name}` | {env} | {where} | {default_cell(spec)} | {help_text} |")
     return rows
 
 

@@ -19,13 +19,19 @@ from bot.config import (
     Settings,
     SettingsError,
     Spec,
+    format_duration,
     load_settings,
     parse_value,
     setting,
 )
 
 KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"
-GOOD = {"GITHUB_APP_ID": "12345", "GITHUB_PRIVATE_KEY": KEY, "GITHUB_WEBHOOK_SECRET": "s3cret"}
+GOOD = {
+    "GITHUB_APP_ID": "12345",
+    "GITHUB_PRIVATE_KEY": KEY,
+    "GITHUB_WEBHOOK_SECRET": "s3cret",
+    "PREVIEW_BOT_REPOSITORIES": "data-literate/*",
+}
 
 
 def problems(env: dict[str, str], config_file: Path | None = None) -> list[str]:
@@ -48,10 +54,12 @@ def test_defaults_fit_dex() -> None:
 
 def test_missing_required_settings_are_each_named() -> None:
     lines = problems({})
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert lines[0].startswith("GITHUB_APP_ID: missing")
     assert lines[1].startswith("GITHUB_PRIVATE_KEY (or GITHUB_PRIVATE_KEY_FILE): missing")
     assert lines[2].startswith("GITHUB_WEBHOOK_SECRET (or GITHUB_WEBHOOK_SECRET_FILE): missing")
+    # The scope has a default for code that builds Settings itself, but serve must be told.
+    assert lines[3].startswith("PREVIEW_BOT_REPOSITORIES: missing; expected the repositories")
 
 
 def test_unknown_placeholder_is_rejected_with_the_allowed_ones() -> None:
@@ -87,6 +95,7 @@ def test_secret_files_and_the_yaml_file(tmp_path: Path) -> None:
         "GITHUB_PRIVATE_KEY_FILE": str(key),
         "GITHUB_WEBHOOK_SECRET": "x",
         "PREVIEW_BOT_ARGOCD_NAMESPACE": "argo",
+        "PREVIEW_BOT_REPOSITORIES": "*",
     }
     s = load_settings(env, cfg)
     assert s.github_private_key == KEY
@@ -116,10 +125,10 @@ def test_overlay_path_must_stay_inside_the_repository() -> None:
 def test_specs_are_the_settings_fields_with_their_defaults() -> None:
     fields = dataclasses.fields(Settings)
     assert [spec.name for spec in SPECS] == [f.name for f in fields]
-    assert len(SPECS) == 27
+    assert len(SPECS) == 50
     defaults = Settings(github_app_id=1, github_private_key="k", github_webhook_secret="s")
     for spec in SPECS:
-        if spec.required:
+        if spec.required and spec.name != "repositories":
             assert spec.default is None
         else:
             assert getattr(defaults, spec.name) == spec.default, spec.name
@@ -293,7 +302,7 @@ def test_check_config_exits_2_with_one_line_per_problem() -> None:
 def test_serve_with_bad_settings_exits_2_before_binding() -> None:
     done = run_cli("serve", "--port", "1", env={})
     assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 3
+    assert len(done.stderr.strip().splitlines()) == 4  # the App's three, and the scope
 
 
 def test_help_lists_the_commands() -> None:
@@ -301,3 +310,9 @@ def test_help_lists_the_commands() -> None:
     assert done.returncode == 0
     for command in ("serve", "check-config"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize("text", ["7d", "36h", "30m", "90s", "0", "1.5s"])
+def test_durations_read_back_as_written(text: str) -> None:
+    spec = SPECS_BY_NAME["ttl_seconds"]
+    assert format_duration(parse_value(spec, text)) == text
