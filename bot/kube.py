@@ -21,7 +21,7 @@ from bot.config import Settings
 from bot.errors import ClusterUnavailable
 from bot.model import BOT, MANAGED_BY, ObservedApp
 from bot.parse import app_from_object
-from bot.ports import OnEvent
+from bot.ports import OnAlive, OnEvent
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,25 @@ class ArgoCD:
         )
         return [app_from_object(item) for item in result.get("items") or []]
 
-    async def watch(self, on_event: OnEvent, timeout_seconds: int = 300) -> None:
+    async def request_sync(self, name: str) -> bool:
+        """Ask Argo CD to sync now: set the Application's `operation`, as `argocd app sync` does."""
+        body = {"operation": {"initiatedBy": {"username": FIELD_MANAGER}, "sync": {}}}
+        try:
+            await self._do(
+                f"request a sync of Application {name}",
+                self.api.patch_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, name, body, **MERGE
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def watch(
+        self, on_event: OnEvent, alive: OnAlive | None = None, timeout_seconds: int = 300
+    ) -> None:
         """Call `on_event(type, object)` for every change of a managed Application, forever.
 
         Restarts from a fresh list when the server says the resourceVersion is gone (410), and
@@ -174,6 +192,8 @@ class ArgoCD:
                         label_selector=f"{MANAGED_BY}={BOT}",
                     )
                     version = listing["metadata"]["resourceVersion"]
+                    if alive is not None:
+                        alive()
                     for item in listing.get("items") or []:
                         await on_event("SYNCED", app_from_object(item))
                 async with watch.Watch() as w:
@@ -195,6 +215,8 @@ class ArgoCD:
                                 break
                             continue
                         version = obj["metadata"]["resourceVersion"]
+                        if alive is not None:
+                            alive()
                         await on_event(event["type"], app_from_object(obj))
                 backoff = 1.0
             except asyncio.CancelledError:

@@ -44,13 +44,48 @@ class WorkKey:
         return f"{self.repo}#{self.number}"
 
 
+# Most commands a key carries while it waits: a burst of comments cannot grow it without bound.
+MAX_COMMANDS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A `/preview ...` line from a newly created PR comment, as the delivery gave it.
+
+    Commands are the one edge-triggered input: each is acted on once, acknowledged with a
+    reaction on its comment (which also makes a repeat after a retry harmless).
+    """
+
+    comment_id: int
+    author: str  # the commenter's login
+    words: tuple[str, ...]  # after "/preview": () for a bare /preview, ("approve",), ...
+
+
 @dataclass(frozen=True, slots=True)
 class Work:
-    """A key plus what the worker needs to reach GitHub for it."""
+    """A key plus what the worker needs to reach GitHub for it, and hints from deliveries.
+
+    Hints are facts a delivery carried that the API would charge a request for: who added the
+    trigger label (the `labeled` sender), and commands. Everything else is read afresh.
+    """
 
     key: WorkKey
     installation_id: int
     delivery: str = ""
+    label_actor: str | None = None  # the sender of a `labeled` delivery of the trigger label
+    commands: tuple[Command, ...] = ()
+
+    def merged(self, newer: Work) -> Work:
+        """What a waiting key holds once `newer` arrives for it: the newest delivery's ids, the
+        newest label actor, and every command (oldest first, at most MAX_COMMANDS)."""
+        commands = (self.commands + newer.commands)[-MAX_COMMANDS:]
+        return Work(
+            self.key,
+            newer.installation_id,
+            newer.delivery,
+            newer.label_actor or self.label_actor,
+            commands,
+        )
 
 
 class State(enum.Enum):

@@ -13,6 +13,9 @@ from bot.model import DeploymentStatus, IssueComment, ObservedApp, PullRequest
 
 # A watch event: ("ADDED" | "MODIFIED" | "DELETED" | "SYNCED" (from the initial list), app).
 OnEvent = Callable[[str, ObservedApp], Awaitable[None]]
+# Called whenever a watch shows it is alive (an event, a bookmark, a fresh list), so a
+# supervisor can restart a watch that stalled.
+OnAlive = Callable[[], None]
 
 
 class RepoPort(Protocol):
@@ -82,6 +85,11 @@ class ClusterPort(Protocol):
 
     async def list_managed(self) -> list[ObservedApp]: ...
 
-    async def watch(self, on_event: OnEvent) -> None:
-        """Call `on_event` for every change of a managed Application, forever."""
+    async def request_sync(self, name: str) -> bool:
+        """Ask Argo CD to sync the Application now (its `operation`); False when it is gone."""
+        ...
+
+    async def watch(self, on_event: OnEvent, alive: OnAlive | None = None) -> None:
+        """Call `on_event` for every change of a managed Application, forever; `alive` on
+        every sign of life (events, bookmarks, a new list)."""
         ...

@@ -4,6 +4,11 @@ Deliveries are hints that a key may be stale, so ten deliveries for one PR need 
 ten. A key that is already waiting absorbs new deliveries; a key that is being synced is marked
 dirty and queued again when its sync ends, so a push that lands mid-sync is always seen by a
 later sync, and no two syncs of one PR ever run at once.
+
+Two kinds of delayed work: a retry *holds* its key (deliveries that arrive during the backoff
+join the pending retry and never start an attempt early: GitHub or the cluster is failing, or a
+rate limit applies); a follow-up (check again in 30 s) does not hold it, and is dropped if the
+key is synced before it fires. Every per-key structure holds only keys with work in flight.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class KeyedQueue:
-    """FIFO of keys; the stored Work for a key is the most recent one put."""
+    """FIFO of keys; the stored Work for a key merges everything put for it."""
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
@@ -29,15 +34,13 @@ class KeyedQueue:
         self._pending: OrderedDict[WorkKey, Work] = OrderedDict()
         self._running: set[WorkKey] = set()
         self._dirty: dict[WorkKey, Work] = {}
+        self._held: dict[WorkKey, tuple[Work, asyncio.TimerHandle]] = {}  # retries in backoff
+        self._followups: dict[WorkKey, asyncio.TimerHandle] = {}
         self._nonempty = asyncio.Event()
-        self._delayed: set[asyncio.TimerHandle] = set()
-        # Syncs finished per key: a delayed put is dropped when the key was synced after it was
-        # scheduled, since that later sync saw newer state and scheduled what it needed itself.
-        self._finished: dict[WorkKey, int] = {}
 
     def __len__(self) -> int:
-        """Keys waiting for a sync (including running keys that must run again)."""
-        return len(self._pending) + len(self._dirty)
+        """Keys waiting for a sync: pending, running keys that must run again, held retries."""
+        return len(self._pending) + len(self._dirty) + len(self._held)
 
     @property
     def running(self) -> int:
@@ -45,31 +48,38 @@ class KeyedQueue:
 
     @property
     def scheduled(self) -> int:
-        """Retries waiting for their time."""
-        return len(self._delayed)
+        """Retries and follow-ups waiting for their time."""
+        return len(self._held) + len(self._followups)
+
+    @property
+    def held(self) -> int:
+        """Keys whose deliveries wait for a pending retry (GitHub or the cluster failing)."""
+        return len(self._held)
 
     def full(self) -> bool:
         return len(self) >= self.maxsize
 
     def put_nowait(self, work: Work) -> Outcome:
-        """Queue `work`, coalescing with a waiting or running sync of the same key."""
+        """Queue `work`, coalescing with a waiting, held or running sync of the same key."""
         key = work.key
         if key in self._pending:
-            self._pending[key] = work
+            self._pending[key] = self._pending[key].merged(work)
+            return Outcome.COALESCED
+        if key in self._held:
+            held, handle = self._held[key]
+            self._held[key] = (held.merged(work), handle)
             return Outcome.COALESCED
         if key in self._running:
             if key not in self._dirty and self.full():
                 return Outcome.QUEUE_FULL
-            self._dirty[key] = work
+            before = self._dirty.get(key)
+            self._dirty[key] = before.merged(work) if before else work
             return Outcome.COALESCED
         if self.full():
             return Outcome.QUEUE_FULL
         self._pending[key] = work
-        self._notify()
-        return Outcome.QUEUED
-
-    def _notify(self) -> None:
         self._nonempty.set()
+        return Outcome.QUEUED
 
     async def get(self) -> Work:
         """Wait for a key that is not running, and mark it running."""
@@ -78,39 +88,73 @@ class KeyedQueue:
             await self._nonempty.wait()
         key, work = self._pending.popitem(last=False)
         self._running.add(key)
+        # This sync sees the current state and schedules its own follow-up if it needs one.
+        followup = self._followups.pop(key, None)
+        if followup is not None:
+            followup.cancel()
         return work
 
     def done(self, key: WorkKey) -> None:
-        """The sync of `key` ended; queue it again if deliveries arrived meanwhile."""
+        """The sync of `key` ended; queue it again if deliveries arrived meanwhile (or fold
+        them into the retry the sync scheduled)."""
         self._running.discard(key)
-        self._finished[key] = self._finished.get(key, 0) + 1
         work = self._dirty.pop(key, None)
-        if work is not None and key not in self._pending:
+        if work is None:
+            return
+        if key in self._held:
+            held, handle = self._held[key]
+            self._held[key] = (held.merged(work), handle)
+        elif key in self._pending:
+            self._pending[key] = self._pending[key].merged(work)
+        else:
             self._pending[key] = work
-            self._notify()
+            self._nonempty.set()
 
-    def put_later(self, work: Work, delay: float) -> None:
-        """Queue `work` after `delay` seconds (a retry, a follow-up), unless it is synced first."""
+    def put_later(self, work: Work, delay: float, *, hold: bool = False) -> None:
+        """Queue `work` after `delay` seconds: a retry when `hold` (deliveries for the key wait
+        with it), else a follow-up, dropped if the key is synced first."""
         loop = asyncio.get_running_loop()
         key = work.key
-        # The sync calling this is still running; its own end does not count.
-        expected = self._finished.get(key, 0) + (1 if key in self._running else 0)
+        if hold:
+            previous = self._held.pop(key, None)
+            if previous is not None:
+                previous[1].cancel()
+                work = previous[0].merged(work)
+            self._held[key] = (work, loop.call_later(delay, self._release, key))
+            return
+        previous_followup = self._followups.pop(key, None)
+        if previous_followup is not None:
+            previous_followup.cancel()
+        self._followups[key] = loop.call_later(delay, self._follow_up, work)
 
-        def fire() -> None:
-            self._delayed.discard(handle)
-            if self._finished.get(key, 0) > expected:
-                return
-            if self.put_nowait(work) is Outcome.QUEUE_FULL:
-                log.warning("queue full, retry of %s dropped; the resync will pick it up", work.key)
+    def _release(self, key: WorkKey) -> None:
+        work, _ = self._held.pop(key)
+        if self.put_nowait(work) is Outcome.QUEUE_FULL:
+            log.warning("queue full, retry of %s dropped; the resync will pick it up", key)
 
-        handle = loop.call_later(delay, fire)
-        self._delayed.add(handle)
+    def _follow_up(self, work: Work) -> None:
+        self._followups.pop(work.key, None)
+        if self.put_nowait(work) is Outcome.QUEUE_FULL:
+            log.warning("queue full, follow-up of %s dropped; the resync will pick it up", work.key)
 
     def close(self) -> None:
-        """Cancel scheduled retries (shutdown)."""
-        for handle in self._delayed:
+        """Cancel scheduled retries and follow-ups (shutdown)."""
+        for _, handle in self._held.values():
             handle.cancel()
-        self._delayed.clear()
+        for handle in self._followups.values():
+            handle.cancel()
+        self._held.clear()
+        self._followups.clear()
+
+    def sizes(self) -> dict[str, int]:
+        """How many keys each per-key structure holds (tests prove they stay bounded)."""
+        return {
+            "pending": len(self._pending),
+            "running": len(self._running),
+            "dirty": len(self._dirty),
+            "held": len(self._held),
+            "followups": len(self._followups),
+        }
 
 
 Handler = Callable[[Work], Awaitable[None]]

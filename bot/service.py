@@ -145,7 +145,7 @@ class Bot:
         delay = exc.retry_after
         if delay is None:
             delay = min(self.settings.retry_seconds * 2 ** (attempt - 1), 300.0)
-        self.queue.put_later(work, delay)
+        self.queue.put_later(work, delay, hold=True)
         log.warning("retry %d in %.1fs: %s", attempt, delay, exc)
 
     @staticmethod

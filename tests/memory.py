@@ -21,7 +21,7 @@ from bot.model import (
     git_blob_sha,
 )
 from bot.parse import KUSTOMIZATION_NAMES, app_from_object
-from bot.ports import OnEvent
+from bot.ports import OnAlive, OnEvent
 
 REPO = "data-literate/DEX"
 BOT_LOGIN = "preview-bot[bot]"
@@ -277,13 +277,23 @@ class MemoryCluster:
         apps = [app_from_object(obj) for obj in self.objects.values()]
         return [app for app in apps if app.managed]
 
-    async def watch(self, on_event: OnEvent) -> None:
+    async def request_sync(self, name: str) -> bool:
+        self._call("request_sync")
+        obj = self.objects.get(name)
+        if obj is None:
+            return False
+        obj["operation"] = {"initiatedBy": {"username": "preview-bot"}, "sync": {}}
+        return True
+
+    async def watch(self, on_event: OnEvent, alive: OnAlive | None = None) -> None:
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._watchers.append(queue)
         try:
             for obj in list(self.objects.values()):
                 await on_event("SYNCED", app_from_object(obj))
             while True:
+                if alive is not None:
+                    alive()
                 kind, obj = await queue.get()
                 await on_event(kind, app_from_object(obj))
         finally:

@@ -17,7 +17,7 @@ import yaml
 from bot.local.layout import iso, now, write_atomic
 from bot.model import ObservedApp
 from bot.parse import app_from_object
-from bot.ports import OnEvent
+from bot.ports import OnAlive, OnEvent
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,22 @@ class FileCluster:
             log.info("Application %s deleted: %s", name, NO_ARGOCD_NOTE, extra={"app": name})
         return True
 
+    async def request_sync(self, name: str) -> bool:
+        """Write the `operation` Argo CD would act on (local mode has no Argo CD to act)."""
+        async with self._lock:
+            obj = self._read(self._path(name))
+            if obj is None:
+                return False
+            obj["operation"] = {
+                "initiatedBy": {"username": "preview-bot"},
+                "sync": {
+                    "revision": (obj.get("spec") or {}).get("source", {}).get("targetRevision")
+                },
+            }
+            self._bump(obj["metadata"], obj)
+            self._write(obj)
+        return True
+
     def _scan(self) -> dict[str, tuple[str, dict[str, Any] | None]]:
         found: dict[str, tuple[str, dict[str, Any] | None]] = {}
         for path in sorted(self.directory.glob("*.yaml")):
@@ -148,7 +164,9 @@ class FileCluster:
         """Like ArgoCD.list_managed: every Application file that parses."""
         return [app_from_object(obj) for _, obj in self._scan().values() if obj is not None]
 
-    async def watch(self, on_event: OnEvent, poll: float = WATCH_POLL_SECONDS) -> None:
+    async def watch(
+        self, on_event: OnEvent, alive: OnAlive | None = None, poll: float = WATCH_POLL_SECONDS
+    ) -> None:
         """Like ArgoCD.watch: every change of a file (the bot's or a hand edit) is an event."""
         seen: dict[str, tuple[str, dict[str, Any] | None]] = {}
         first = True
@@ -166,4 +184,6 @@ class FileCluster:
                 if name not in current and obj is not None:
                     await on_event("DELETED", app_from_object(obj))
             seen, first = current, False
+            if alive is not None:
+                alive()
             await asyncio.sleep(poll)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.model import Work, WorkKey
+import pytest
+
+from bot.model import Command, Work, WorkKey
 from bot.queue import KeyedQueue, run_worker
 from bot.webhooks import Outcome
 
@@ -81,3 +83,59 @@ async def test_delayed_put_is_dropped_when_the_key_was_synced_meanwhile() -> Non
     await asyncio.sleep(0.08)
     assert len(q) == 0
     assert q.scheduled == 0
+
+
+async def test_a_held_retry_absorbs_deliveries_and_keeps_their_commands() -> None:
+    q = KeyedQueue(10)
+    key = WorkKey("o/r", 1)
+    q.put_later(Work(key, 1, "first"), 0.05, hold=True)
+    assert q.put_nowait(Work(key, 1, "d2", commands=(Command(7, "alice", ("approve",)),))) is (
+        Outcome.COALESCED
+    )
+    assert q.put_nowait(Work(key, 1, "d3", label_actor="bob")) is Outcome.COALESCED
+    assert len(q) == 1 and q.held == 1
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(q.get(), 0.02)  # no attempt before the backoff ends
+    work = await asyncio.wait_for(q.get(), 1)
+    assert (work.delivery, work.label_actor) == ("d3", "bob")
+    assert [c.comment_id for c in work.commands] == [7]
+
+
+async def test_deliveries_during_a_failing_sync_join_its_retry() -> None:
+    q = KeyedQueue(10)
+    key = WorkKey("o/r", 1)
+    q.put_nowait(Work(key, 1, "a"))
+    taken = await q.get()
+    q.put_nowait(Work(key, 1, "during"))  # dirty while running
+    q.put_later(taken, 0.05, hold=True)  # the sync failed and schedules its retry
+    q.done(key)
+    assert q.sizes()["pending"] == 0 and q.held == 1
+    work = await asyncio.wait_for(q.get(), 1)
+    assert work.delivery == "during"
+
+
+async def test_a_follow_up_is_dropped_when_the_key_is_synced_first() -> None:
+    q = KeyedQueue(10)
+    key = WorkKey("o/r", 1)
+    q.put_later(Work(key, 1, "followup"), 0.05)
+    q.put_nowait(Work(key, 1, "event"))
+    work = await q.get()
+    assert work.delivery == "event" and q.scheduled == 0
+    q.done(key)
+    await asyncio.sleep(0.1)
+    assert len(q) == 0
+
+
+async def test_ten_thousand_keys_leave_nothing_behind() -> None:
+    q = KeyedQueue(20_000)
+    for n in range(10_000):
+        q.put_nowait(Work(WorkKey("o/r", n + 1), 1))
+    for _ in range(10_000):
+        work = await q.get()
+        if work.key.number % 2:
+            q.put_later(work, 0.001, hold=True)  # half fail once, then succeed
+        q.done(work.key)
+    while len(q):
+        work = await asyncio.wait_for(q.get(), 1)
+        q.done(work.key)
+    assert q.sizes() == {"pending": 0, "running": 0, "dirty": 0, "held": 0, "followups": 0}
