@@ -171,7 +171,7 @@ class ArgoCD:
             raise
         return True
 
-    async def watch(
+    async def watch(  # noqa: C901 (split when the adapter moves to bot.kubeapi)
         self, on_event: OnEvent, alive: OnAlive | None = None, timeout_seconds: int = 300
     ) -> None:
         """Call `on_event(type, object)` for every change of a managed Application, forever.
