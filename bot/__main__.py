@@ -12,10 +12,11 @@ from urllib.parse import urlparse
 import uvicorn
 import yaml
 
+from bot.comment import examples
 from bot.config import Settings, SettingsError, load_settings
 from bot.logs import setup_logging
 from bot.model import SHA_RE, PullRequest, State
-from bot.render import names, render_application, render_comment, render_overlay
+from bot.render import names, render_application, render_namespace_component, render_overlay
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--sha", required=True, help="the PR's head commit (40 hex)")
     render.add_argument(
         "--branch", default=None, help="branch Argo CD reads (default: deploy_branch, else main)"
+    )
+    render.add_argument(
+        "--state",
+        default="deploying",
+        choices=[*(s.value.replace(" ", "-") for s in State), "all"],
+        help="which state of the comment to show (default deploying; all: every one)",
     )
     return parser
 
@@ -201,13 +208,18 @@ def cmd_render(args: argparse.Namespace) -> int:
     )
     n = names(settings, pr.repo, pr.number)
     app = render_application(settings, pr, branch, installation_id=0)
-    comment = render_comment(settings, pr, State.DEPLOYING, datetime.now(UTC))
     print(f"# ---- overlay: {n.overlay_path} (branch {branch})")
     print(render_overlay(settings, pr), end="")
+    for path, text in render_namespace_component(settings).items():
+        print(f"# ---- shared Namespace component: {path} (written once per repository)")
+        print(text, end="")
     print(f"# ---- Application {n.app} in namespace {settings.argocd_namespace}")
+    print("# (spec.source.targetRevision is pinned to the overlay's commit when deployed)")
     print(yaml.safe_dump(app, sort_keys=False), end="")
-    print("# ---- PR comment")
-    print(comment.body, end="")
+    for state, comment in examples(settings, pr, datetime.now(UTC)).items():
+        if args.state in ("all", state.value.replace(" ", "-")):
+            print(f"# ---- PR comment, {state.value}")
+            print(comment.body, end="")
     return 0
 
 

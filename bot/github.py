@@ -26,8 +26,8 @@ from gidgethub.aiohttp import GitHubAPI
 from bot.config import Settings
 from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.metrics import Metrics
-from bot.model import DeploymentStatus, IssueComment, PullRequest
-from bot.parse import KUSTOMIZATION_NAMES, comment_from_api, pull_from_api
+from bot.model import CheckReport, DeploymentStatus, IssueComment, LabelEvent, PullRequest
+from bot.parse import comment_from_api, pull_from_api
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,32 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/repos/{owner}/{repo}/deployments", "deployments:write"),
     ("GET", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses", "deployments:read"),
     ("POST", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses", "deployments:write"),
+    ("GET", "/app", "app"),
+    ("GET", "/app/installations", "app"),
+    ("GET", "/installation/repositories", "metadata:read"),
+    ("GET", "/repos/{owner}/{repo}/pulls", "pull_requests:read"),
+    ("GET", "/repos/{owner}/{repo}/collaborators/{username}/permission", "metadata:read"),
+    ("GET", "/repos/{owner}/{repo}/issues/{issue_number}/events", "pull_requests:read"),
+    ("POST", "/repos/{owner}/{repo}/issues/{issue_number}/labels", "pull_requests:write"),
+    ("DELETE", "/repos/{owner}/{repo}/issues/{issue_number}/labels/{name}", "pull_requests:write"),
+    ("POST", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions", "pull_requests:write"),
+    ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-runs", "checks:read"),
+    ("GET", "/repos/{owner}/{repo}/commits/{ref}/status", "statuses:read"),
+    ("POST", "/repos/{owner}/{repo}/check-runs", "checks:write"),
+    ("PATCH", "/repos/{owner}/{repo}/check-runs/{check_run_id}", "checks:write"),
+    ("GET", "/repos/{owner}/{repo}/git/trees/{tree_sha}", "contents:read"),
+    ("GET", "/repos/{owner}/{repo}/git/ref/{ref}", "contents:read"),
+    ("GET", "/repos/{owner}/{repo}/git/commits/{commit_sha}", "contents:read"),
+    ("POST", "/repos/{owner}/{repo}/git/trees", "contents:write"),
+    ("POST", "/repos/{owner}/{repo}/git/commits", "contents:write"),
+    ("PATCH", "/repos/{owner}/{repo}/git/refs/{ref}", "contents:write"),
 )
+# The marker on the bot's deployments: a retry finds the one an earlier attempt made.
+DEPLOYMENT_MARKER = "preview-bot"
+CHECK_RUN_NAME = "preview"  # what branch protection can require
+# How a check run's or commit status's result reads for a gate.
+_CONCLUSIONS = {"success": "success", "neutral": "success", "skipped": "success"}
+_STATUSES = {"success": "success", "failure": "failure", "error": "failure"}
 
 
 class CountingGitHubAPI(GitHubAPI):
@@ -120,6 +145,7 @@ class GitHub:
         self._caches: dict[int, MutableMapping[Any, Any]] = {}
         self._clients: dict[int, tuple[str, GitHubAPI]] = {}
         self._token_locks: dict[int, asyncio.Lock] = {}
+        self._bot_login: str | None = None
         self.token_requests = 0
 
     def _client(self, token: str | None, cache: MutableMapping[Any, Any] | None) -> GitHubAPI:
@@ -200,6 +226,55 @@ class GitHub:
         """The calls a sync makes on one repository, through one installation."""
         return RepoClient(self, installation_id, repo)
 
+    async def _app_call(self, url: str, iterable_key: str | None = None) -> Any:
+        """A GET as the App itself (its JWT), for the App's own resources."""
+        jwt = gh_apps.get_jwt(
+            app_id=str(self._settings.github_app_id),
+            private_key=self._settings.github_private_key,
+        )
+        gh = self._client(None, None)
+        try:
+            if iterable_key is None:
+                return await gh.getitem(url, jwt=jwt)
+            return [item async for item in gh.getiter(url, jwt=jwt)]
+        except Exception as exc:
+            raise classify_error(exc) from exc
+
+    async def installations(self) -> list[int]:
+        """The App's installations."""
+        found = await self._app_call("/app/installations?per_page=100", "items")
+        return [int(i["id"]) for i in found if not i.get("suspended_at")]
+
+    async def installation_repos(self, installation_id: int) -> list[str]:
+        """owner/name of every repository the installation covers."""
+        gh = await self.api(installation_id)
+        try:
+            return [
+                str(r["full_name"])
+                async for r in gh.getiter(
+                    "/installation/repositories{?per_page}",
+                    {"per_page": 100},
+                    iterable_key="repositories",
+                )
+            ]
+        except Exception as exc:
+            raise self.map_error(installation_id, exc) from exc
+
+    async def bot_login(self) -> str | None:
+        """`<slug>[bot]`, the login the App's comments carry: read once from GET /app."""
+        if self._bot_login is None:
+            app = await self._app_call("/app")
+            self._bot_login = f"{app['slug']}[bot]"
+        return self._bot_login
+
+    def rate_remaining(self, installation_id: int) -> float | None:
+        """The fraction of the installation's hourly requests left, from its last answer."""
+        held = self._clients.get(installation_id)
+        limit = held[1].rate_limit if held else None
+        if limit is None or not limit.limit:
+            return None
+        return float(limit.remaining) / float(limit.limit)
+
 
 class RepoClient:
     """One repository of one installation of the App: bot.ports.RepoPort over GitHub's API."""
@@ -274,11 +349,6 @@ class RepoClient:
             raise PermanentError(f"{path} is a directory on {ref}, expected a file")
         return str(data["sha"])
 
-    async def has_kustomization(self, path: str, ref: str) -> bool:
-        """Whether directory `path` on `ref` holds a kustomization file."""
-        data = await self._contents(path, ref)
-        return isinstance(data, list) and any(e.get("name") in KUSTOMIZATION_NAMES for e in data)
-
     async def put_file(
         self, path: str, branch: str, content: str, message: str, sha: str | None
     ) -> tuple[str, str]:
@@ -325,8 +395,24 @@ class RepoClient:
             "transient_environment": True,
             "production_environment": False,
         }
+        data["payload"] = {DEPLOYMENT_MARKER: {"environment": environment, "sha": sha}}
         result = await self._call("POST", "/repos/{+repo}/deployments", data)
         return int(result["id"])
+
+    async def find_deployment(self, sha: str, environment: str) -> int | None:
+        """The bot's deployment of `sha` to `environment`, by its payload marker."""
+        found = await self._call(
+            "GET",
+            "/repos/{+repo}/deployments{?sha,environment,per_page}",
+            sha=sha,
+            environment=environment,
+            per_page=20,
+        )
+        for d in found:
+            payload = d.get("payload")
+            if isinstance(payload, dict) and DEPLOYMENT_MARKER in payload:
+                return int(d["id"])
+        return None
 
     async def set_deployment_status(self, deployment_id: int, status: DeploymentStatus) -> bool:
         """Add a status; False when the deployment no longer exists."""
@@ -361,3 +447,166 @@ class RepoClient:
             if not statuses or statuses[0].get("state") != "inactive":
                 active.append(int(d["id"]))
         return active
+
+    # ---- who may do what ------------------------------------------------------------------
+
+    async def permission(self, user: str) -> str:
+        """admin, write, read or none (GitHub maps maintain to write and triage to read)."""
+        try:
+            data = await self._call(
+                "GET", "/repos/{+repo}/collaborators/{user}/permission", user=user
+            )
+        except PermanentError as exc:
+            if exc.status == 404:
+                return "none"  # not a collaborator (or no such user)
+            raise
+        return str(data.get("permission") or "none")
+
+    async def label_event(self, number: int, label: str) -> LabelEvent | None:
+        """The latest `labeled` event of `label` on the PR (its actor and time)."""
+        gh = await self._github.api(self.installation_id)
+        last: LabelEvent | None = None
+        try:
+            async for event in gh.getiter(
+                "/repos/{+repo}/issues/{number}/events{?per_page}",
+                {"repo": self.repo, "number": number, "per_page": 100},
+            ):
+                if (
+                    event.get("event") == "labeled"
+                    and (event.get("label") or {}).get("name") == label
+                ):
+                    actor = (event.get("actor") or {}).get("login") or ""
+                    at = datetime.fromisoformat(str(event["created_at"]).replace("Z", "+00:00"))
+                    last = LabelEvent(str(actor), int(at.timestamp()))
+        except Exception as exc:
+            raise self._github.map_error(self.installation_id, exc) from exc
+        return last
+
+    async def set_label(self, number: int, label: str, present: bool) -> None:
+        if present:
+            await self._call(
+                "POST", "/repos/{+repo}/issues/{number}/labels", {"labels": [label]}, number=number
+            )
+            return
+        try:
+            await self._call(
+                "DELETE", "/repos/{+repo}/issues/{number}/labels/{name}", number=number, name=label
+            )
+        except PermanentError as exc:
+            if exc.status != 404:  # already gone is what we wanted
+                raise
+
+    async def add_reaction(self, comment_id: int, content: str) -> None:
+        await self._call(
+            "POST",
+            "/repos/{+repo}/issues/comments/{id}/reactions",
+            {"content": content},
+            id=comment_id,
+        )
+
+    # ---- checks ---------------------------------------------------------------------------
+
+    async def check_states(self, sha: str) -> dict[str, tuple[str, str | None]]:
+        """Check runs and commit statuses of `sha` by name: (success | pending | failure, link)."""
+        states: dict[str, tuple[str, str | None]] = {}
+        combined = await self._call("GET", "/repos/{+repo}/commits/{ref}/status", ref=sha)
+        for status in combined.get("statuses") or []:
+            state = _STATUSES.get(str(status.get("state")), "pending")
+            states[str(status.get("context"))] = (state, status.get("target_url"))
+        runs = await self._call(
+            "GET", "/repos/{+repo}/commits/{ref}/check-runs{?per_page}", ref=sha, per_page=100
+        )
+        for run in runs.get("check_runs") or []:
+            if run.get("status") != "completed":
+                state = "pending"
+            else:
+                state = _CONCLUSIONS.get(str(run.get("conclusion")), "failure")
+            states[str(run.get("name"))] = (state, run.get("html_url"))
+        return states
+
+    async def report_check(self, report: CheckReport) -> int:
+        data: dict[str, Any] = {
+            "status": report.status,
+            "output": {"title": report.title, "summary": report.summary or report.title},
+        }
+        if report.conclusion:
+            data["conclusion"] = report.conclusion
+        if report.details_url:
+            data["details_url"] = report.details_url
+        if report.check_run_id is not None:
+            await self._call(
+                "PATCH", "/repos/{+repo}/check-runs/{id}", data, id=report.check_run_id
+            )
+            return report.check_run_id
+        data.update(name=CHECK_RUN_NAME, head_sha=report.sha, external_id=DEPLOYMENT_MARKER)
+        created = await self._call("POST", "/repos/{+repo}/check-runs", data)
+        return int(created["id"])
+
+    async def find_check(self, sha: str, name: str) -> int | None:
+        runs = await self._call(
+            "GET", "/repos/{+repo}/commits/{ref}/check-runs{?check_name}", ref=sha, check_name=name
+        )
+        for run in runs.get("check_runs") or []:
+            if run.get("external_id") == DEPLOYMENT_MARKER:
+                return int(run["id"])
+        return None
+
+    # ---- the repository as a whole --------------------------------------------------------
+
+    async def list_files(self, path: str, ref: str) -> list[str] | None:
+        """Every file under `path` on `ref`, from one (recursive) git tree read."""
+        tree = f"{ref}:{path}" if path else ref
+        try:
+            data = await self._call(
+                "GET", "/repos/{+repo}/git/trees/{+tree}{?recursive}", tree=tree, recursive=1
+            )
+        except PermanentError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        prefix = f"{path}/" if path else ""
+        return [prefix + e["path"] for e in data.get("tree") or [] if e.get("type") == "blob"]
+
+    async def open_pulls(self) -> list[PullRequest]:
+        gh = await self._github.api(self.installation_id)
+        try:
+            return [
+                pull_from_api(item)
+                async for item in gh.getiter(
+                    "/repos/{+repo}/pulls{?state,per_page}",
+                    {"repo": self.repo, "state": "open", "per_page": 100},
+                )
+            ]
+        except Exception as exc:
+            raise self._github.map_error(self.installation_id, exc) from exc
+
+    async def delete_files(self, paths: list[str], branch: str, message: str) -> str | None:
+        """Delete `paths` in one commit (git data API); Conflict when the branch moved."""
+        ref = await self._call("GET", "/repos/{+repo}/git/ref/{+ref}", ref=f"heads/{branch}")
+        head = str(ref["object"]["sha"])
+        commit = await self._call("GET", "/repos/{+repo}/git/commits/{sha}", sha=head)
+        entries = [{"path": p, "mode": "100644", "type": "blob", "sha": None} for p in paths]
+        tree = await self._call(
+            "POST",
+            "/repos/{+repo}/git/trees",
+            {"base_tree": commit["tree"]["sha"], "tree": entries},
+        )
+        if tree["sha"] == commit["tree"]["sha"]:
+            return None  # none of them was there
+        made = await self._call(
+            "POST",
+            "/repos/{+repo}/git/commits",
+            {"message": message, "tree": tree["sha"], "parents": [head]},
+        )
+        try:
+            await self._call(
+                "PATCH",
+                "/repos/{+repo}/git/refs/{+ref}",
+                {"sha": made["sha"]},
+                ref=f"heads/{branch}",
+            )
+        except PermanentError as exc:
+            if exc.status == 422:  # not a fast-forward: someone pushed in between
+                raise Conflict(str(exc)) from exc
+            raise
+        return str(made["sha"])

@@ -22,6 +22,7 @@ A_PR_URL = "preview-bot.io/pr-url"
 A_HEAD_SHA = "preview-bot.io/head-sha"
 A_INSTALLATION = "preview-bot.io/installation"
 # Annotations the bot merges in after each sync: its Record (see below).
+# (Each Record field `x_y` is preview-bot.io/x-y; these are the ones tests and docs name.)
 A_COMMENT = "preview-bot.io/comment-id"
 A_COMMENT_STATE = "preview-bot.io/comment-state"
 A_COMMENT_FP = "preview-bot.io/comment-fingerprint"
@@ -97,6 +98,8 @@ class State(enum.Enum):
     TEARDOWN_PENDING = "teardown pending"
     DESTROYED = "destroyed"
     NOT_DEPLOYED = "not deployed"  # refused: fork PR, bad input, a name taken by another owner
+    WAITING = "waiting"  # for a build, an image, an approval, ready for review
+    QUEUED = "queued"  # the repository's cap of previews is reached
 
 
 class Unknown(enum.Enum):
@@ -116,19 +119,29 @@ def known_value(value: Known[T]) -> T | None:
     return None if isinstance(value, Unknown) else value
 
 
-# Record field -> (annotation, decoder of a non-empty annotation value).
 def _int_or_unknown(text: str) -> int | Unknown:
     return int(text) if text.isdigit() else UNKNOWN
 
 
-_RECORD_ANNOTATIONS: dict[str, tuple[str, Any]] = {
-    "comment_id": (A_COMMENT, _int_or_unknown),
-    "comment_state": (A_COMMENT_STATE, str),
-    "comment_fingerprint": (A_COMMENT_FP, str),
-    "overlay_blob": (A_OVERLAY_BLOB, str),
-    "overlay_commit": (A_OVERLAY_COMMIT, str),
-    "deployment_id": (A_DEPLOYMENT, _int_or_unknown),
-    "deployed_sha": (A_DEPLOYED_SHA, str),
+def _bool_or_unknown(text: str) -> bool | Unknown:
+    return {"true": True, "false": False}.get(text, UNKNOWN)
+
+
+def record_annotation(name: str) -> str:
+    """The annotation that holds Record field `name`: preview-bot.io/<name with dashes>."""
+    return "preview-bot.io/" + name.replace("_", "-")
+
+
+# How a non-empty annotation value becomes a field's value (text fields stay text).
+_DECODERS: dict[str, Any] = {
+    "comment_id": _int_or_unknown,
+    "deployment_id": _int_or_unknown,
+    "check_run_id": _int_or_unknown,
+    "activity_at": _int_or_unknown,
+    "seen_at": _int_or_unknown,
+    "deployed_at": _int_or_unknown,
+    "ready_seconds": _int_or_unknown,
+    "keep": _bool_or_unknown,
 }
 
 
@@ -139,7 +152,9 @@ class Record:
     Lets a redeploy or a teardown find its comment, overlay blob and deployment without reading
     GitHub. Each field is UNKNOWN (never recorded, or lost: read it from GitHub, or write
     blindly and let a conflict tell), None (known: there is none) or the value. In annotations,
-    an absent key is UNKNOWN and an empty string is None.
+    an absent key is UNKNOWN and an empty string is None. Before a PR has an Application (it
+    waits, is queued or refused) the same record rides in the comment's hidden marker. Times
+    are epoch seconds.
     """
 
     comment_id: Known[int] = UNKNOWN
@@ -149,23 +164,42 @@ class Record:
     overlay_commit: Known[str] = UNKNOWN  # the commit that last wrote the overlay
     deployment_id: Known[int] = UNKNOWN  # the deployment of deployed_sha; None: all inactive
     deployed_sha: Known[str] = UNKNOWN
+    deployment_state: Known[str] = UNKNOWN  # the last status posted on deployment_id
+    approver: Known[str] = UNKNOWN  # the writer whose label or /preview allowed the preview
+    approved_sha: Known[str] = UNKNOWN  # a fork PR's head commit a writer approved
+    activity_at: Known[int] = UNKNOWN  # the last push, label or command (the TTL's clock)
+    keep: Known[bool] = UNKNOWN  # `/preview keep`: exempt from the TTL
+    seen_at: Known[int] = UNKNOWN  # when the bot first saw seen_sha wanted (time to ready)
+    deployed_at: Known[int] = UNKNOWN  # when that head was deployed (the ready timeout's clock)
+    ready_seconds: Known[int] = UNKNOWN  # time to ready of deployed_sha
+    check_run_id: Known[int] = UNKNOWN  # the `preview` check run of check_run_sha
+    check_run_sha: Known[str] = UNKNOWN
+    check_run_state: Known[str] = UNKNOWN  # the State it last reported
+    intent: Known[str] = UNKNOWN  # a create in flight ("deployment:<sha>"): find it on retry
+    failure_sha: Known[str] = UNKNOWN  # the head a permanent failure was reported for
+    seen_sha: Known[str] = UNKNOWN  # the head seen_at is about
+    history: Known[str] = UNKNOWN  # the last state changes, JSON [[time, state, sha8], ...]
 
     @classmethod
     def from_annotations(cls, annotations: Mapping[str, str]) -> Record:
         values: dict[str, Any] = {}
-        for name, (key, decode) in _RECORD_ANNOTATIONS.items():
-            raw = annotations.get(key)
+        for f in fields(cls):
+            raw = annotations.get(record_annotation(f.name))
             if raw is not None:
-                values[name] = decode(raw) if raw else None
+                values[f.name] = _DECODERS.get(f.name, str)(raw) if raw else None
         return cls(**values)
 
     def to_annotations(self) -> dict[str, str]:
         """The known fields as annotations; unknown ones are left out, so a merge keeps them."""
         out: dict[str, str] = {}
-        for name, (key, _) in _RECORD_ANNOTATIONS.items():
-            value = getattr(self, name)
-            if value is not UNKNOWN:
-                out[key] = "" if value is None else str(value)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is UNKNOWN:
+                continue
+            if isinstance(value, bool):
+                out[record_annotation(f.name)] = "true" if value else "false"
+            else:
+                out[record_annotation(f.name)] = "" if value is None else str(value)
         return out
 
     @property
@@ -275,6 +309,63 @@ class ObservedComment:
     id: int
     state: str | None
     fingerprint: str | None
+    record: Record | None = None  # the record its hidden marker carries (before an Application)
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    """Who added a label to a PR, and when (epoch seconds)."""
+
+    actor: str
+    at: int
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The `preview` check run as the bot reports it: queued, in progress or completed."""
+
+    sha: str
+    status: str  # queued | in_progress | completed
+    conclusion: str | None  # success | failure | neutral (completed only)
+    title: str
+    summary: str
+    details_url: str | None = None
+    check_run_id: int | None = None  # update this one; None: create
+
+
+@dataclass(frozen=True)
+class LabelSeen:
+    """Who last added the trigger label, when, and whether they may write to the repository."""
+
+    actor: str
+    at: int | None  # epoch seconds; None when only the delivery told us (it is now)
+    writer: bool
+
+
+@dataclass(frozen=True)
+class CommandSeen:
+    """A command with what the sync learned of its author."""
+
+    command: Command
+    writer: bool  # the author has write, maintain or admin permission
+
+
+@dataclass(frozen=True)
+class ChecksSeen:
+    """The required checks on a commit: success when all succeeded, failure when one failed."""
+
+    state: str  # success | pending | failure
+    name: str  # the check that decides the state (the first pending or failed one)
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class CapSeen:
+    """The repository's cap on running previews, as this PR meets it."""
+
+    in_use: int
+    limit: int
+    position: int  # 1-based place in the queue, by label time
 
 
 @dataclass(frozen=True)
@@ -288,6 +379,12 @@ class Observed:
     comment: ObservedComment | None  # from the record, or found on GitHub
     base_ok: bool | None  # does the base overlay exist on the branch? None: not checked
     branch: str  # the branch overlays are committed to and Argo CD reads
+    namespace_ok: bool | None = None  # is the shared Namespace component there? None: unknown
+    label: LabelSeen | None = None  # read only when the record holds no approval
+    commands: tuple[CommandSeen, ...] = ()  # from the delivery, with their authors' rights
+    checks: ChecksSeen | None = None  # read only when required checks gate the deploy
+    image: bool | None = None  # does the image exist? read only with the image check
+    cap: CapSeen | None = None  # read only when a cap applies and no preview runs
 
 
 # ---- actions -----------------------------------------------------------------------------
@@ -312,8 +409,58 @@ class DeleteOverlay:
 
 
 @dataclass(frozen=True)
+class PutSharedFile:
+    """A file every preview of the repository shares (the Namespace component): created once,
+    left alone when it exists."""
+
+    path: str
+    content: str
+    branch: str
+    message: str
+
+
+@dataclass(frozen=True)
 class ApplyApplication:
+    """Server-side apply the Application; its source is pinned to the commit that wrote the
+    overlay (this sync's, else the recorded one), so Argo CD's synced revision says exactly
+    which overlay it runs."""
+
     manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RequestSync:
+    """Ask Argo CD to sync the Application now (`/preview redeploy`)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class SetLabel:
+    """Add or remove a label on the PR (`/preview` adds the trigger label; expiry removes it)."""
+
+    name: str
+    present: bool
+
+
+@dataclass(frozen=True)
+class AddReaction:
+    """Acknowledge a command: eyes when taken, +1 when done, confused when refused."""
+
+    comment_id: int
+    content: str
+
+
+@dataclass(frozen=True)
+class ReportCheck:
+    """Create or update the `preview` check run of `sha` (closing the previous head's one as
+    neutral when the head moved)."""
+
+    sha: str
+    state: State
+    title: str
+    summary: str
+    details_url: str | None
 
 
 @dataclass(frozen=True)
@@ -323,13 +470,18 @@ class DeleteApplication:
 
 @dataclass(frozen=True)
 class CreateDeployment:
-    """A deployment of `sha` to `environment`, then an in_progress status with its URL."""
+    """A deployment of `sha` to `environment`, then an in_progress status with its URL.
+
+    With `recover`, an earlier attempt may have created it (its response lost): look for ours
+    by its payload marker first.
+    """
 
     sha: str
     environment: str
     environment_url: str
     log_url: str | None
     description: str
+    recover: bool = False
 
 
 @dataclass(frozen=True)
@@ -397,6 +549,11 @@ class RecordState:
 
 Action = (
     PutOverlay
+    | PutSharedFile
+    | RequestSync
+    | SetLabel
+    | AddReaction
+    | ReportCheck
     | DeleteOverlay
     | ApplyApplication
     | DeleteApplication

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from bot.model import DeploymentStatus, IssueComment, ObservedApp, PullRequest
+from bot.model import (
+    CheckReport,
+    DeploymentStatus,
+    IssueComment,
+    LabelEvent,
+    ObservedApp,
+    PullRequest,
+)
 
 # A watch event: ("ADDED" | "MODIFIED" | "DELETED" | "SYNCED" (from the initial list), app).
 OnEvent = Callable[[str, ObservedApp], Awaitable[None]]
@@ -35,10 +42,6 @@ class RepoPort(Protocol):
 
     async def get_file_sha(self, path: str, ref: str) -> str | None: ...
 
-    async def has_kustomization(self, path: str, ref: str) -> bool:
-        """Whether directory `path` on `ref` holds a kustomization file."""
-        ...
-
     async def put_file(
         self, path: str, branch: str, content: str, message: str, sha: str | None
     ) -> tuple[str, str]:
@@ -49,7 +52,14 @@ class RepoPort(Protocol):
         """Delete a file in one commit; False when it was already gone. Conflict if stale."""
         ...
 
-    async def create_deployment(self, sha: str, environment: str, description: str) -> int: ...
+    async def create_deployment(self, sha: str, environment: str, description: str) -> int:
+        """A deployment carrying the bot's payload marker (PR, SHA, environment)."""
+        ...
+
+    async def find_deployment(self, sha: str, environment: str) -> int | None:
+        """The bot's deployment of `sha` to `environment`, found by its payload marker (an
+        earlier attempt may have created it and lost the answer)."""
+        ...
 
     async def set_deployment_status(self, deployment_id: int, status: DeploymentStatus) -> bool:
         """Add a status; False when the deployment no longer exists."""
@@ -59,11 +69,71 @@ class RepoPort(Protocol):
         """Deployments of `environment` whose latest status is not inactive (newest first)."""
         ...
 
+    async def permission(self, user: str) -> str:
+        """The user's permission on the repository: admin, write, read or none."""
+        ...
+
+    async def label_event(self, number: int, label: str) -> LabelEvent | None:
+        """Who added `label` to the PR last, and when (None when it was never added)."""
+        ...
+
+    async def set_label(self, number: int, label: str, present: bool) -> None: ...
+
+    async def add_reaction(self, comment_id: int, content: str) -> None: ...
+
+    async def check_states(self, sha: str) -> dict[str, tuple[str, str | None]]:
+        """Check runs and commit statuses of a commit by name: (success | pending | failure,
+        a link)."""
+        ...
+
+    async def report_check(self, report: CheckReport) -> int:
+        """Create the `preview` check run (report.check_run_id None) or update it; its id."""
+        ...
+
+    async def find_check(self, sha: str, name: str) -> int | None:
+        """The bot's check run `name` on `sha`, if an earlier attempt created it."""
+        ...
+
+    async def list_files(self, path: str, ref: str) -> list[str] | None:
+        """Every file under directory `path` on `ref` (paths from the repository root); None
+        when `path` is not there."""
+        ...
+
+    async def open_pulls(self) -> list[PullRequest]:
+        """The repository's open PRs (a conditional read: an unchanged list is free)."""
+        ...
+
+    async def delete_files(self, paths: list[str], branch: str, message: str) -> str | None:
+        """Delete files in one commit (its sha), None when none of them existed."""
+        ...
+
 
 class GitHubPort(Protocol):
     """GitHub for any installation of the App."""
 
     def repo(self, installation_id: int, repo: str) -> RepoPort: ...
+
+    async def installations(self) -> list[int]:
+        """The App's installations (their ids)."""
+        ...
+
+    async def installation_repos(self, installation_id: int) -> list[str]:
+        """owner/name of every repository the installation covers."""
+        ...
+
+    async def bot_login(self) -> str | None:
+        """The App's bot user (`<slug>[bot]`), read once; None when unknown."""
+        ...
+
+    def rate_remaining(self, installation_id: int) -> float | None:
+        """The fraction of the installation's hourly requests left, when known."""
+        ...
+
+
+class ImagePort(Protocol):
+    """An image registry: does image:tag exist?"""
+
+    async def manifest_exists(self, image: str, tag: str) -> bool: ...
 
 
 class ClusterPort(Protocol):

@@ -1,13 +1,11 @@
-"""What the bot writes, as pure functions: the overlay, the Application and the PR comment."""
+"""What the bot writes to git and the cluster, as pure functions: names, the overlay, the shared
+Namespace component and the Application (the PR comment is bot.comment)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import yaml
@@ -24,41 +22,17 @@ from bot.model import (
     L_PR,
     L_REPO,
     MANAGED_BY,
-    CommentText,
-    IssueComment,
-    ObservedComment,
     PullRequest,
     State,
     label_safe,
 )
 
-COMMENT_MARKER = "<!-- preview-bot:comment -->"
-_STATE_RE = re.compile(r"<!-- preview-bot:state (\{.*?\}) -->")
 OVERLAY_HEADER = (
     "# Managed by preview-bot: this preview's overlay is rewritten on every push and removed\n"
     "# when the PR is closed or unlabeled. Hand edits are overwritten.\n"
 )
 COMMIT_SUFFIX = " [skip ci]"
 
-STATE_TITLES = {
-    State.DEPLOYING: "🚧 Preview deploying",
-    State.READY: "✅ Preview ready",
-    State.FAILED: "❌ Preview failed",
-    State.TEARDOWN_PENDING: "⏳ Preview teardown pending",
-    State.DESTROYED: "🧹 Preview destroyed",
-    State.NOT_DEPLOYED: "⛔ No preview",
-}
-STATE_TEXT = {
-    State.DEPLOYING: "Argo CD is rolling out this commit.",
-    State.READY: "Argo CD reports the preview synced and healthy.",
-    State.FAILED: "Argo CD reports the preview degraded or its sync failed.",
-    State.TEARDOWN_PENDING: (
-        "The Application is deleted and waits for Argo CD to prune what it deployed "
-        "(its finalizer). The bot finishes the teardown once it is gone."
-    ),
-    State.DESTROYED: "The preview and everything it deployed are removed.",
-    State.NOT_DEPLOYED: "",
-}
 FORK_REFUSAL = (
     "Previews are not built for pull requests from forks: their code would run with this "
     "repository's deploy rights."
@@ -76,13 +50,50 @@ class Names:
     base_dir: str  # the base overlay's directory, relative to the repository root
     preview_url: str
     host: str | None
+    previews_root: str  # the directory every PR's overlay lives under
+    namespace_dir: str  # the shared Namespace component, under previews_root
+
+    def problems(self) -> list[str]:
+        """Why Kubernetes would refuse these names (empty when it accepts them)."""
+        out = []
+        if not DNS_LABEL.fullmatch(self.namespace):
+            out.append(
+                f"namespace `{self.namespace}` is not a DNS-1123 label (a-z, 0-9, -, "
+                "at most 63 characters, alphanumeric at both ends)"
+            )
+        # Argo CD puts the Application's name in a label value too, so 63 is its real limit.
+        if not DNS_SUBDOMAIN.fullmatch(self.app) or len(self.app) > 63:
+            out.append(
+                f"Application name `{self.app}` is not a DNS-1123 subdomain of at most "
+                "63 characters (a-z, 0-9, - and .)"
+            )
+        return out
+
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+NAMESPACE_COMPONENT = "_namespace"  # under the previews root; not a PR's overlay directory
+NAMESPACE_PLACEHOLDER = "preview-namespace"  # kustomize's `namespace:` renames it per PR
+
+
+def previews_root(settings: Settings) -> str:
+    """The directory above every PR's overlay: the overlay path up to its first placeholder."""
+    static = settings.overlay_path_template.split("{", 1)[0]
+    return posixpath.dirname(static.rstrip("/")) if "/" in static else ""
+
+
+def kube_word(text: str) -> str:
+    """A GitHub owner or repository name as a Kubernetes name part: lower case, with `_` and
+    `.` as `-` (GitHub names are case-insensitive; Kubernetes names allow neither)."""
+    return re.sub(r"[_.]", "-", text.lower())
 
 
 def names(settings: Settings, repo: str, number: int) -> Names:
     owner, name = repo.split("/", 1)
     common = {"number": number, "owner": owner, "repo": name}
-    app = settings.app_name_template.format(**common)
-    namespace = settings.namespace_template.format(**common)
+    kube = {"number": number, "owner": kube_word(owner), "repo": kube_word(name)}
+    app = settings.app_name_template.format(**kube)
+    namespace = settings.namespace_template.format(**kube)
     path = settings.overlay_path_template.format(**common, name=app)
     overlay_dir = posixpath.dirname(path)
     url_vars = {**common, "name": app, "namespace": namespace}
@@ -91,6 +102,7 @@ def names(settings: Settings, repo: str, number: int) -> Names:
         if settings.preview_host_template
         else None
     )
+    root = previews_root(settings)
     return Names(
         app=app,
         namespace=namespace,
@@ -99,7 +111,40 @@ def names(settings: Settings, repo: str, number: int) -> Names:
         base_dir=posixpath.normpath(posixpath.join(overlay_dir, settings.overlay_base)),
         preview_url=settings.preview_url_template.format(**url_vars),
         host=host,
+        previews_root=root,
+        namespace_dir=posixpath.join(root, NAMESPACE_COMPONENT),
     )
+
+
+def worst_case_names(settings: Settings) -> list[str]:
+    """Problems the templates give with the longest values GitHub allows (a 39-character
+    owner, a 100-character repository, PR 9999999): checked at start."""
+    return names(settings, f"{'o' * 39}/{'r' * 100}", 9_999_999).problems()
+
+
+def render_namespace_component(settings: Settings) -> dict[str, str]:
+    """The shared component every PR's overlay includes: one placeholder Namespace, which
+    kustomize's `namespace:` renames to the PR's. Argo CD then owns the Namespace and prunes it
+    with everything else (CreateNamespace=true would leave it behind: argo-cd#7875)."""
+    root = previews_root(settings)
+    directory = posixpath.join(root, NAMESPACE_COMPONENT)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["namespace.yaml"],
+    }
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NAMESPACE_PLACEHOLDER},
+    }
+    header = "# Managed by preview-bot: the Namespace of every preview of this repository.\n"
+    return {
+        posixpath.join(directory, "kustomization.yaml"): header
+        + yaml.safe_dump(kustomization, sort_keys=False),
+        posixpath.join(directory, "namespace.yaml"): header
+        + yaml.safe_dump(namespace, sort_keys=False),
+    }
 
 
 def image_tag(settings: Settings, pr: PullRequest) -> str:
@@ -115,7 +160,10 @@ def render_overlay(settings: Settings, pr: PullRequest) -> str:
     doc: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [settings.overlay_base],
+        "resources": [
+            settings.overlay_base,
+            posixpath.relpath(n.namespace_dir, n.overlay_dir or "."),
+        ],
         "namespace": n.namespace,
         "labels": [
             {
@@ -149,9 +197,13 @@ def overlay_message(pr: PullRequest, settings: Settings, deleting: bool = False)
 
 
 def render_application(
-    settings: Settings, pr: PullRequest, branch: str, installation_id: int
+    settings: Settings, pr: PullRequest, revision: str, installation_id: int
 ) -> dict[str, Any]:
-    """The Argo CD Application of the PR, as the bot server-side-applies it."""
+    """The Argo CD Application of the PR, as the bot server-side-applies it.
+
+    `revision` is the commit that wrote the PR's overlay (a branch name only when that commit
+    is unknown): pinned, Argo CD's synced revision tells exactly which overlay runs.
+    """
     n = names(settings, pr.repo, pr.number)
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -178,14 +230,13 @@ def render_application(
             "project": settings.argocd_project,
             "source": {
                 "repoURL": pr.repo_html_url,
-                "targetRevision": branch,
+                "targetRevision": revision,
                 "path": n.overlay_dir,
             },
             "destination": {"server": settings.destination_server, "namespace": n.namespace},
-            "syncPolicy": {
-                "automated": {"prune": True, "selfHeal": True},
-                "syncOptions": ["CreateNamespace=true"],
-            },
+            # The Namespace is in the built manifests (the shared component), so Argo CD prunes
+            # it with the rest; no CreateNamespace=true, which never deletes what it made.
+            "syncPolicy": {"automated": {"prune": True, "selfHeal": True}},
         },
     }
 
@@ -194,79 +245,6 @@ def argocd_app_url(settings: Settings, app: str) -> str | None:
     if not settings.argocd_url:
         return None
     return f"{settings.argocd_url}/applications/{settings.argocd_namespace}/{app}"
-
-
-def fingerprint(*parts: object) -> str:
-    """A short digest of what the comment shows, so an unchanged comment is never rewritten."""
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
-
-
-def render_comment(
-    settings: Settings,
-    pr: PullRequest,
-    state: State,
-    now: datetime,
-    detail: str = "",
-) -> CommentText:
-    """The PR's one comment. Its fingerprint leaves out the time, so equal states compare equal."""
-    n = names(settings, pr.repo, pr.number)
-    app_url = argocd_app_url(settings, n.app)
-    fp = fingerprint(state.value, pr.head_sha, n.preview_url, detail, app_url)
-    hidden = json.dumps({"state": state.value, "fingerprint": fp})
-    lines = [
-        COMMENT_MARKER,
-        f"<!-- preview-bot:state {hidden} -->",
-        f"### {STATE_TITLES[state]}",
-        "",
-    ]
-    if state is not State.NOT_DEPLOYED:
-        short = pr.head_sha[:8]
-        link = f"[`{short}`]({pr.repo_html_url}/commit/{pr.head_sha})"
-        url = n.preview_url if state not in (State.DESTROYED,) else f"~~{n.preview_url}~~"
-        lines += [
-            "| | |",
-            "|---|---|",
-            f"| **URL** | {url} |",
-            f"| **Commit** | {link} |",
-            f"| **State** | {state.value} |",
-        ]
-        if app_url:
-            lines.append(f"| **Argo CD** | [{n.app}]({app_url}) |")
-        lines += [f"| **Updated** | {now:%Y-%m-%d %H:%M:%S} UTC |", ""]
-        if STATE_TEXT[state]:
-            lines.append(STATE_TEXT[state])
-    if detail:
-        lines += ["", _quote(detail)]
-    if state is State.NOT_DEPLOYED:
-        lines += ["", f"_Updated {now:%Y-%m-%d %H:%M:%S} UTC._"]
-    return CommentText("\n".join(lines).rstrip() + "\n", state, fp)
-
-
-def _quote(text: str) -> str:
-    return "\n".join(f"> {line}" if line else ">" for line in text.strip().splitlines())
-
-
-def parse_comment_state(body: str) -> tuple[str | None, str | None]:
-    """(state, fingerprint) hidden in a comment the bot wrote; (None, None) if unreadable."""
-    found = _STATE_RE.search(body)
-    if not found:
-        return None, None
-    try:
-        hidden = json.loads(found.group(1))
-    except ValueError:
-        return None, None
-    if not isinstance(hidden, dict):
-        return None, None
-    state, fp = hidden.get("state"), hidden.get("fingerprint")
-    return (state if isinstance(state, str) else None, fp if isinstance(fp, str) else None)
-
-
-def read_comment(comment: IssueComment) -> ObservedComment | None:
-    """The bot's comment, with the state its hidden marker records; None for any other."""
-    if COMMENT_MARKER not in comment.body:
-        return None
-    state, fp = parse_comment_state(comment.body)
-    return ObservedComment(comment.id, state, fp)
 
 
 def deployment_description(state: State) -> str:

@@ -1,54 +1,87 @@
 """One sync of one PR: observe (GitHub + cluster) -> plan (pure) -> execute (through the ports).
 
-Reads are kept to what the plan needs: the PR itself always (the payload may be stale), the
-Application (free: not GitHub's rate limit), and GitHub's comment list, overlay or base only
-when the Application's record cannot answer.
+Reads are kept to what the plan needs: the PR itself always (a conditional read, free when it
+did not change), the Application (free: not GitHub's rate limit), and GitHub's comment list,
+the repository layout, the label's author, checks or the image only when the record cannot
+answer and a gate will look (`plan.needs`). Every create is safe to repeat: its intent is
+recorded before the call and its id right after, so a retry after a lost answer finds the
+object it made instead of making a second one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
+from bot.comment import Author, read_comment
 from bot.config import Settings
 from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.metrics import Metrics
 from bot.model import (
+    UNKNOWN,
+    AddReaction,
     ApplyApplication,
+    CapSeen,
+    CheckReport,
+    ChecksSeen,
+    CommandSeen,
     CreateDeployment,
     DeactivateDeployments,
     DeleteApplication,
     DeleteOverlay,
     DeploymentStatus,
+    LabelSeen,
     Observed,
     ObservedApp,
     ObservedComment,
     Plan,
     PullRequest,
     PutOverlay,
+    PutSharedFile,
     Record,
     RecordState,
+    ReportCheck,
+    RequestSync,
     Requeue,
     SetDeploymentStatus,
+    SetLabel,
+    State,
     UpsertComment,
     Work,
     WorkKey,
     known_value,
 )
-from bot.plan import needs_base_check, plan_failure, plan_sync
-from bot.ports import ClusterPort, GitHubPort, RepoPort
-from bot.render import names, read_comment
+from bot.parse import KUSTOMIZATION_NAMES
+from bot.plan import Needs, needs, plan_failure, plan_sync, wants_preview
+from bot.ports import ClusterPort, GitHubPort, ImagePort, RepoPort
+from bot.render import image_tag, names, render_namespace_component
 
 log = logging.getLogger(__name__)
 
 MAX_WRITE_ATTEMPTS = 3
-# PRs whose last record this process remembers once their Application is gone.
-LAST_RECORDS = 10_000
+LAST_RECORDS = 10_000  # PRs whose last record this process remembers once their Application went
+PERMISSION_SECONDS = 300  # how long a user's permission is trusted (issue: 5 minutes)
+LAYOUT_SECONDS = 600  # how long a repository's layout (base overlay, Namespace component) is
+CHECK_NAME = "preview"
+WRITERS = frozenset({"admin", "write", "maintain"})
+# How the check run shows each state of the preview.
+_CHECK = {
+    State.WAITING: ("queued", None),
+    State.QUEUED: ("queued", None),
+    State.DEPLOYING: ("in_progress", None),
+    State.READY: ("completed", "success"),
+    State.FAILED: ("completed", "failure"),
+    State.NOT_DEPLOYED: ("completed", "failure"),
+    State.DESTROYED: ("completed", "neutral"),
+    State.TEARDOWN_PENDING: ("completed", "neutral"),
+}
 
 
 @dataclass
@@ -67,6 +100,7 @@ class _Execution:
     obs: Observed
     repo: RepoPort
     outcome: Outcome
+    app_name: str
     produced: Record = field(default_factory=Record)  # ids and shas made while executing
     app_gone: bool = False
 
@@ -87,10 +121,14 @@ class Syncer:
         self.cluster = cluster
         self.metrics = metrics
         self.clock = clock
+        self.images: ImagePort | None = None  # the registry, when the image check is on
         # Each PR's record as last seen: once the Application is gone this spares reading
         # GitHub for the comment, overlay and deployments. Lost on a restart; the reads then
-        # happen once (the comment's marker, the file, the deployments list).
+        # happen once (the comment and its hidden record, the file, the deployments list).
         self._last: LRUCache[WorkKey, Record] = LRUCache(maxsize=LAST_RECORDS)
+        self._permissions: TTLCache[tuple[str, str], str] = TTLCache(4096, PERMISSION_SECONDS)
+        self._layouts: TTLCache[tuple[str, str], tuple[bool, bool]] = TTLCache(1024, LAYOUT_SECONDS)
+        self._author: Author | None = None
 
     # ---- observe -------------------------------------------------------------------------
 
@@ -103,18 +141,47 @@ class Syncer:
         record = self._record_of(key, pr, app)
         branch = self.settings.deploy_branch or pr.default_branch
         comment = await self._find_comment(repo, pr, record)
-        base_ok: bool | None = None
-        if needs_base_check(pr, self.settings, record, app):
-            base_ok = await repo.has_kustomization(n.base_dir, branch)
-        return Observed(
+        if app is None and record.comment_id is UNKNOWN and comment and comment.record:
+            # No Application and nothing remembered (a restart): the comment's hidden record
+            # tells what the bot knew (a waiting or queued PR, a reported failure).
+            record = replace(
+                comment.record,
+                comment_id=comment.id,
+                comment_state=comment.state,
+                comment_fingerprint=comment.fingerprint,
+            )
+        commands = tuple(
+            [CommandSeen(c, await self._writer(repo, key.repo, c.author)) for c in work.commands]
+        )
+        deploying = any(s.writer and s.command.words in ((), ("deploy",)) for s in commands)
+        want = needs(pr, record, app, self.settings, deploying)
+        obs = Observed(
             pr=pr,
             installation_id=work.installation_id,
             app=app,
             record=record,
             comment=comment,
-            base_ok=base_ok,
+            base_ok=None,
             branch=branch,
+            commands=commands,
         )
+        return await self._facts(obs, repo, want, work)
+
+    async def _facts(self, obs: Observed, repo: RepoPort, want: Needs, work: Work) -> Observed:
+        """The facts the plan's gates need, and only those."""
+        changes: dict[str, Any] = {}
+        if want.layout:
+            changes["base_ok"], changes["namespace_ok"] = await self._layout(repo, obs)
+        if want.label:
+            changes["label"] = await self._label(repo, obs.pr, work.label_actor)
+        if want.checks:
+            changes["checks"] = await self._checks(repo, obs.pr.head_sha)
+        if want.image and self.images is not None:
+            tag = image_tag(self.settings, obs.pr)
+            changes["image"] = await self.images.manifest_exists(self.settings.image_name, tag)
+        if want.cap:
+            changes["cap"] = await self._cap(repo, obs.pr)
+        return replace(obs, **changes)
 
     def _record_of(self, key: WorkKey, pr: PullRequest, app: ObservedApp | None) -> Record:
         """The Application's record when it is ours, else what this process last saw."""
@@ -124,19 +191,84 @@ class Syncer:
         self._last[key] = record
         return record
 
-    @staticmethod
     async def _find_comment(
-        repo: RepoPort, pr: PullRequest, record: Record
+        self, repo: RepoPort, pr: PullRequest, record: Record
     ) -> ObservedComment | None:
         if record.comment is not None:
             return record.comment
         if record.comment_id is None or pr.comment_count == 0:
             return None  # a PR with no comments at all has none of ours
+        author = await self._comment_author()
         async for comment in repo.comments(pr.number):
-            ours = read_comment(comment)
+            ours = read_comment(comment, author)
             if ours is not None:
                 return ours
         return None
+
+    async def _comment_author(self) -> Author:
+        if self._author is None:
+            self._author = Author(self.settings.github_app_id, await self.github.bot_login())
+        return self._author
+
+    async def _writer(self, repo: RepoPort, full_name: str, user: str) -> bool:
+        """Whether `user` may write to the repository (cached: one request per 5 minutes)."""
+        key = (full_name, user)
+        permission = self._permissions.get(key)
+        if permission is None:
+            permission = await repo.permission(user)
+            self._permissions[key] = permission
+        return permission in WRITERS
+
+    async def _label(self, repo: RepoPort, pr: PullRequest, actor: str | None) -> LabelSeen | None:
+        label = self.settings.trigger_label
+        at: int | None = None
+        if actor is None:
+            event = await repo.label_event(pr.number, label)
+            if event is None:
+                return None
+            actor, at = event.actor, event.at
+        return LabelSeen(actor, at, await self._writer(repo, pr.repo, actor))
+
+    async def _layout(self, repo: RepoPort, obs: Observed) -> tuple[bool, bool]:
+        """Does the branch hold the base overlay and the shared Namespace component?"""
+        key = (obs.pr.repo, obs.branch)
+        cached = self._layouts.get(key)
+        if cached is not None:
+            return cached
+        n = names(self.settings, obs.pr.repo, obs.pr.number)
+        top = _common_dir(n.base_dir, n.namespace_dir)
+        files = set(await repo.list_files(top, obs.branch) or [])
+        base_ok = any(f"{n.base_dir}/{name}" in files for name in KUSTOMIZATION_NAMES)
+        namespace_ok = set(render_namespace_component(self.settings)) <= files
+        self._layouts[key] = (base_ok, namespace_ok)
+        return base_ok, namespace_ok
+
+    async def _checks(self, repo: RepoPort, sha: str) -> ChecksSeen:
+        states = await repo.check_states(sha)
+        pending: ChecksSeen | None = None
+        for name in self.settings.required_checks:
+            state, url = states.get(name, ("pending", None))
+            if state == "failure":
+                return ChecksSeen("failure", name, url)
+            if state != "success" and pending is None:
+                pending = ChecksSeen("pending", name, url)
+        return pending or ChecksSeen("success", ",".join(self.settings.required_checks))
+
+    async def _cap(self, repo: RepoPort, pr: PullRequest) -> CapSeen:
+        """Previews of the repository in use, and this PR's place among the labeled PRs that
+        wait for one, by label time (derived from GitHub and the cluster, so it survives a
+        restart)."""
+        apps = [a for a in await self.cluster.list_managed() if a.repo == pr.repo]
+        running = {a.number for a in apps}
+        waiting: list[tuple[int, int]] = []
+        for other in await repo.open_pulls():
+            if other.number in running or not wants_preview(other, self.settings):
+                continue
+            event = await repo.label_event(other.number, self.settings.trigger_label)
+            waiting.append((event.at if event else 0, other.number))
+        order = [number for _, number in sorted(waiting)]
+        position = order.index(pr.number) + 1 if pr.number in order else len(order) + 1
+        return CapSeen(len(apps), self.settings.max_previews, position)
 
     # ---- the whole sync ------------------------------------------------------------------
 
@@ -181,7 +313,10 @@ class Syncer:
 
     async def _report(self, observed: Observed, exc: PermanentError) -> None:
         """Put a permanent failure on the PR, once; never mask the original error."""
-        plan = plan_failure(observed, self.settings, self.clock(), str(exc))
+        current = self._last.get(WorkKey(observed.pr.repo, observed.pr.number), observed.record)
+        plan = plan_failure(
+            replace(observed, record=current), self.settings, self.clock(), str(exc)
+        )
         try:
             await self.execute(observed, plan, Outcome(plan))
         except Exception as report_exc:  # the comment itself may be what GitHub refuses
@@ -195,49 +330,148 @@ class Syncer:
     # ---- execute -------------------------------------------------------------------------
 
     async def execute(self, obs: Observed, plan: Plan, outcome: Outcome) -> None:
-        run = _Execution(obs, self.github.repo(obs.installation_id, obs.pr.repo), outcome)
+        pr = obs.pr
+        name = names(self.settings, pr.repo, pr.number).app
+        run = _Execution(obs, self.github.repo(obs.installation_id, pr.repo), outcome, name)
+        run.app_gone = obs.app is None
         for action in plan.actions:
-            match action:
-                case PutOverlay():
-                    await self._put_overlay(run, action)
-                case DeleteOverlay():
-                    await self._delete_overlay(run, action)
-                case ApplyApplication():
-                    await self.cluster.apply(action.manifest)
-                case DeleteApplication():
-                    run.app_gone = await self.cluster.delete(action.name)
-                case CreateDeployment():
-                    await self._create_deployment(run, action)
-                case SetDeploymentStatus():
-                    await self._set_deployment_status(run, action)
-                case DeactivateDeployments():
-                    await self._deactivate(run, action)
-                case UpsertComment():
-                    await self._upsert_comment(run, action)
-                case Requeue():
-                    outcome.requeue_after = action.seconds
-                case RecordState():
-                    await self._record(run, action)
+            await self._do(run, action)
             outcome.executed.append(type(action).__name__)
 
+    async def _do(self, run: _Execution, action: object) -> None:
+        handler = self._handlers[type(action)]
+        await handler(run, action)
+
+    @property
+    def _handlers(self) -> dict[type, Callable[[_Execution, Any], Awaitable[None]]]:
+        """Each action's executor (one small method per kind of write)."""
+        return {
+            PutOverlay: self._put_overlay,
+            PutSharedFile: self._put_shared,
+            DeleteOverlay: self._delete_overlay,
+            ApplyApplication: self._apply,
+            DeleteApplication: self._delete_application,
+            RequestSync: self._request_sync,
+            CreateDeployment: self._create_deployment,
+            SetDeploymentStatus: self._set_deployment_status,
+            DeactivateDeployments: self._deactivate,
+            UpsertComment: self._upsert_comment,
+            SetLabel: self._set_label,
+            AddReaction: self._add_reaction,
+            ReportCheck: self._report_check,
+            Requeue: self._requeue,
+            RecordState: self._record,
+        }
+
+    async def _delete_application(self, run: _Execution, action: DeleteApplication) -> None:
+        run.app_gone = await self.cluster.delete(action.name)
+
+    async def _request_sync(self, _run: _Execution, action: RequestSync) -> None:
+        await self.cluster.request_sync(action.name)
+
+    async def _set_label(self, run: _Execution, action: SetLabel) -> None:
+        await run.repo.set_label(run.obs.pr.number, action.name, action.present)
+
+    async def _add_reaction(self, run: _Execution, action: AddReaction) -> None:
+        await run.repo.add_reaction(action.comment_id, action.content)
+
+    async def _requeue(self, run: _Execution, action: Requeue) -> None:
+        run.outcome.requeue_after = action.seconds
+
+    async def _persist(self, run: _Execution, **values: Any) -> None:
+        """Record values the moment they exist (an id, an intent), before the next call."""
+        run.produced = replace(run.produced, **values)
+        key = WorkKey(run.obs.pr.repo, run.obs.pr.number)
+        self._last[key] = self._last.get(key, run.obs.record).updated_by(run.produced)
+        if not run.app_gone:
+            annotations = Record(**values).to_annotations()
+            run.app_gone = not await self.cluster.annotate(run.app_name, annotations)
+
     async def _record(self, run: _Execution, action: RecordState) -> None:
-        record = action.record.updated_by(run.produced)
+        record = action.record.updated_by(replace(run.produced, intent=None))
         self._last[WorkKey(run.obs.pr.repo, run.obs.pr.number)] = record
         if not run.app_gone:
             run.app_gone = not await self.cluster.annotate(action.name, record.to_annotations())
 
+    async def _apply(self, run: _Execution, action: ApplyApplication) -> None:
+        manifest = action.manifest
+        commit = known_value(run.produced.overlay_commit)
+        if commit is not None:  # pin the Application to the commit this sync wrote
+            source = {**manifest["spec"]["source"], "targetRevision": commit}
+            manifest = {**manifest, "spec": {**manifest["spec"], "source": source}}
+        await self.cluster.apply(manifest)
+        run.app_gone = False
+
     async def _create_deployment(self, run: _Execution, action: CreateDeployment) -> None:
-        dep = await run.repo.create_deployment(action.sha, action.environment, action.description)
+        dep = None
+        if action.recover:  # an earlier attempt may have made it and lost the answer
+            dep = await run.repo.find_deployment(action.sha, action.environment)
+        if dep is None:
+            await self._persist(run, intent=f"deployment:{action.sha}")
+            dep = await run.repo.create_deployment(
+                action.sha, action.environment, action.description
+            )
+            await self._persist(run, deployment_id=dep, deployed_sha=action.sha, intent=None)
+        else:
+            await self._persist(run, deployment_id=dep, deployed_sha=action.sha, intent=None)
         status = DeploymentStatus(
             "in_progress", action.description, action.environment_url, action.log_url
         )
         await run.repo.set_deployment_status(dep, status)
-        run.produced = replace(run.produced, deployment_id=dep)
+        await self._persist(run, deployment_state="in_progress")
 
     async def _set_deployment_status(self, run: _Execution, action: SetDeploymentStatus) -> None:
         dep_id = action.deployment_id or known_value(run.produced.deployment_id)
         if dep_id is not None:
             await run.repo.set_deployment_status(dep_id, action.status)
+
+    async def _report_check(self, run: _Execution, action: ReportCheck) -> None:
+        rec = run.obs.record.updated_by(run.produced)
+        status, conclusion = _CHECK[action.state]
+        same_head = rec.check_run_sha == action.sha
+        check_id = known_value(rec.check_run_id) if same_head else None
+        old = known_value(rec.check_run_id)
+        final = (State.READY.value, State.FAILED.value, State.DESTROYED.value)
+        if not same_head and old is not None and known_value(rec.check_run_state) not in final:
+            superseded = CheckReport(
+                str(rec.check_run_sha),
+                "completed",
+                "neutral",
+                "Superseded",
+                f"A newer commit ({action.sha[:8]}) replaces this one.",
+                None,
+                old,
+            )
+            await run.repo.report_check(superseded)
+        if check_id is None and rec.intent == f"check_run:{action.sha}":
+            check_id = await run.repo.find_check(action.sha, CHECK_NAME)
+        report = CheckReport(
+            action.sha,
+            status,
+            conclusion,
+            action.title,
+            action.summary,
+            action.details_url,
+            check_id,
+        )
+        if check_id is None:
+            await self._persist(run, intent=f"check_run:{action.sha}")
+        new_id = await run.repo.report_check(report)
+        await self._persist(
+            run,
+            check_run_id=new_id,
+            check_run_sha=action.sha,
+            check_run_state=action.state.value,
+            intent=None,
+        )
+
+    async def _put_shared(self, run: _Execution, action: PutSharedFile) -> None:
+        # A Conflict means it exists already: another sync (or a person) made it.
+        with contextlib.suppress(Conflict):
+            await run.repo.put_file(
+                action.path, action.branch, action.content, action.message, None
+            )
+        self._layouts.pop((run.obs.pr.repo, action.branch), None)
 
     async def _put_overlay(self, run: _Execution, action: PutOverlay) -> None:
         sha = action.previous_blob
@@ -301,3 +535,13 @@ class Syncer:
             comment_state=text.state.value,
             comment_fingerprint=text.fingerprint,
         )
+
+
+def _common_dir(a: str, b: str) -> str:
+    """The deepest directory holding both paths ("" for the repository root)."""
+    parts = []
+    for x, y in zip(a.split("/"), b.split("/"), strict=False):
+        if x != y:
+            break
+        parts.append(x)
+    return "/".join(parts)

@@ -14,13 +14,15 @@ from typing import Any
 
 from bot.errors import Conflict
 from bot.model import (
+    CheckReport,
     DeploymentStatus,
     IssueComment,
+    LabelEvent,
     ObservedApp,
     PullRequest,
     git_blob_sha,
 )
-from bot.parse import KUSTOMIZATION_NAMES, app_from_object
+from bot.parse import app_from_object
 from bot.ports import OnAlive, OnEvent
 
 REPO = "data-literate/DEX"
@@ -52,6 +54,11 @@ class MemoryRepo:
         self.commits: list[str] = []
         self.deployments: dict[int, Deployment] = {}
         self.calls: list[str] = []
+        self.permissions: dict[str, str] = {}  # login -> permission; default write
+        self.label_events: dict[tuple[int, str], LabelEvent] = {}
+        self.reactions: list[tuple[int, str]] = []
+        self.checks: dict[str, dict[str, tuple[str, str | None]]] = {}  # sha -> name -> state
+        self.check_runs: dict[int, CheckReport] = {}
         # method name -> exceptions to raise on its next calls, in order (fault injection)
         self.faults: dict[str, list[BaseException]] = {}
         self._ids = itertools.count(1)
@@ -80,11 +87,19 @@ class MemoryRepo:
             comment_count=0,
         )
         self.pulls[number] = replace(pr, **changes)
+        for label in self.pulls[number].labels:  # added by a maintainer, at time 0
+            self.label_events.setdefault((number, label), LabelEvent("maintainer", 0))
         return self.pulls[number]
 
     def change_pull(self, number: int, **changes: Any) -> PullRequest:
         self.pulls[number] = replace(self.pulls[number], **changes)
         return self.pulls[number]
+
+    def label(self, number: int, label: str, actor: str = "maintainer", at: int = 0) -> None:
+        """Someone adds a label to the PR (as GitHub records the event)."""
+        pr = self.pulls[number]
+        self.pulls[number] = replace(pr, labels=pr.labels | {label})
+        self.label_events[(number, label)] = LabelEvent(actor, at)
 
     def comments_on(self, number: int) -> list[IssueComment]:
         return [c for cid, c in self.comments_.items() if self.comment_pr[cid] == number]
@@ -125,10 +140,11 @@ class MemoryRepo:
         text = self.branches.get(ref, {}).get(path)
         return None if text is None else git_blob_sha(text)
 
-    async def has_kustomization(self, path: str, ref: str) -> bool:
-        self._call("has_kustomization")
-        files = self.branches.get(ref, {})
-        return any(f"{path}/{name}" in files for name in KUSTOMIZATION_NAMES)
+    async def list_files(self, path: str, ref: str) -> list[str] | None:
+        self._call("list_files")
+        prefix = f"{path}/" if path else ""
+        found = [p for p in self.branches.get(ref, {}) if p.startswith(prefix)]
+        return found or None
 
     def _commit(self, branch: str, path: str, content: str | None) -> str:
         files = self.branches[branch]
@@ -159,6 +175,13 @@ class MemoryRepo:
         self._commit(branch, path, None)
         return True
 
+    async def find_deployment(self, sha: str, environment: str) -> int | None:
+        self._call("find_deployment")
+        mine = [
+            d.id for d in self.deployments.values() if (d.sha, d.environment) == (sha, environment)
+        ]
+        return max(mine) if mine else None
+
     async def create_deployment(self, sha: str, environment: str, description: str) -> int:
         self._call("create_deployment")
         dep = Deployment(next(self._ids), sha, environment)
@@ -184,6 +207,56 @@ class MemoryRepo:
             reverse=True,
         )
 
+    async def permission(self, user: str) -> str:
+        self._call("permission")
+        return self.permissions.get(user, "write")
+
+    async def label_event(self, number: int, label: str) -> LabelEvent | None:
+        self._call("label_event")
+        return self.label_events.get((number, label))
+
+    async def set_label(self, number: int, label: str, present: bool) -> None:
+        self._call("set_label")
+        pr = self.pulls[number]
+        labels = pr.labels | {label} if present else pr.labels - {label}
+        self.pulls[number] = replace(pr, labels=labels)
+
+    async def add_reaction(self, comment_id: int, content: str) -> None:
+        self._call("add_reaction")
+        if (comment_id, content) not in self.reactions:
+            self.reactions.append((comment_id, content))
+
+    async def check_states(self, sha: str) -> dict[str, tuple[str, str | None]]:
+        self._call("check_states")
+        return dict(self.checks.get(sha, {}))
+
+    async def report_check(self, report: CheckReport) -> int:
+        self._call("report_check")
+        run_id = report.check_run_id or next(self._ids)
+        self.check_runs[run_id] = replace(report, check_run_id=run_id)
+        return run_id
+
+    async def find_check(self, sha: str, name: str) -> int | None:
+        self._call("find_check")
+        mine = [rid for rid, r in self.check_runs.items() if r.sha == sha]
+        return max(mine) if mine else None
+
+    async def open_pulls(self) -> list[PullRequest]:
+        self._call("open_pulls")
+        return [pr for pr in self.pulls.values() if pr.state == "open"]
+
+    async def delete_files(self, paths: list[str], branch: str, message: str) -> str | None:
+        self._call("delete_files")
+        files = self.branches[branch]
+        present = [p for p in paths if p in files]
+        if not present:
+            return None
+        for path in present:
+            files.pop(path)
+        sha = f"{next(self._ids):040x}"
+        self.commits.append(sha)
+        return sha
+
 
 class MemoryGitHub:
     """GitHubPort over MemoryRepos; every installation sees every repository."""
@@ -193,6 +266,18 @@ class MemoryGitHub:
 
     def repo(self, installation_id: int, repo: str) -> MemoryRepo:
         return self.repos[repo]
+
+    async def installations(self) -> list[int]:
+        return [5]
+
+    async def installation_repos(self, installation_id: int) -> list[str]:
+        return list(self.repos)
+
+    async def bot_login(self) -> str | None:
+        return BOT_LOGIN
+
+    def rate_remaining(self, installation_id: int) -> float | None:
+        return None
 
 
 class MemoryCluster:

@@ -15,13 +15,15 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from bot.comment import STATE_TITLES, parse_comment_state
 from bot.config import Settings
 from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.local.layout import Layout, iso, now, read_json, write_atomic, write_json
+from bot.local.payloads import INSTALLATION_ID
 from bot.local.repo import GitError, LocalRepo
-from bot.model import DeploymentStatus, IssueComment, PullRequest
-from bot.parse import KUSTOMIZATION_NAMES, pull_from_api
-from bot.render import STATE_TITLES, names, parse_comment_state
+from bot.model import CheckReport, DeploymentStatus, IssueComment, LabelEvent, PullRequest
+from bot.parse import pull_from_api
+from bot.render import names
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,13 @@ class LocalGitHub:
             log.info("older pull_request delivery not kept", extra={"repo": repo, "pr": number})
             return
         write_json(path, pull)
+        label = (payload.get("label") or {}).get("name")
+        if payload.get("action") == "labeled" and isinstance(label, str):
+            state = self._state()
+            actor = str((payload.get("sender") or {}).get("login") or "")
+            events = state["label_events"].setdefault(str(number), {})
+            events[label] = {"actor": actor, "at": int(self.clock().timestamp())}
+            write_json(self.layout.state, state)
 
     def repo(self, installation_id: int, repo: str) -> LocalGitHub:  # noqa: ARG002 (the port's)
         """This one repository (local mode serves one; the installation id does not matter)."""
@@ -100,9 +109,12 @@ class LocalGitHub:
         if not isinstance(state, dict):
             state = {}
         state.setdefault("next_id", {"comment": 1, "deployment": 1})
+        state["next_id"].setdefault("check_run", 1)
         state.setdefault("comments", {})
         state.setdefault("deployments", {})
         state.setdefault("history", {})
+        state.setdefault("label_events", {})
+        state.setdefault("check_runs", {})
         return state
 
     def _save(self, state: dict[str, Any], repo: str, number: int | None) -> None:
@@ -250,6 +262,124 @@ class LocalGitHub:
         ]
         return sorted(active, reverse=True)
 
+    async def find_deployment(self, sha: str, environment: str) -> int | None:
+        deps = self._state()["deployments"]
+        mine = [
+            int(did)
+            for did, d in deps.items()
+            if d["repo"] == self.repository and d["sha"] == sha and d["environment"] == environment
+        ]
+        return max(mine) if mine else None
+
+    # ---- who may do what (local mode has one user: the developer, a maintainer) -----------
+
+    async def permission(self, user: str) -> str:  # noqa: ARG002 (the port's)
+        return "admin"
+
+    async def label_event(self, number: int, label: str) -> LabelEvent | None:
+        found = self._state()["label_events"].get(str(number), {}).get(label)
+        return LabelEvent(found["actor"], int(found["at"])) if found else None
+
+    async def set_label(self, number: int, label: str, present: bool) -> None:
+        """Change the PR's labels as GitHub would (the PR as deliveries told it)."""
+        path = self.layout.pr_json(number)
+        pull = read_json(path)
+        if not isinstance(pull, dict):
+            return
+        names_ = [lab["name"] for lab in pull.get("labels") or []]
+        if present and label not in names_:
+            pull.setdefault("labels", []).append({"name": label})
+        elif not present:
+            pull["labels"] = [lab for lab in pull.get("labels") or [] if lab["name"] != label]
+        write_json(path, pull)
+        state = self._state()
+        self._event(
+            state, self.repository, number, f"label {label} {'added' if present else 'removed'}"
+        )
+        self._save(state, self.repository, number)
+
+    async def add_reaction(self, comment_id: int, content: str) -> None:
+        state = self._state()
+        found = state["comments"].get(str(comment_id))
+        number = int(found["number"]) if found else None
+        self._event(state, self.repository, number, f"reaction {content} on comment {comment_id}")
+        self._save(state, self.repository, number)
+
+    # ---- checks (local mode has no CI: required checks never pass, so leave them unset) ---
+
+    async def check_states(self, sha: str) -> dict[str, tuple[str, str | None]]:  # noqa: ARG002
+        return {}
+
+    async def report_check(self, report: CheckReport) -> int:
+        state = self._state()
+        run_id = report.check_run_id or self._next(state, "check_run")
+        state["check_runs"][str(run_id)] = {
+            "sha": report.sha,
+            "status": report.status,
+            "conclusion": report.conclusion,
+            "title": report.title,
+        }
+        write_json(self.layout.state, state)
+        log.info("check run %d: %s %s", run_id, report.status, report.conclusion or "")
+        return int(run_id)
+
+    async def find_check(self, sha: str, name: str) -> int | None:  # noqa: ARG002
+        runs = self._state()["check_runs"]
+        mine = [int(rid) for rid, r in runs.items() if r["sha"] == sha]
+        return max(mine) if mine else None
+
+    # ---- the repository as a whole -------------------------------------------------------
+
+    async def open_pulls(self) -> list[PullRequest]:
+        pulls = []
+        for path in sorted(self.layout.prs.glob("pr-*.json")):
+            data = read_json(path)
+            if isinstance(data, dict) and data.get("state") == "open":
+                pulls.append(dataclasses.replace(pull_from_api(data), comment_count=None))
+        return pulls
+
+    async def list_files(self, path: str, ref: str) -> list[str] | None:
+        def read() -> list[str] | None:
+            commit = self.git.resolve(ref)
+            if commit is None:
+                return None
+            listing = self.git.run("ls-tree", "-r", "-z", "--name-only", commit, "--", path or ".")
+            found = [p for p in listing.stdout.decode().split("\0") if p]
+            return found or None
+
+        result: list[str] | None = await self._git(read)
+        return result
+
+    async def delete_files(self, paths: list[str], branch: str, message: str) -> str | None:
+        def commit() -> str | None:
+            parent = self._head(branch)
+            present = [p for p in paths if self._file_sha(parent, p) is not None]
+            if not present:
+                return None
+            made = self.git.make_commit(parent, dict.fromkeys(present), message)
+            if not self.git.move_branch(branch, made, parent):
+                raise Conflict(f"branch {branch} moved while deleting {len(present)} files")
+            self.git.sync_worktree(branch, parent, made)
+            return made
+
+        async with self._git_lock:
+            result: str | None = await self._git(commit)
+        return result
+
+    # ---- the App (local mode: one installation, one repository) ---------------------------
+
+    async def installations(self) -> list[int]:
+        return [INSTALLATION_ID]
+
+    async def installation_repos(self, installation_id: int) -> list[str]:  # noqa: ARG002
+        return [self.repository]
+
+    async def bot_login(self) -> str | None:
+        return BOT_LOGIN
+
+    def rate_remaining(self, installation_id: int) -> float | None:  # noqa: ARG002
+        return None  # no GitHub, no limit
+
     # ---- contents (real commits in the local repository) ---------------------------------
 
     async def _git(self, call: Callable[[], Any]) -> Any:
@@ -280,17 +410,6 @@ class LocalGitHub:
             return None if commit is None else self._file_sha(commit, path)
 
         result: str | None = await self._git(read)
-        return result
-
-    async def has_kustomization(self, path: str, ref: str) -> bool:
-
-        def read() -> bool:
-            commit = self.git.resolve(ref)
-            if commit is None:
-                return False
-            return any(n in KUSTOMIZATION_NAMES for n in self.git.children(commit, path))
-
-        result: bool = await self._git(read)
         return result
 
     def _commit_file(

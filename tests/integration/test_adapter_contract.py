@@ -175,15 +175,28 @@ async def test_delete_file(git_backend: GitBackend) -> None:
         assert await gh.delete_file(OVERLAY, BRANCH, "again", blob) is False
 
 
-async def test_has_kustomization_and_directories(git_backend: GitBackend) -> None:
+async def test_list_files_and_directories(git_backend: GitBackend) -> None:
     async with git_backend.open() as side:
         gh = side.port
-        assert await gh.has_kustomization(BASE_DIR, BRANCH) is True
-        assert await gh.has_kustomization("infra/argocd", BRANCH) is False
-        assert await gh.has_kustomization("no/such/dir", BRANCH) is False
-        assert await gh.has_kustomization(BASE_DIR, "no-such-branch") is False
+        files = await gh.list_files("infra/argocd", BRANCH)
+        assert files is not None and f"{BASE_DIR}/kustomization.yaml" in files
+        assert all(f.startswith("infra/argocd/") for f in files)
+        assert await gh.list_files("no/such/dir", BRANCH) is None
+        assert await gh.list_files(BASE_DIR, "no-such-branch") is None
         with pytest.raises(PermanentError):  # a directory where a file is expected
             await gh.get_file_sha(BASE_DIR, BRANCH)
+
+
+async def test_delete_files_in_one_commit(git_backend: GitBackend) -> None:
+    async with git_backend.open() as side:
+        gh = side.port
+        await gh.put_file(OVERLAY, BRANCH, "a: 1\n", "create", None)
+        other = OVERLAY.replace("pr-7", "pr-8")
+        await gh.put_file(other, BRANCH, "b: 1\n", "create", None)
+        commit = await gh.delete_files([OVERLAY, other, "not/there.yaml"], BRANCH, "orphans")
+        assert commit is not None and SHA_RE.match(commit)
+        assert side.read(OVERLAY) is None and side.read(other) is None
+        assert await gh.delete_files([OVERLAY], BRANCH, "again") is None
 
 
 # ---- ClusterPort -----------------------------------------------------------------------------

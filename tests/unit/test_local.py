@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from bot import __main__ as cli
+from bot.comment import Author, read_comment
 from bot.config import Settings
 from bot.errors import PermanentError
 from bot.local.cluster import FileCluster
@@ -24,7 +25,6 @@ from bot.local.repo import LocalRepo, skeleton_infra
 from bot.local.serve import UNUSED_APP_ID, connect_cluster, local_settings, prepare
 from bot.local.simulate import Command, Request, check, moves_head, simulate, transition
 from bot.model import DeploymentStatus
-from bot.render import read_comment
 from bot.webhooks import verify_signature
 from tests.rig.artifacts import validate_webhook, webhook_examples
 
@@ -142,7 +142,9 @@ async def test_comment_and_deployments_are_kept_and_shown(local_github: LocalGit
         '{"state": "deploying", "fingerprint": "f1"} -->\n### 🚧 Preview deploying\n'
     )
     cid = await gh.create_comment(7, body)
-    found = next(iter([read_comment(c) async for c in gh.comments(7)]))
+    found = next(
+        iter([read_comment(c, Author(0, "preview-bot[bot]")) async for c in gh.comments(7)])
+    )
     assert found is not None and (found.id, found.state, found.fingerprint) == (
         cid,
         "deploying",
@@ -161,7 +163,7 @@ async def test_comment_and_deployments_are_kept_and_shown(local_github: LocalGit
     assert "deployment 1 created: aaaaaaaa to environment dex-pr-7" in md
     assert "deployment 1 status inactive: gone" in md
     state = json.loads(local_github.layout.state.read_text())
-    assert state["next_id"] == {"comment": 2, "deployment": 2}
+    assert state["next_id"] == {"comment": 2, "deployment": 2, "check_run": 1}
 
 
 async def test_commits_update_a_checked_out_branchs_files(local_github: LocalGitHub) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bot.comment import parse_comment_state, render_comment
 from bot.config import Settings
 from bot.model import (
     ApplyApplication,
@@ -16,6 +17,7 @@ from bot.model import (
     DeactivateDeployments,
     DeleteApplication,
     DeleteOverlay,
+    LabelSeen,
     Observed,
     ObservedApp,
     ObservedComment,
@@ -31,7 +33,7 @@ from bot.model import (
     label_safe,
 )
 from bot.plan import plan_sync
-from bot.render import parse_comment_state, render_comment, render_overlay
+from bot.render import render_overlay
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SHA1 = "1a2b3c4d" + "0" * 32
@@ -55,17 +57,25 @@ def pr(**changes: Any) -> PullRequest:
     return replace(base, **changes)
 
 
+COMMIT = "c0ffee00" + "0" * 32  # the commit that wrote the overlay
+MAINTAINER = LabelSeen("maintainer", None, writer=True)
+
+
+def executed(plan: Any, **produced: Any) -> Record:
+    """The record a plan leaves once executed, with what execution produced (ids, commits)."""
+    record = next(a for a in plan.actions if isinstance(a, RecordState)).record
+    return record.updated_by(Record(**produced))
+
+
 def deployed_record(head: str = SHA1, **changes: Any) -> Record:
-    """The record the bot leaves after deploying `head`."""
-    p = pr(head_sha=head)
-    comment = render_comment(SETTINGS, p, State.DEPLOYING, NOW)
-    record = Record(
+    """The record the bot leaves after deploying `head`: the planner's own, executed."""
+    first = plan_sync(observed(pr(head_sha=head)), SETTINGS, NOW)
+    record = executed(
+        first,
         comment_id=99,
-        comment_state="deploying",
-        comment_fingerprint=comment.fingerprint,
-        overlay_blob=git_blob_sha(render_overlay(SETTINGS, p)),
         deployment_id=7,
-        deployed_sha=head,
+        overlay_commit=COMMIT,
+        overlay_blob=git_blob_sha(render_overlay(SETTINGS, pr(head_sha=head))),
     )
     return replace(record, **changes)
 
@@ -92,7 +102,9 @@ def observed(p: PullRequest | None = None, app: ObservedApp | None = None, **kw:
         "record": record,
         "comment": record.comment,
         "base_ok": True,
+        "namespace_ok": True,
         "branch": "main",
+        "label": MAINTAINER,
     }
     values.update(kw)
     return Observed(**values)
@@ -155,10 +167,12 @@ def test_push_redeploys_supersedes_the_old_deployment_and_edits_the_comment() ->
 @pytest.mark.parametrize(
     ("status", "state", "gh_state"),
     [
-        (AppStatus(sync="Synced", health="Healthy"), State.READY, "success"),
-        (AppStatus(sync="Synced", health="Degraded"), State.FAILED, "failure"),
+        (AppStatus(sync="Synced", health="Healthy", revision=COMMIT), State.READY, "success"),
+        (AppStatus(sync="Synced", health="Degraded", revision=COMMIT), State.FAILED, "failure"),
         (
-            AppStatus(sync="OutOfSync", health="Missing", operation_phase="Failed"),
+            AppStatus(
+                sync="OutOfSync", health="Missing", operation_phase="Failed", revision=COMMIT
+            ),
             State.FAILED,
             "failure",
         ),
@@ -240,11 +254,7 @@ def test_terminating_past_the_grace_says_pending_once() -> None:
     plan = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
     assert kinds(plan) == ["UpsertComment", "RecordState"]
     assert plan.state is State.TEARDOWN_PENDING
-    text = plan.actions[0].text  # type: ignore[union-attr]
-    app2 = replace(
-        app,
-        record=done_record(comment_state=text.state.value, comment_fingerprint=text.fingerprint),
-    )
+    app2 = replace(app, record=executed(plan))
     assert plan_sync(observed(pr(state="closed"), app=app2), SETTINGS, NOW).actions == ()
 
 
@@ -259,27 +269,29 @@ def test_label_on_a_closed_pr_deploys_nothing() -> None:
 
 
 def test_fork_pr_gets_one_refusal_comment_and_nothing_else() -> None:
+    deny = replace(SETTINGS, fork_policy="deny")
     obs = observed(pr(head_repo="someone/DEX"))
-    plan = plan_sync(obs, SETTINGS, NOW)
+    plan = plan_sync(obs, deny, NOW)
     assert plan.state is State.NOT_DEPLOYED
-    assert kinds(plan) == ["UpsertComment"]
+    assert kinds(plan) == ["UpsertComment", "RecordState"]  # the record remembers the comment
     text = plan.actions[0].text  # type: ignore[union-attr]
     assert "forks" in text.body
-    again = replace(obs, comment=ObservedComment(5, text.state.value, text.fingerprint))
-    assert plan_sync(again, SETTINGS, NOW).actions == ()
+    record = executed(plan, comment_id=5)
+    again = replace(obs, record=record, comment=record.comment)
+    assert plan_sync(again, deny, NOW).actions == ()
 
 
 def test_bad_head_sha_is_refused_with_a_clear_comment() -> None:
     plan = plan_sync(observed(pr(head_sha="not-a-sha")), SETTINGS, NOW)
     assert plan.state is State.NOT_DEPLOYED
-    assert kinds(plan) == ["UpsertComment"]
+    assert kinds(plan) == ["UpsertComment", "RecordState"]
     assert "not a 40-hex SHA" in plan.actions[0].text.body  # type: ignore[union-attr]
 
 
 def test_missing_base_fails_in_the_comment_without_a_commit() -> None:
     plan = plan_sync(observed(base_ok=False), SETTINGS, NOW)
     assert plan.state is State.FAILED
-    assert kinds(plan) == ["UpsertComment"]
+    assert kinds(plan) == ["UpsertComment", "RecordState"]
     body = plan.actions[0].text.body  # type: ignore[union-attr]
     assert "infra/argocd/overlays/preview" in body and "missing" in body
 
@@ -331,7 +343,8 @@ def test_preview_host_patches_the_ingress_and_templates_apply() -> None:
     assert f"newTag: {SHA1}" in put.content
     apply = plan.actions[1]
     assert isinstance(apply, ApplyApplication)
-    assert apply.manifest["metadata"]["name"] == "DEX-pr-42"
+    # Kubernetes names are lower case: {repo} is `dex` in them (GitHub ignores case).
+    assert apply.manifest["metadata"]["name"] == "dex-pr-42"
 
 
 def test_comment_state_round_trips_through_its_hidden_marker() -> None:

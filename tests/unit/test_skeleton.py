@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.model import PullRequest
-from bot.render import names, render_overlay
+from bot.render import names, render_namespace_component, render_overlay
 from tests.rig.kustomize import build_and_validate
 
 SKELETON = Path(__file__).resolve().parents[2] / "bot" / "skeleton"
@@ -34,14 +34,20 @@ def overlay_tree(tmp_path: Path, settings: Settings) -> Path:
     path = repo / n.overlay_path
     path.parent.mkdir(parents=True)
     path.write_text(render_overlay(settings, PR))
+    for shared, text in render_namespace_component(settings).items():  # once per repository
+        (repo / shared).parent.mkdir(parents=True, exist_ok=True)
+        (repo / shared).write_text(text)
     return path.parent
 
 
 def test_rendered_overlay_builds_and_validates(tmp_path: Path) -> None:
     objs = build_and_validate(overlay_tree(tmp_path, SETTINGS))
     by_kind = {o["kind"]: o for o in objs}
-    assert set(by_kind) == {"Deployment", "Service", "Ingress"}
-    assert {o["metadata"]["namespace"] for o in objs} == {"dex-pr-42"}
+    assert set(by_kind) == {"Namespace", "Deployment", "Service", "Ingress"}
+    # The shared placeholder becomes the PR's own Namespace, a managed (so pruned) object.
+    assert by_kind["Namespace"]["metadata"]["name"] == "dex-pr-42"
+    namespaced = [o for o in objs if o["kind"] != "Namespace"]
+    assert {o["metadata"]["namespace"] for o in namespaced} == {"dex-pr-42"}
     container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/data-literate/dex:sha-1a2b3c4d"
     assert by_kind["Deployment"]["metadata"]["labels"]["preview-bot.io/pr"] == "42"
@@ -82,7 +88,10 @@ def test_render_command_output_builds_against_a_dex_tree(tmp_path: Path) -> None
         env={"PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
-    overlay = done.stdout.split("# ---- Application")[0].split("\n", 1)[1]
+    sections = {
+        head.split("\n", 1)[0]: head.split("\n", 1)[1] for head in done.stdout.split("# ---- ")[1:]
+    }
+    overlay = next(body for head, body in sections.items() if head.startswith("overlay:"))
     assert "# ---- overlay: infra/argocd/previews/pr-42/kustomization.yaml" in done.stdout
     assert "kind: Application" in done.stdout and "<!-- preview-bot:comment -->" in done.stdout
     repo = tmp_path / "repo"
@@ -90,6 +99,11 @@ def test_render_command_output_builds_against_a_dex_tree(tmp_path: Path) -> None
     target = repo / "infra/argocd/previews/pr-42"
     target.mkdir(parents=True)
     (target / "kustomization.yaml").write_text(overlay)
+    for head, body in sections.items():
+        if head.startswith("shared Namespace component: "):
+            path = repo / head.split(": ", 1)[1].split(" ", 1)[0]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(body)
     objs = build_and_validate(target)
     images = [
         c["image"]

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from bot.comment import COMMENT_MARKER, render_comment
 from bot.config import Settings
 from bot.errors import PermanentError, TemporaryError
 from bot.model import (
@@ -29,10 +30,10 @@ from bot.model import (
 )
 from bot.parse import app_from_object
 from bot.queue import KeyedQueue
-from bot.render import COMMENT_MARKER, render_comment
+from bot.render import render_namespace_component
 from bot.service import Bot, Watcher
 from bot.sync import Syncer
-from tests.memory import REPO, MemoryCluster, MemoryGitHub, MemoryRepo
+from tests.memory import BOT_LOGIN, REPO, MemoryCluster, MemoryGitHub, MemoryRepo
 
 SHA1 = "1a2b3c4d" + "0" * 32
 SHA2 = "9f8e7d6c" + "1" * 32
@@ -44,7 +45,11 @@ SETTINGS = Settings(
     retry_seconds=0.01,
     teardown_grace_seconds=0.05,
 )
-BASE = {"infra/argocd/overlays/preview/kustomization.yaml": "resources: []\n"}
+SETTINGS_FOR_LAYOUT = Settings(github_app_id=1, github_private_key="k", github_webhook_secret="s")
+BASE = {
+    "infra/argocd/overlays/preview/kustomization.yaml": "resources: []\n",
+    **render_namespace_component(SETTINGS_FOR_LAYOUT),  # the repository had a preview before
+}
 OVERLAY = "infra/argocd/previews/pr-42/kustomization.yaml"
 WORK = Work(WorkKey(REPO, 42), 5, "test")
 
@@ -59,7 +64,7 @@ class World:
         self.syncer = Syncer(SETTINGS, self.github, self.cluster, clock=lambda: NOW)
 
     def comment(self) -> str:
-        (only,) = self.repo.comments_on(42)
+        (only,) = [c for c in self.repo.comments_on(42) if c.author == BOT_LOGIN]
         return only.body
 
     async def app(self) -> ObservedApp:
@@ -68,7 +73,15 @@ class World:
         return app
 
     def writes(self) -> list[str]:
-        reads = {"get_pull", "comments", "get_file_sha", "has_kustomization", "active_deployments"}
+        reads = {
+            "get_pull",
+            "comments",
+            "get_file_sha",
+            "list_files",
+            "active_deployments",
+            "permission",
+            "label_event",
+        }
         return [c for c in self.repo.calls if c not in reads]
 
 
@@ -128,7 +141,8 @@ async def test_deploy_records_what_it_made_and_a_replay_writes_nothing(world: Wo
 async def test_health_then_a_push_then_a_close(world: World) -> None:
     world.repo.open_pull(42, SHA1)
     await world.syncer.sync(WORK)
-    world.cluster.set_status("dex-pr-42", sync="Synced", health="Healthy")
+    pinned = (await world.app()).record.overlay_commit
+    world.cluster.set_status("dex-pr-42", sync="Synced", health="Healthy", revision=pinned)
     await world.syncer.sync(WORK)
     assert "Preview ready" in world.comment()
     (first,) = world.repo.deployments.values()
@@ -158,11 +172,13 @@ async def test_a_lost_record_finds_our_comment_by_its_marker(world: World) -> No
     world.repo.open_pull(42, SHA1)
     world.repo.add_comment(42, "LGTM, but please add a preview")  # a human's, no marker
     ours = render_comment(SETTINGS, world.repo.pulls[42], State.DEPLOYING, NOW)
-    cid = world.repo.add_comment(42, ours.body)
+    planted = world.repo.add_comment(42, ours.body)  # a human pasting the bot's markers
+    cid = world.repo.add_comment(42, ours.body, author=BOT_LOGIN)
     await world.syncer.sync(WORK)
     assert "comments" in world.repo.calls
     assert (await world.app()).record.comment_id == cid
-    assert len(world.repo.comments_on(42)) == 2  # edited in place, none added
+    assert len(world.repo.comments_on(42)) == 3  # ours edited in place, none added
+    assert world.repo.comments_[planted].body == ours.body  # the planted one never touched
 
 
 async def test_a_permanent_failure_is_said_once_on_the_pr(world: World) -> None:
