@@ -59,6 +59,9 @@ class Health:
 
     started: bool = False
     stopping: bool = False
+    # Only the leader acts; a follower is not ready, so webhooks reach the leader only.
+    leading: Callable[[], bool] = lambda: True
+    supervisor: Any = None  # bot.supervisor.Supervisor: the background tasks' states
     # name -> "ok" or what is wrong (GitHub, cluster). Informative only: work waits and retries.
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -99,6 +102,10 @@ class Intake:
     async def _webhook(self, request: Request) -> Response:
         event = request.headers.get(EVENT_HEADER, "")
         delivery = request.headers.get(DELIVERY_HEADER, "")
+        if self.health.started and not self.health.leading():
+            # Not acknowledged, so nothing is lost: GitHub shows the failure (and can redeliver),
+            # and the leader's resync converges the PR anyway.
+            return self._answer(503, Outcome.REJECTED, event, "not the leader", delivery=delivery)
         try:
             body = await self._verified_body(request, event, delivery)
             return self._accept(event, delivery, body)
@@ -171,7 +178,11 @@ class Intake:
             problems.append("shutting down")
         if self.queue.full():
             problems.append("queue full")
+        if self.health.started and not self.health.leading():
+            problems.append("not the leader")
         notes = [f"{name}: {note}" for name, note in sorted(self.health.notes.items())]
+        if self.health.supervisor is not None:
+            notes += self.health.supervisor.report()
         text = "\n".join([("not ready: " + ", ".join(problems)) if problems else "ready", *notes])
         return PlainTextResponse(text + "\n", status_code=503 if problems else 200)
 

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from bot.scope import may_match_many
+
 CONFIG_ENV = "PREVIEW_BOT_CONFIG"
 MASK = "********"
 # A Kind.DURATION value: a number of seconds, or a number with a unit (s, m, h, d). The chart's
@@ -789,6 +791,16 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
                 f"{SPECS_BY_NAME[name].env}: must contain {{number}}, or every PR "
                 "would share one preview"
             )
+    scope = values.get("repositories") or ()
+    if may_match_many(tuple(scope)):
+        for name in ("app_name_template", "namespace_template"):
+            tmpl = values.get(name, SPECS_BY_NAME[name].default)
+            if isinstance(tmpl, str) and "{owner}" not in tmpl and "{repo}" not in tmpl:
+                problems.append(
+                    f"{SPECS_BY_NAME[name].env}: must contain {{owner}} or {{repo}} when "
+                    "PREVIEW_BOT_REPOSITORIES can match more than one repository, or two "
+                    "repositories' PRs would share a name"
+                )
     level = values.get("log_level")
     if level is not None and str(level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("PREVIEW_BOT_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR")

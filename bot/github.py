@@ -28,6 +28,7 @@ from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.metrics import Metrics
 from bot.model import CheckReport, DeploymentStatus, IssueComment, LabelEvent, PullRequest
 from bot.parse import comment_from_api, pull_from_api
+from bot.ports import RepoInfo
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +246,14 @@ class GitHub:
         found = await self._app_call("/app/installations?per_page=100", "items")
         return [int(i["id"]) for i in found if not i.get("suspended_at")]
 
-    async def installation_repos(self, installation_id: int) -> list[str]:
-        """owner/name of every repository the installation covers."""
+    async def installation_repos(self, installation_id: int) -> list[RepoInfo]:
+        """Every repository the installation covers."""
         gh = await self.api(installation_id)
         try:
             return [
-                str(r["full_name"])
+                RepoInfo(
+                    str(r["full_name"]), installation_id, str(r.get("default_branch") or "main")
+                )
                 async for r in gh.getiter(
                     "/installation/repositories{?per_page}",
                     {"per_page": 100},

@@ -40,6 +40,11 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        self.resync_deferred = Counter(
+            "preview_bot_resync_deferred",
+            "Installations whose resync waited because their rate-limit budget ran low.",
+            registry=self.registry,
+        )
         self.github_requests = Counter(
             "preview_bot_github_requests",
             "Requests sent to GitHub by method and status.",

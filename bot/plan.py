@@ -178,6 +178,11 @@ class _Builder:
     def finish(self, state: State, reason: str) -> Plan:
         """The plan: command acknowledgements around the work, the record last."""
         obs = self.obs
+        said = any(isinstance(a, UpsertComment) for a in self.actions)
+        if not said and any(o.refusal for o in self.outcomes):
+            # A refused command is answered in the comment, whatever else this sync does.
+            shown = _state_of(obs.comment.state) if obs.comment else State.NOT_DEPLOYED
+            self.comment(shown)
         head: list[Action] = [
             AddReaction(o.command.comment_id, "eyes") for o in self.outcomes if o.accepted
         ]

@@ -7,6 +7,7 @@ middle test layer in-memory fakes. Ports speak the domain (bot.model), never JSO
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot.model import (
@@ -108,6 +109,15 @@ class RepoPort(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RepoInfo:
+    """A repository an installation covers."""
+
+    full_name: str
+    installation_id: int
+    default_branch: str
+
+
 class GitHubPort(Protocol):
     """GitHub for any installation of the App."""
 
@@ -117,8 +127,8 @@ class GitHubPort(Protocol):
         """The App's installations (their ids)."""
         ...
 
-    async def installation_repos(self, installation_id: int) -> list[str]:
-        """owner/name of every repository the installation covers."""
+    async def installation_repos(self, installation_id: int) -> list[RepoInfo]:
+        """Every repository the installation covers."""
         ...
 
     async def bot_login(self) -> str | None:

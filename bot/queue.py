@@ -146,6 +146,11 @@ class KeyedQueue:
         self._held.clear()
         self._followups.clear()
 
+    def busy(self, repo: str) -> set[int]:
+        """PRs of `repo` with a sync pending, running or waiting to retry."""
+        keys = [*self._pending, *self._running, *self._dirty, *self._held]
+        return {key.number for key in keys if key.repo == repo}
+
     def sizes(self) -> dict[str, int]:
         """How many keys each per-key structure holds (tests prove they stay bounded)."""
         return {

@@ -7,8 +7,13 @@ handed to `start` differ.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import TypeVar
+import random
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from cachetools import LRUCache
 
 from bot.app import Intake
 from bot.config import Settings
@@ -16,10 +21,11 @@ from bot.errors import PermanentError, TemporaryError
 from bot.logs import log_context
 from bot.metrics import Metrics
 from bot.model import AppStatus, ObservedApp, Work, WorkKey
-from bot.ports import ClusterPort, GitHubPort
-from bot.queue import KeyedQueue, run_worker
+from bot.ports import ClusterPort, GitHubPort, ImagePort
+from bot.queue import KeyedQueue
+from bot.resync import Resyncer, ResyncReport
+from bot.supervisor import Supervisor
 from bot.sync import Syncer
-from bot.webhooks import Outcome
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,11 +66,30 @@ class Watcher:
         return before[0] != now.verdict
 
 
-class Bot:
-    """A running bot: intake, queue, workers and the Application watch, on injected adapters.
+class Elector(Protocol):
+    """Leader election (bot.leader): runs the callbacks as leadership comes and goes."""
 
-    Production (build_app), local mode and the tests all run this same object; only the
-    adapters handed to `start` differ.
+    async def run(
+        self,
+        on_started_leading: Callable[[], Awaitable[None]],
+        on_stopped_leading: Callable[[], Awaitable[None]],
+    ) -> None: ...
+
+    async def release(self) -> None: ...
+
+
+WATCH_STALL_SECONDS = 600.0  # 2x the watch's server-side timeout: no event or bookmark by then
+PROBE_SECONDS = 30.0
+
+
+class Bot:
+    """A running bot: intake, queue, workers, the Application watch and the resync, on
+    injected adapters, each background task supervised.
+
+    Production (bot.wiring), local mode and the tests all run this same object; only the
+    adapters handed to `start` differ. With an elector, only the leader acts (workers, watch,
+    resync); a follower answers not ready, so the Service sends webhooks to the leader, and
+    the new leader's first resync picks up whatever was sent during a handover.
     """
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
@@ -72,54 +97,145 @@ class Bot:
         self.metrics = metrics or Metrics()
         self.queue = KeyedQueue(settings.queue_size)
         self.intake = Intake(settings, self.queue, self.metrics)
+        self.supervisor = Supervisor()
         self.syncer: Syncer | None = None
         self.cluster: ClusterPort | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._attempts: dict[WorkKey, int] = {}
+        self.resyncer: Resyncer | None = None
+        self.leading = False
+        self.watch = True
+        self.resync_at_start = True
+        self._elector: Elector | None = None
+        self._resync_now = asyncio.Event()
+        self._busy: set[str] = set()  # workers in the middle of a sync
+        self._all_done = asyncio.Event()  # set while no worker is in a sync
+        self._all_done.set()
+        self._draining = False
+        # Retries per key, only while a key is failing (popped on success): bounded anyway.
+        self._attempts: LRUCache[WorkKey, int] = LRUCache(maxsize=settings.queue_size)
+        self.intake.health.supervisor = self.supervisor
+        self.intake.health.leading = lambda: self.leading
 
-    def start(self, github: GitHubPort, cluster: ClusterPort, watch: bool = True) -> None:
-        """Start the workers, the resync loop and (unless told not to) the watch."""
+    def start(
+        self,
+        github: GitHubPort,
+        cluster: ClusterPort,
+        *,
+        images: ImagePort | None = None,
+        elector: Elector | None = None,
+    ) -> None:
+        """Start acting (at once, or when `elector` makes this replica the leader)."""
         self.syncer = Syncer(self.settings, github, cluster, self.metrics)
+        self.syncer.images = images
         self.cluster = cluster
-        self._tasks += [
-            asyncio.create_task(run_worker(self.queue, self.handle))
-            for _ in range(self.settings.workers)
-        ]
-        self._tasks.append(asyncio.create_task(self._resync_loop()))
-        if watch:
-            self._tasks.append(asyncio.create_task(cluster.watch(Watcher(self.queue).on_event)))
+        self.resyncer = Resyncer(self.settings, github, cluster, self.queue, self.metrics)
+        if elector is None:
+            self._lead()
+        else:
+            self._elector = elector
+            self.supervisor.spawn(
+                "leader-election", lambda: elector.run(self._on_leading, self._on_following)
+            )
         self.intake.health.started = True
 
-    async def resync_once(self) -> int:
-        """Queue a sync of every managed Application's PR; returns how many were queued.
+    # ---- leadership ----------------------------------------------------------------------
 
-        GitHub does not redeliver failed webhooks, so without this a lost `closed` would leave
-        a preview running forever. Each sync costs one conditional read of the PR (usually a
-        304, free) when nothing changed.
-        """
-        queued = 0
-        for app in await self._started(self.cluster).list_managed():
-            work = app.work(delivery="resync")
-            if work is not None and self.queue.put_nowait(work) is not Outcome.QUEUE_FULL:
-                queued += 1
-        log.info("resync queued %d previews", queued)
-        return queued
+    def _acting(self) -> list[str]:
+        names = [f"worker-{i}" for i in range(self.settings.workers)] + ["resync"]
+        return [*names, "watch"] if self.watch else names
+
+    def _lead(self) -> None:
+        self.leading = True
+        for i in range(self.settings.workers):
+            name = f"worker-{i}"
+            self.supervisor.spawn(name, lambda name=name: self._work_loop(name))  # type: ignore[misc]
+        self.supervisor.spawn("resync", self._resync_loop)
+        if self.watch:
+            cluster = self._started(self.cluster)
+            watcher = Watcher(self.queue)
+            self.supervisor.spawn(
+                "watch",
+                lambda: cluster.watch(watcher.on_event, lambda: self.supervisor.alive("watch")),
+                stall_after=WATCH_STALL_SECONDS,
+            )
+        log.info("acting as the leader: workers, watch and resync running")
+
+    async def _on_leading(self) -> None:
+        self._lead()
+
+    async def _on_following(self) -> None:
+        """Lost the lease (or never had it): stop acting before another replica starts."""
+        self.leading = False
+        await self.supervisor.stop(self._acting())
+        log.info("not the leader: workers, watch and resync stopped")
+
+    def request_resync(self) -> None:
+        """Resync now rather than at the next period (an installation changed)."""
+        self._resync_now.set()
+
+    # ---- the loops -----------------------------------------------------------------------
+
+    async def _work_loop(self, name: str) -> None:
+        while not self._draining:
+            work = await self.queue.get()
+            self._busy.add(name)
+            self._all_done.clear()
+            try:
+                await self.handle(work)
+            finally:
+                self.queue.done(work.key)
+                self._busy.discard(name)
+                if not self._busy:
+                    self._all_done.set()
+                self.supervisor.alive(name)
 
     async def _resync_loop(self) -> None:
+        if not self.resync_at_start:
+            await self._wait_for_resync()
         while True:
-            await asyncio.sleep(self.settings.resync_seconds)
             try:
                 await self.resync_once()
-            except Exception as exc:  # the cluster may be down; the next round tries again
-                log.warning("resync failed: %s", exc)
+            except TemporaryError as exc:  # GitHub or the cluster down: the next round retries
+                log.warning("resync could not finish: %s", exc)
+            else:
+                self.supervisor.alive("resync")
+            await self._wait_for_resync()
 
-    async def stop(self) -> None:
+    async def _wait_for_resync(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._resync_now.wait(), self.settings.resync_seconds)
+        self._resync_now.clear()
+
+    async def resync_once(self) -> ResyncReport:
+        """Converge every repository in scope now (see bot.resync)."""
+        resyncer = self._started(self.resyncer)
+        syncer = self._started(self.syncer)
+        return await resyncer.run(syncer.clock())
+
+    # ---- shutdown ------------------------------------------------------------------------
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop acting: not ready at once, syncs in flight get `grace` seconds (default
+        shutdown_grace_seconds) to finish, queued keys are left to the next start's resync,
+        and the lease is released so another replica leads at once."""
         self.intake.health.stopping = True
+        self._draining = True
         self.queue.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self.supervisor.stop(["resync", "watch", "leader-election"])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_done.wait(), grace)
+        if self._busy:
+            log.warning(
+                "shutdown: %d syncs still running were stopped; the next resync finishes them",
+                len(self._busy),
+            )
+        await self.supervisor.stop()
+        self.leading = False
+        if self._elector is not None:
+            with contextlib.suppress(Exception):  # the lease expires by itself anyway
+                await self._elector.release()
+
+    # ---- one sync ------------------------------------------------------------------------
 
     async def handle(self, work: Work) -> None:
         """Run one sync; schedule a retry for temporary errors, report permanent ones."""
@@ -138,13 +254,17 @@ class Bot:
             self._attempts.pop(work.key, None)
 
     def _retry(self, work: Work, exc: TemporaryError) -> None:
-        """Exponential backoff from retry_seconds, capped at 5 minutes, unless the other side
-        said how long to wait (rate limits). One log line per retry."""
+        """Exponential backoff with jitter from retry_seconds, capped at 5 minutes, unless the
+        other side said how long to wait (rate limits: never earlier, a little later so not
+        every key wakes at once). Deliveries meanwhile join the retry. One log line per retry.
+        """
         attempt = self._attempts.get(work.key, 0) + 1
         self._attempts[work.key] = attempt
-        delay = exc.retry_after
-        if delay is None:
-            delay = min(self.settings.retry_seconds * 2 ** (attempt - 1), 300.0)
+        if exc.retry_after is not None:
+            delay = exc.retry_after * random.uniform(1.0, 1.1)
+        else:
+            base = min(self.settings.retry_seconds * 2 ** (attempt - 1), 300.0)
+            delay = base * random.uniform(0.5, 1.0)
         self.queue.put_later(work, delay, hold=True)
         log.warning("retry %d in %.1fs: %s", attempt, delay, exc)
 

@@ -23,7 +23,7 @@ from bot.model import (
     git_blob_sha,
 )
 from bot.parse import app_from_object
-from bot.ports import OnAlive, OnEvent
+from bot.ports import OnAlive, OnEvent, RepoInfo
 
 REPO = "data-literate/DEX"
 BOT_LOGIN = "preview-bot[bot]"
@@ -270,8 +270,8 @@ class MemoryGitHub:
     async def installations(self) -> list[int]:
         return [5]
 
-    async def installation_repos(self, installation_id: int) -> list[str]:
-        return list(self.repos)
+    async def installation_repos(self, installation_id: int) -> list[RepoInfo]:
+        return [RepoInfo(name, installation_id, "main") for name in self.repos]
 
     async def bot_login(self) -> str | None:
         return BOT_LOGIN

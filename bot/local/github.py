@@ -23,6 +23,7 @@ from bot.local.payloads import INSTALLATION_ID
 from bot.local.repo import GitError, LocalRepo
 from bot.model import CheckReport, DeploymentStatus, IssueComment, LabelEvent, PullRequest
 from bot.parse import pull_from_api
+from bot.ports import RepoInfo
 from bot.render import names
 
 log = logging.getLogger(__name__)
@@ -371,8 +372,9 @@ class LocalGitHub:
     async def installations(self) -> list[int]:
         return [INSTALLATION_ID]
 
-    async def installation_repos(self, installation_id: int) -> list[str]:  # noqa: ARG002
-        return [self.repository]
+    async def installation_repos(self, installation_id: int) -> list[RepoInfo]:
+        branch = self.git.current_branch() or "main"
+        return [RepoInfo(self.repository, installation_id, branch)]
 
     async def bot_login(self) -> str | None:
         return BOT_LOGIN

@@ -30,7 +30,7 @@ GOOD = {
     "GITHUB_APP_ID": "12345",
     "GITHUB_PRIVATE_KEY": KEY,
     "GITHUB_WEBHOOK_SECRET": "s3cret",
-    "PREVIEW_BOT_REPOSITORIES": "data-literate/*",
+    "PREVIEW_BOT_REPOSITORIES": "data-literate/dex",
 }
 
 
@@ -95,7 +95,7 @@ def test_secret_files_and_the_yaml_file(tmp_path: Path) -> None:
         "GITHUB_PRIVATE_KEY_FILE": str(key),
         "GITHUB_WEBHOOK_SECRET": "x",
         "PREVIEW_BOT_ARGOCD_NAMESPACE": "argo",
-        "PREVIEW_BOT_REPOSITORIES": "*",
+        "PREVIEW_BOT_REPOSITORIES": "data-literate/dex",
     }
     s = load_settings(env, cfg)
     assert s.github_private_key == KEY
@@ -316,3 +316,21 @@ def test_help_lists_the_commands() -> None:
 def test_durations_read_back_as_written(text: str) -> None:
     spec = SPECS_BY_NAME["ttl_seconds"]
     assert format_duration(parse_value(spec, text)) == text
+
+
+def test_a_scope_of_many_repositories_needs_names_that_tell_them_apart() -> None:
+    lines = problems({**GOOD, "PREVIEW_BOT_REPOSITORIES": "data-literate/*"})
+    assert [line.split(":")[0] for line in lines] == [
+        "PREVIEW_BOT_APP_NAME_TEMPLATE",
+        "PREVIEW_BOT_NAMESPACE_TEMPLATE",
+    ]
+    assert "{owner} or {repo}" in lines[0]
+    ok = load_settings(
+        {
+            **GOOD,
+            "PREVIEW_BOT_REPOSITORIES": "data-literate/*,acme/shop",
+            "PREVIEW_BOT_APP_NAME_TEMPLATE": "{repo}-pr-{number}",
+            "PREVIEW_BOT_NAMESPACE_TEMPLATE": "{repo}-pr-{number}",
+        }
+    )
+    assert ok.repositories == ("data-literate/*", "acme/shop")

@@ -1,0 +1,240 @@
+"""The full resync: every repository in scope, so the cluster and the PRs converge whatever
+deliveries were lost, duplicated, late or failed.
+
+GitHub never redelivers a failed webhook by itself. At start and every `resync_seconds` the
+leader lists, per repository in scope, its open PRs (a conditional read: an unchanged list is a
+free 304), the overlays on the branch and the managed Applications, and queues a sync for every
+PR whose preview is not what the rule says (a lost `labeled`, `synchronize` or `closed`, a
+preview past its TTL or its ready timeout, a create whose answer was lost). Overlays no open,
+labeled PR owns are removed in one commit per repository; Applications of repositories the App
+no longer covers are removed (their overlays cannot be: the App has no access any more).
+`plan_resync` is the pure part; `Resyncer` reads and acts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot.config import Settings
+from bot.errors import Conflict, PermanentError, TemporaryError
+from bot.metrics import Metrics
+from bot.model import ObservedApp, PullRequest, State, Work, WorkKey, known_value
+from bot.plan import wants_preview
+from bot.policy import ttl_of
+from bot.ports import ClusterPort, GitHubPort, RepoInfo
+from bot.queue import KeyedQueue
+from bot.render import NAMESPACE_COMPONENT, names, previews_root
+from bot.scope import in_scope
+
+log = logging.getLogger(__name__)
+
+LOW_BUDGET = 0.10  # below this share of its hourly requests an installation's resync waits
+
+
+@dataclass(frozen=True)
+class RepoView:
+    """One repository as the resync reads it."""
+
+    repo: str
+    pulls: tuple[PullRequest, ...]  # the open PRs
+    apps: tuple[ObservedApp, ...]  # the managed Applications of this repository
+    overlays: dict[int, tuple[str, ...]]  # PR number -> the files of its overlay directory
+
+
+@dataclass(frozen=True)
+class ResyncPlan:
+    """What the resync does for one repository: PRs to sync, orphaned overlay files to remove."""
+
+    sync: tuple[int, ...]
+    orphans: tuple[str, ...]
+
+
+def overlay_pattern(settings: Settings) -> re.Pattern[str]:
+    """Matches a PR's overlay directory (relative to the repository) and captures its number."""
+    directory = settings.overlay_path_template.rsplit("/", 1)[0]
+    pattern = ""
+    for literal, field in re.findall(r"([^{]*)(?:\{(\w+)\})?", directory):
+        pattern += re.escape(literal)
+        if field == "number":
+            pattern += r"(?P<number>[1-9][0-9]*)"
+        elif field:
+            pattern += r"[^/]+"
+    return re.compile(pattern + "/")
+
+
+def overlays_by_pr(settings: Settings, files: list[str]) -> dict[int, tuple[str, ...]]:
+    """The files under the previews root, grouped by the PR whose overlay they belong to."""
+    pattern = overlay_pattern(settings)
+    found: dict[int, list[str]] = {}
+    for path in files:
+        match = pattern.match(path)
+        if match and f"/{NAMESPACE_COMPONENT}/" not in f"/{path}":
+            found.setdefault(int(match["number"]), []).append(path)
+    return {number: tuple(paths) for number, paths in found.items()}
+
+
+def plan_resync(view: RepoView, settings: Settings, now: datetime, busy: set[int]) -> ResyncPlan:
+    """Which PRs of the repository need a sync, and which overlays are orphans. Pure.
+
+    `busy` are PRs with a sync queued or running: their overlay may be new, never an orphan.
+    """
+    wanted = {pr.number: pr for pr in view.pulls if wants_preview(pr, settings)}
+    open_numbers = {pr.number for pr in view.pulls}
+    apps = {app.number: app for app in view.apps if app.number is not None}
+    sync: set[int] = set()
+    for number, pr in wanted.items():
+        app = apps.get(number)
+        if app is None or _stale(app, pr, settings, now):
+            sync.add(number)
+    for number, app in apps.items():
+        if number not in wanted or number not in open_numbers:
+            sync.add(number)  # closed, unlabeled or excluded while its delivery was lost
+        elif known_value(app.record.intent):
+            sync.add(number)  # a create whose answer was lost: find it
+    orphans = [
+        path
+        for number, paths in view.overlays.items()
+        if number not in wanted and number not in apps and number not in busy
+        for path in paths
+    ]
+    return ResyncPlan(tuple(sorted(sync)), tuple(sorted(orphans)))
+
+
+def _stale(app: ObservedApp, pr: PullRequest, settings: Settings, now: datetime) -> bool:
+    """A running preview that a sync must look at: an old head, an expiry or its warning due,
+    a ready timeout passed, a teardown stuck."""
+    if app.terminating or app.head_sha != pr.head_sha:
+        return True
+    record = app.record
+    ttl = ttl_of(record, pr, settings, now)
+    if ttl.warn or ttl.expired:
+        return True
+    deployed = known_value(record.deployed_at)
+    deploying = record.comment_state == State.DEPLOYING.value
+    timeout = settings.ready_timeout_seconds
+    return deploying and deployed is not None and now.timestamp() >= deployed + timeout
+
+
+@dataclass
+class ResyncReport:
+    """What one resync did, for logs, metrics and tests."""
+
+    repositories: int = 0
+    queued: int = 0
+    orphans_removed: int = 0
+    deferred: int = 0  # installations skipped for their rate-limit budget
+    removed_apps: int = 0
+
+
+class Resyncer:
+    """Reads every repository in scope and converges it; run by the leader only."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        github: GitHubPort,
+        cluster: ClusterPort,
+        queue: KeyedQueue,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.github = github
+        self.cluster = cluster
+        self.queue = queue
+        self.metrics = metrics
+
+    async def run(self, now: datetime) -> ResyncReport:
+        report = ResyncReport()
+        apps = await self.cluster.list_managed()
+        covered: dict[str, RepoInfo] = {}
+        deferred: set[int] = set()
+        for inst in await self.github.installations():
+            remaining = self.github.rate_remaining(inst)
+            if remaining is not None and remaining < LOW_BUDGET:
+                deferred.add(inst)  # webhook work first; the next resync comes back
+                if self.metrics is not None:
+                    self.metrics.resync_deferred.inc()
+                continue
+            for info in await self.github.installation_repos(inst):
+                if in_scope(self.settings.repositories, info.full_name):
+                    covered[info.full_name] = info
+        report.deferred = len(deferred)
+        for name, info in sorted(covered.items()):
+            repo_apps = [a for a in apps if a.repo == name]
+            await self._repository(info, repo_apps, now, report)
+        await self._uninstalled(apps, covered, deferred, report)
+        log.info(
+            "resync: %d repositories, %d PRs queued, %d orphan files removed, %d installations "
+            "deferred, %d Applications of uninstalled repositories removed",
+            report.repositories,
+            report.queued,
+            report.orphans_removed,
+            report.deferred,
+            report.removed_apps,
+        )
+        return report
+
+    async def _repository(
+        self, info: RepoInfo, apps: list[ObservedApp], now: datetime, report: ResyncReport
+    ) -> None:
+        repo, inst = info.full_name, info.installation_id
+        client = self.github.repo(inst, repo)
+        report.repositories += 1
+        ours = tuple(a for a in apps if a.owned_by(repo) and a.installation_id in (None, inst))
+        # The overlays first, then the PRs: an overlay listed here was written before the list
+        # of PRs was read, so a PR that owns it is in that list.
+        branch = self.settings.deploy_branch or info.default_branch
+        try:
+            files = await client.list_files(previews_root(self.settings), branch) or []
+            pulls = tuple(await client.open_pulls())
+        except PermanentError as exc:
+            log.warning("resync of %s skipped: %s", repo, exc)
+            return
+        view = RepoView(repo, pulls, ours, overlays_by_pr(self.settings, files))
+        plan = plan_resync(view, self.settings, now, self.queue.busy(repo))
+        for number in plan.sync:
+            self.queue.put_nowait(Work(WorkKey(repo, number), inst, "resync"))
+        report.queued += len(plan.sync)
+        if plan.orphans:
+            message = (
+                f"chore(preview): remove {len(plan.orphans)} orphaned preview overlay files "
+                "[skip ci]"
+            )
+            try:
+                await client.delete_files(list(plan.orphans), branch, message)
+            except (Conflict, TemporaryError) as exc:
+                log.info("orphan overlays of %s left for the next resync: %s", repo, exc)
+            else:
+                report.orphans_removed += len(plan.orphans)
+                log.info("removed orphan overlays of %s: %s", repo, ", ".join(plan.orphans))
+
+    async def _uninstalled(
+        self,
+        apps: list[ObservedApp],
+        covered: dict[str, RepoInfo],
+        deferred: set[int],
+        report: ResyncReport,
+    ) -> None:
+        """Remove the Applications of repositories the App no longer covers (uninstalled or
+        deleted); their overlays stay, since the App can no longer write there."""
+        for app in apps:
+            if (
+                app.repo is None
+                or app.repo in covered
+                or not in_scope(self.settings.repositories, app.repo)
+            ):
+                continue
+            if app.installation_id in deferred:
+                continue  # its installation was not read this round
+            log.warning(
+                "removing Application %s: the App no longer covers %s (uninstalled or deleted); "
+                "its overlay %s stays in git, as the App can no longer write there",
+                app.name,
+                app.repo,
+                names(self.settings, app.repo, app.number or 0).overlay_dir,
+            )
+            await self.cluster.delete(app.name)
+            report.removed_apps += 1
