@@ -61,6 +61,7 @@ class MemoryRepo:
         self.check_runs: dict[int, CheckReport] = {}
         # method name -> exceptions to raise on its next calls, in order (fault injection)
         self.faults: dict[str, list[BaseException]] = {}
+        self.after_faults: dict[str, list[BaseException]] = {}
         self._ids = itertools.count(1)
 
     def _call(self, method: str) -> None:
@@ -71,6 +72,15 @@ class MemoryRepo:
 
     def fail_next(self, method: str, *errors: BaseException) -> None:
         self.faults.setdefault(method, []).extend(errors)
+
+    def fail_after(self, method: str, *errors: BaseException) -> None:
+        """The next calls of `method` take effect, then raise (an answer lost on the way)."""
+        self.after_faults.setdefault(method, []).extend(errors)
+
+    def _applied(self, method: str) -> None:
+        pending = self.after_faults.get(method)
+        if pending:
+            raise pending.pop(0)
 
     def open_pull(self, number: int, head_sha: str, **changes: Any) -> PullRequest:
         pr = PullRequest(
@@ -126,7 +136,9 @@ class MemoryRepo:
 
     async def create_comment(self, number: int, body: str) -> int:
         self._call("create_comment")
-        return self.add_comment(number, body, BOT_LOGIN)
+        made = self.add_comment(number, body, BOT_LOGIN)
+        self._applied("create_comment")
+        return made
 
     async def edit_comment(self, comment_id: int, body: str) -> bool:
         self._call("edit_comment")
@@ -163,7 +175,9 @@ class MemoryRepo:
         current = self.branches[branch].get(path)
         if current is not None and sha != git_blob_sha(current):
             raise Conflict(f"{path} does not match {sha}")
-        return git_blob_sha(content), self._commit(branch, path, content)
+        made = git_blob_sha(content), self._commit(branch, path, content)
+        self._applied("put_file")
+        return made
 
     async def delete_file(self, path: str, branch: str, message: str, sha: str) -> bool:
         self._call("delete_file")
@@ -186,6 +200,7 @@ class MemoryRepo:
         self._call("create_deployment")
         dep = Deployment(next(self._ids), sha, environment)
         self.deployments[dep.id] = dep
+        self._applied("create_deployment")
         return dep.id
 
     async def set_deployment_status(self, deployment_id: int, status: DeploymentStatus) -> bool:
@@ -194,6 +209,7 @@ class MemoryRepo:
         if dep is None:
             return False
         dep.statuses.append(status)
+        self._applied("set_deployment_status")
         return True
 
     async def active_deployments(self, environment: str) -> list[int]:

@@ -87,6 +87,8 @@ def deployed_app(head: str = SHA1, status: AppStatus | None = None, **changes: A
         managed=True,
         terminating=False,
         repo="data-literate/DEX",
+        number=42,
+        installation_id=5,
         head_sha=head,
         record=deployed_record(head, **changes),
         status=status or AppStatus(),

@@ -280,3 +280,40 @@ async def test_bot_follows_the_watch_to_destroyed(world: World) -> None:
     finally:
         await bot.stop()
     assert "Preview destroyed" in world.comment()
+
+
+# ---- every create is safe to repeat ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["put_file", "create_deployment", "create_comment"])
+async def test_a_create_whose_answer_was_lost_is_found_not_made_twice(
+    world: World, method: str
+) -> None:
+    world.repo.open_pull(42, SHA1)
+    world.repo.fail_after(method, TemporaryError("GitHub answered 502"))
+    with pytest.raises(TemporaryError):
+        await world.syncer.sync(WORK)
+    world.repo.calls.clear()
+    await world.syncer.sync(WORK)  # the retry
+    assert len(world.repo.commits) == 1
+    assert len(world.repo.deployments) == 1
+    assert len([c for c in world.repo.comments_on(42) if c.author == BOT_LOGIN]) == 1
+    (dep,) = world.repo.deployments.values()
+    assert (await world.app()).record.deployment_id == dep.id
+    print(f"\nretry after a lost {method}: {len(world.repo.calls)} GitHub calls")
+
+
+async def test_a_repository_gets_the_namespace_component_once(world: World) -> None:
+    bare = MemoryRepo(files={"infra/argocd/overlays/preview/kustomization.yaml": "r: []\n"})
+    world.github.repos[REPO] = bare
+    world.repo = bare
+    bare.open_pull(42, SHA1)
+    bare.open_pull(43, SHA2)
+    await world.syncer.sync(WORK)
+    await world.syncer.sync(Work(WorkKey(REPO, 43), 5))
+    shared = sorted(p for p in bare.branches["main"] if "_namespace" in p)
+    assert shared == [
+        "infra/argocd/previews/_namespace/kustomization.yaml",
+        "infra/argocd/previews/_namespace/namespace.yaml",
+    ]
+    assert bare.calls.count("put_file") == 4  # two shared files once, then one overlay each

@@ -1,0 +1,231 @@
+"""The full resync and the supervisor on in-memory ports: what converges, what is left alone,
+and that background tasks come back after a fault."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from bot.model import Work, WorkKey
+from bot.resync import RepoView, overlays_by_pr, plan_resync
+from bot.service import Bot
+from bot.supervisor import Supervisor
+from tests.memory import REPO, MemoryCluster, MemoryGitHub, MemoryRepo
+from tests.unit.test_plan import NOW, SETTINGS, SHA1, SHA2, deployed_app, pr
+from tests.unit.test_syncer import BASE
+
+OVERLAY = "infra/argocd/previews/pr-{}/kustomization.yaml"
+
+
+def view(pulls: list, apps: list, overlays: list[int] = ()) -> RepoView:  # type: ignore[type-arg, assignment]
+    files = [OVERLAY.format(n) for n in overlays]
+    return RepoView(REPO, tuple(pulls), tuple(apps), overlays_by_pr(SETTINGS, files))
+
+
+def test_overlay_directories_are_matched_to_their_prs() -> None:
+    files = [
+        OVERLAY.format(7),
+        "infra/argocd/previews/pr-7/extra.yaml",
+        "infra/argocd/previews/_namespace/kustomization.yaml",
+        "infra/argocd/previews/README.md",
+        "infra/argocd/previews/pr-x/kustomization.yaml",
+    ]
+    found = overlays_by_pr(SETTINGS, files)
+    assert found == {7: (OVERLAY.format(7), "infra/argocd/previews/pr-7/extra.yaml")}
+
+
+def test_a_labeled_pr_without_preview_and_a_lost_push_are_synced() -> None:
+    fresh = pr(number=8)
+    pushed = pr(head_sha=SHA2)
+    plan = plan_resync(view([fresh, pushed], [deployed_app(SHA1)]), SETTINGS, NOW, set())
+    assert plan.sync == (8, 42)
+
+
+def test_an_idle_repository_plans_nothing() -> None:
+    app = deployed_app(SHA1)
+    assert plan_resync(view([pr()], [app], [42]), SETTINGS, NOW, set()).sync == ()
+
+
+def test_a_preview_of_a_closed_or_unlabeled_pr_is_torn_down() -> None:
+    apps = [deployed_app(SHA1), replace(deployed_app(SHA1), name="dex-pr-9", number=9)]
+    unlabeled = pr(labels=frozenset())
+    plan = plan_resync(view([unlabeled], apps), SETTINGS, NOW, set())
+    assert plan.sync == (9, 42)
+
+
+def test_orphan_overlays_are_those_no_open_labeled_pr_owns() -> None:
+    plan = plan_resync(view([pr()], [deployed_app()], [42, 43, 44]), SETTINGS, NOW, {44})
+    assert plan.orphans == (OVERLAY.format(43),)  # 44 is being synced: maybe brand new
+
+
+def test_expiry_and_its_warning_are_due_without_any_event() -> None:
+    app = deployed_app(SHA1, comment_state="ready")
+    assert plan_resync(view([pr()], [app]), SETTINGS, NOW + timedelta(days=6, hours=1), set()).sync
+    assert plan_resync(view([pr()], [app]), SETTINGS, NOW + timedelta(days=1), set()).sync == ()
+
+
+async def test_the_bot_converges_a_lost_label_and_a_lost_close_by_resync() -> None:
+    repo = MemoryRepo(files=BASE)
+    repo.open_pull(8, SHA1)
+    github, cluster = MemoryGitHub(repo), MemoryCluster()
+    bot = Bot(replace(SETTINGS, repositories=(REPO,), teardown_grace_seconds=0.05))
+    bot.start(github, cluster)  # the resync at start finds PR 8, whose delivery was lost
+    try:
+        await bot.idle(quiet=0.1, limit=5)
+        assert "dex-pr-8" in cluster.objects
+        repo.change_pull(8, state="closed")  # and its close is lost too
+        report = await bot.resync_once()
+        assert report.queued == 1
+        await bot.idle(quiet=0.1, limit=5)
+        assert cluster.objects["dex-pr-8"]["metadata"].get("deletionTimestamp")
+    finally:
+        await bot.stop()
+
+
+async def test_an_out_of_scope_repository_is_never_touched() -> None:
+    repo = MemoryRepo(files=BASE)
+    repo.open_pull(8, SHA1)
+    bot = Bot(replace(SETTINGS, repositories=("someone/else",)))
+    cluster = MemoryCluster()
+    bot.start(MemoryGitHub(repo), cluster)
+    try:
+        await bot.idle(quiet=0.1, limit=5)
+    finally:
+        await bot.stop()
+    assert cluster.objects == {} and repo.calls == []
+
+
+async def test_orphans_are_removed_in_one_commit() -> None:
+    files = {**BASE, OVERLAY.format(3): "a", OVERLAY.format(4): "b"}
+    repo = MemoryRepo(files=files)
+    bot = Bot(replace(SETTINGS, repositories=(REPO,)))
+    bot.resync_at_start = False
+    bot.start(MemoryGitHub(repo), MemoryCluster())
+    try:
+        report = await bot.resync_once()
+    finally:
+        await bot.stop()
+    assert report.orphans_removed == 2 and len(repo.commits) == 1
+    assert OVERLAY.format(3) not in repo.branches["main"]
+
+
+async def test_applications_of_an_uninstalled_repository_are_removed() -> None:
+    cluster = MemoryCluster()
+    await cluster.apply(
+        {
+            "metadata": {
+                "name": "dex-pr-5",
+                "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
+                "annotations": {
+                    "preview-bot.io/repo": "data-literate/gone",
+                    "preview-bot.io/pr": "5",
+                    "preview-bot.io/installation": "77",
+                },
+            },
+            "spec": {},
+        }
+    )
+    bot = Bot(replace(SETTINGS, repositories=("data-literate/*",)))
+    bot.resync_at_start = False
+    bot.start(MemoryGitHub(MemoryRepo(files=BASE)), cluster)
+    try:
+        report = await bot.resync_once()
+    finally:
+        await bot.stop()
+    assert report.removed_apps == 1 and "dex-pr-5" not in cluster.objects
+
+
+# ---- supervision -----------------------------------------------------------------------------
+
+
+async def test_a_failing_task_is_restarted_and_reported() -> None:
+    sup = Supervisor()
+    runs = 0
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise RuntimeError("the watch broke")
+        sup.alive("flaky")
+        await asyncio.Event().wait()
+
+    sup.spawn("flaky", flaky)
+    try:
+        for _ in range(300):
+            if runs >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        (line,) = sup.report()
+        assert runs == 2 and "flaky: running" in line and "1 restarts" in line
+        assert "RuntimeError: the watch broke" in line
+    finally:
+        await sup.stop()
+
+
+async def test_a_stalled_task_is_restarted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bot.supervisor.WATCHDOG_SECONDS", 0.02)
+    monkeypatch.setattr("bot.supervisor.MAX_BACKOFF", 0.01)
+    sup = Supervisor()
+    starts = 0
+
+    async def hangs() -> None:
+        nonlocal starts
+        starts += 1
+        await asyncio.Event().wait()  # never a sign of life
+
+    sup.spawn("watch", hangs, stall_after=0.05)
+    try:
+        for _ in range(500):
+            if starts >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert starts >= 2
+        assert "stalled" in sup.tasks["watch"].last_error
+    finally:
+        await sup.stop()
+
+
+async def test_followers_do_not_act_and_leaders_do() -> None:
+    class Elector:
+        def __init__(self) -> None:
+            self.lead = asyncio.Event()
+            self.released = False
+
+        async def run(self, started, stopped) -> None:  # type: ignore[no-untyped-def]
+            await stopped()
+            await self.lead.wait()
+            await started()
+            await asyncio.Event().wait()
+
+        async def release(self) -> None:
+            self.released = True
+
+    repo = MemoryRepo(files=BASE)
+    repo.open_pull(8, SHA1)
+    cluster = MemoryCluster()
+    elector = Elector()
+    bot = Bot(replace(SETTINGS, repositories=(REPO,)))
+    bot.start(MemoryGitHub(repo), cluster, elector=elector)
+    try:
+        await asyncio.sleep(0.05)
+        assert not bot.leading and repo.calls == []
+        bot.queue.put_nowait(Work(WorkKey(REPO, 8), 5))
+        await asyncio.sleep(0.05)
+        assert cluster.objects == {}  # a follower's queue is not worked
+        elector.lead.set()
+        await bot.idle(quiet=0.1, limit=5)
+        assert bot.leading and "dex-pr-8" in cluster.objects
+    finally:
+        await bot.stop()
+    assert elector.released
+
+
+def test_a_deploy_past_its_ready_timeout_is_synced() -> None:
+    app = deployed_app(SHA1)  # still deploying
+    later = NOW + timedelta(seconds=SETTINGS.ready_timeout_seconds + 1)
+    assert plan_resync(view([pr()], [app]), SETTINGS, later, set()).sync == (42,)
