@@ -9,14 +9,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import urlparse
 
-import uvicorn
 import yaml
 
 from bot.comment import examples
 from bot.config import Settings, SettingsError, load_settings
 from bot.logs import setup_logging
 from bot.model import SHA_RE, PullRequest, State
-from bot.render import names, render_application, render_namespace_component, render_overlay
+from bot.render import (
+    names,
+    render_application,
+    render_namespace_component,
+    render_overlay,
+    worst_case_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +116,35 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace, require_github: bool = True) -> Settings:
     try:
-        return load_settings(config_file=args.config, require_github=require_github)
+        settings = load_settings(config_file=args.config, require_github=require_github)
     except SettingsError as exc:
         for line in exc.problems:
             print(f"preview-bot: setting {line}", file=sys.stderr)
         raise SystemExit(EXIT_SETTINGS) from exc
+    # Names checked with the longest values GitHub allows, so no PR is ever refused by
+    # Kubernetes for a name the templates make.
+    names_problems = worst_case_names(settings)
+    for line in names_problems:
+        print(
+            f"preview-bot: setting PREVIEW_BOT_APP_NAME_TEMPLATE / PREVIEW_BOT_NAMESPACE_TEMPLATE:"
+            f" with the longest owner, repository and PR number, {line}",
+            file=sys.stderr,
+        )
+    if names_problems:
+        raise SystemExit(EXIT_SETTINGS)
+    return settings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args)
     print(yaml.safe_dump(settings.masked(), sort_keys=False), end="")
+    if settings.argocd_project == "default":
+        print(
+            "preview-bot: warning: PREVIEW_BOT_ARGOCD_PROJECT is `default`, an Argo CD project "
+            "that may deploy anything anywhere: a PR's overlay could create cluster-wide "
+            "objects. Use the chart's fenced `previews` project.",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -132,12 +156,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_SETTINGS
     settings = _load(args)
     setup_logging(settings.log_level)
-    from bot.wiring import build_app  # the production adapters: only `serve` needs them
+    from bot.wiring import serve  # the production adapters: only `serve` needs them
 
-    app = build_app(settings)
     host = args.host if args.host is not None else "0.0.0.0"  # noqa: S104
-    port = args.port if args.port is not None else 8000
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    serve(settings, host, args.port if args.port is not None else 8000)
     return 0
 
 

@@ -112,6 +112,29 @@ def _classify_bad_request(exc: BadRequest) -> BaseException:
     return PermanentError(f"GitHub answered {status}: {exc}", status)
 
 
+# What GitHub says when a branch's protection, a ruleset or push protection refuses a commit.
+_BRANCH_REFUSALS = (
+    "rule violation",
+    "protected branch",
+    "push protection",
+    "secret scanning",
+    "push declined",
+)
+
+
+def _raise_branch_refusal(exc: PermanentError, branch: str) -> None:
+    """A commit the branch itself refuses is no conflict to retry: say which rule, and what to
+    change (the App's bypass, or another `deploy_branch`)."""
+    text = str(exc)
+    if exc.status in (403, 409, 422) and any(word in text.lower() for word in _BRANCH_REFUSALS):
+        raise PermanentError(
+            f"branch `{branch}` refused the overlay commit ({text.splitlines()[0]}): let the "
+            "App push to it (a bypass in the branch protection or ruleset), or set "
+            "`deploy_branch` to a branch Argo CD reads that allows it",
+            exc.status,
+        ) from exc
+
+
 def classify_error(exc: BaseException) -> BaseException:
     """Map gidgethub and network errors onto TemporaryError / Conflict / PermanentError."""
     if isinstance(exc, RateLimitExceeded):
@@ -366,6 +389,7 @@ class RepoClient:
         try:
             result = await self._call("PUT", "/repos/{+repo}/contents/{+path}", data, path=path)
         except PermanentError as exc:
+            _raise_branch_refusal(exc, branch)
             # 422 when the file exists and no sha was given, or the sha is not the file's.
             if exc.status in (409, 422):
                 raise Conflict(str(exc)) from exc
@@ -378,6 +402,7 @@ class RepoClient:
         try:
             await self._call("DELETE", "/repos/{+repo}/contents/{+path}", data, path=path)
         except PermanentError as exc:
+            _raise_branch_refusal(exc, branch)
             if exc.status == 404:
                 return False
             if exc.status in (409, 422):

@@ -3,6 +3,7 @@ Namespace component and the Application (the PR comment is bot.comment)."""
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 from dataclasses import dataclass
@@ -88,12 +89,21 @@ def kube_word(text: str) -> str:
     return re.sub(r"[_.]", "-", text.lower())
 
 
+def fit_name(name: str, limit: int = 63) -> str:
+    """A name cut to `limit` characters when longer, keeping it unique with a short hash of the
+    whole (a long repository name would otherwise make Kubernetes refuse the preview)."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-.')}-{digest}"
+
+
 def names(settings: Settings, repo: str, number: int) -> Names:
     owner, name = repo.split("/", 1)
     common = {"number": number, "owner": owner, "repo": name}
     kube = {"number": number, "owner": kube_word(owner), "repo": kube_word(name)}
-    app = settings.app_name_template.format(**kube)
-    namespace = settings.namespace_template.format(**kube)
+    app = fit_name(settings.app_name_template.format(**kube))
+    namespace = fit_name(settings.namespace_template.format(**kube))
     path = settings.overlay_path_template.format(**common, name=app)
     overlay_dir = posixpath.dirname(path)
     url_vars = {**common, "name": app, "namespace": namespace}

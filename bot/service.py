@@ -172,6 +172,15 @@ class Bot:
         """Resync now rather than at the next period (an installation changed)."""
         self._resync_now.set()
 
+    def on_sha(self, repo: str, sha: str, installation_id: int) -> int:
+        """A check or status finished on `sha`: sync the PRs whose head waits on it (a PR the
+        bot does not know of yet is found by the resync). Returns how many were queued."""
+        syncer = self.syncer
+        numbers = syncer.prs_waiting_on(repo, sha) if syncer is not None else frozenset()
+        for number in numbers:
+            self.queue.put_nowait(Work(WorkKey(repo, number), installation_id, "status"))
+        return len(numbers)
+
     # ---- the loops -----------------------------------------------------------------------
 
     async def _work_loop(self, name: str) -> None:

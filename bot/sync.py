@@ -129,6 +129,9 @@ class Syncer:
         self._permissions: TTLCache[tuple[str, str], str] = TTLCache(4096, PERMISSION_SECONDS)
         self._layouts: TTLCache[tuple[str, str], tuple[bool, bool]] = TTLCache(1024, LAYOUT_SECONDS)
         self._author: Author | None = None
+        # Heads waiting for a check or an image, so a `status` delivery (which names only a
+        # commit) finds its PR: (repo, sha) -> PR numbers, bounded.
+        self.waiting: LRUCache[tuple[str, str], frozenset[int]] = LRUCache(maxsize=LAST_RECORDS)
 
     # ---- observe -------------------------------------------------------------------------
 
@@ -291,6 +294,7 @@ class Syncer:
                     extra={"sha": observed.pr.head_sha[:8], "status": plan.state.value},
                 )
             await self.execute(observed, plan, outcome)
+            self._note_waiting(observed.pr, plan.state)
         except TemporaryError:
             self._count("retry", started)
             raise
@@ -310,6 +314,18 @@ class Syncer:
                 extra={"sha": observed.pr.head_sha[:8], "status": plan.state.value},
             )
         return outcome
+
+    def _note_waiting(self, pr: PullRequest, state: State) -> None:
+        key = (pr.repo, pr.head_sha)
+        numbers = self.waiting.get(key, frozenset())
+        if state is State.WAITING:
+            self.waiting[key] = numbers | {pr.number}
+        elif pr.number in numbers:
+            self.waiting[key] = numbers - {pr.number}
+
+    def prs_waiting_on(self, repo: str, sha: str) -> frozenset[int]:
+        """The PRs whose head `sha` waits for a check, a status or an image."""
+        return self.waiting.get((repo, sha), frozenset())
 
     async def _report(self, observed: Observed, exc: PermanentError) -> None:
         """Put a permanent failure on the PR, once; never mask the original error."""

@@ -12,8 +12,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from types import FrameType
 
 import aiohttp
+import uvicorn
 from kubernetes_asyncio.client.exceptions import ApiException
 from starlette.applications import Starlette
 
@@ -81,6 +83,11 @@ async def probe(intake: Intake, session: aiohttp.ClientSession, argocd: ArgoCD |
 
 def build_app(settings: Settings) -> Starlette:
     """The production app: GitHub through aiohttp, the cluster from the kubeconfig."""
+    return build(settings)[0]
+
+
+def build(settings: Settings) -> tuple[Starlette, Bot]:
+    """The production app and its Bot (which `serve` tells about SIGTERM at once)."""
     bot = Bot(settings)
     intake = bot.intake
 
@@ -107,4 +114,21 @@ def build_app(settings: Settings) -> Starlette:
                 if argocd is not None:
                     await argocd.close()
 
-    return create_app(intake, lifespan)
+    return create_app(intake, lifespan), bot
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    """Run the production bot until SIGTERM or SIGINT, then stop gracefully: /readyz fails at
+    once, requests in flight are answered, syncs in flight get shutdown_grace_seconds, queued
+    keys are left to the next start's resync, and the leader's lease is released."""
+    app, bot = build(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            bot.intake.health.stopping = True  # not ready from this moment
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5
+    )
+    Server(config).run()

@@ -128,3 +128,21 @@ def test_render_refuses_a_bad_sha_with_exit_2() -> None:
     )
     assert done.returncode == 2
     assert "--sha: expected the 40-hex-digit commit SHA" in done.stderr
+
+
+def test_names_fit_kubernetes_whatever_the_repository() -> None:
+    from bot.render import worst_case_names
+
+    repo_templates = replace(
+        SETTINGS,
+        app_name_template="{repo}-pr-{number}",
+        namespace_template="{owner}-{repo}-{number}",
+    )
+    assert worst_case_names(repo_templates) == []
+    n = names(repo_templates, "Data_Literate/My.Service", 42)
+    assert (n.app, n.namespace) == ("my-service-pr-42", "data-literate-my-service-42")
+    long = names(repo_templates, "o/" + "r" * 100, 1)
+    other = names(repo_templates, "o/" + "r" * 99 + "s", 1)
+    assert len(long.app) <= 63 and long.app != other.app and not long.problems()
+    bad = replace(SETTINGS, namespace_template="Preview_{number}")
+    assert "is not a DNS-1123 label" in worst_case_names(bad)[0]
