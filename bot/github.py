@@ -250,8 +250,10 @@ class GitHub:
         """The calls a sync makes on one repository, through one installation."""
         return RepoClient(self, installation_id, repo)
 
-    async def _app_call(self, url: str, iterable_key: str | None = None) -> Any:
+    async def _call(self, method: str, url: str, iterable_key: str | None = None) -> Any:
         """A GET as the App itself (its JWT), for the App's own resources."""
+        if method != "GET":
+            raise ValueError("the App itself only reads")
         jwt = gh_apps.get_jwt(
             app_id=str(self._settings.github_app_id),
             private_key=self._settings.github_private_key,
@@ -259,14 +261,14 @@ class GitHub:
         gh = self._client(None, None)
         try:
             if iterable_key is None:
-                return await gh.getitem(url, jwt=jwt)
-            return [item async for item in gh.getiter(url, jwt=jwt)]
+                return await gh.getitem(url, {"per_page": 100}, jwt=jwt)
+            return [item async for item in gh.getiter(url, {"per_page": 100}, jwt=jwt)]
         except Exception as exc:
             raise classify_error(exc) from exc
 
     async def installations(self) -> list[int]:
         """The App's installations."""
-        found = await self._app_call("/app/installations?per_page=100", "items")
+        found = await self._call("GET", "/app/installations{?per_page}", "items")
         return [int(i["id"]) for i in found if not i.get("suspended_at")]
 
     async def installation_repos(self, installation_id: int) -> list[RepoInfo]:
@@ -289,7 +291,7 @@ class GitHub:
     async def bot_login(self) -> str | None:
         """`<slug>[bot]`, the login the App's comments carry: read once from GET /app."""
         if self._bot_login is None:
-            app = await self._app_call("/app")
+            app = await self._call("GET", "/app")
             self._bot_login = f"{app['slug']}[bot]"
         return self._bot_login
 

@@ -55,6 +55,27 @@ DOCUMENTED: dict[str, set[str]] = {
     "repos/create-deployment": {"deployments:write"},
     "repos/list-deployment-statuses": {"deployments:read"},
     "repos/create-deployment-status": {"deployments:write"},
+    "apps/get-authenticated": {"app"},
+    "apps/list-installations": {"app"},
+    # An installation token lists its own repositories; GitHub documents no permission beyond
+    # the metadata every App has.
+    "apps/list-repos-accessible-to-installation": {"metadata:read"},
+    "pulls/list": {"pull_requests:read"},
+    "repos/get-collaborator-permission-level": {"metadata:read"},
+    "issues/list-events": {"issues:read", "pull_requests:read"},
+    "issues/add-labels": {"issues:write", "pull_requests:write"},
+    "issues/remove-label": {"issues:write", "pull_requests:write"},
+    "reactions/create-for-issue-comment": {"issues:write", "pull_requests:write"},
+    "checks/list-for-ref": {"checks:read"},
+    "checks/create": {"checks:write"},
+    "checks/update": {"checks:write"},
+    "repos/get-combined-status-for-ref": {"statuses:read"},
+    "git/get-tree": {"contents:read"},
+    "git/get-ref": {"contents:read"},
+    "git/get-commit": {"contents:read"},
+    "git/create-tree": {"contents:write"},
+    "git/create-commit": {"contents:write"},
+    "git/update-ref": {"contents:write"},
 }
 # The permission an App needs to receive each webhook event.
 EVENT_PERMISSION = {"pull_request": "pull_requests"}
