@@ -401,8 +401,8 @@ class Registry:
         allowed = ("https", "http") if self._scheme == "http" else ("https",)
         if realm.scheme not in allowed or not realm.host:
             raise PermanentError(
-                f"{ref.registry} sends for tokens to {str(realm)!r}, not an HTTPS URL; "
-                f"refusing (only {INSECURE_SETTING} allows plain HTTP)"
+                f"{ref.registry} asks for tokens from {str(realm)!r}, which is not an HTTPS "
+                f"URL: refused (only {INSECURE_SETTING} allows plain HTTP)"
             )
         query = {"scope": challenge.params.get("scope") or f"repository:{ref.repository}:pull"}
         if "service" in challenge.params:

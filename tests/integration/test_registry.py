@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,13 +17,16 @@ from bot.errors import PermanentError, TemporaryError
 from bot.registry import Registry
 from tests.rig.net import free_port
 from tests.rig.registry import (
+    ISSUER,
     PASSWORD,
+    SERVICE,
     USERNAME,
     Pki,
     RegistryRig,
     RigResolver,
     TokenService,
     push_image,
+    running_registry,
 )
 
 pytestmark = pytest.mark.rig
@@ -228,3 +231,28 @@ async def test_plain_http_needs_registry_insecure(
     message = str(info.value)
     assert message.startswith(f"TLS with {registry.host} failed")
     assert "set registry_insecure (PREVIEW_BOT_REGISTRY_INSECURE)" in message
+
+
+@pytest.fixture(scope="module")
+def http_realm_registry(registry_pki: Pki) -> Iterator[RegistryRig]:
+    """A registry over HTTPS whose token realm is plain HTTP (nothing listens there)."""
+    auth = {
+        "token": {
+            "realm": f"http://127.0.0.1:{free_port()}/token",
+            "service": SERVICE,
+            "issuer": ISSUER,
+            "rootcertbundle": str(registry_pki.ca_path),
+        }
+    }
+    with running_registry("http-realm", registry_pki, auth, lambda _repository: None) as rig:
+        yield rig
+
+
+async def test_a_plain_http_token_realm_is_refused(
+    session: aiohttp.ClientSession, http_realm_registry: RegistryRig, tmp_path: Path
+) -> None:
+    credentials = _credentials_file(tmp_path, http_realm_registry.host)
+    probe = Registry(session, _settings(credentials=credentials))
+    # Credentials would travel in clear text: refused before any request to the realm.
+    with pytest.raises(PermanentError, match="which is not an HTTPS URL: refused"):
+        await probe.manifest_exists(f"{http_realm_registry.host}/data-literate/dex", _tag())
