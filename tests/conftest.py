@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "tests.rig.kube",
     "tests.rig.github.fixtures",
     "tests.rig.harness",
+    "tests.rig.registry",
 ]
