@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-
-import aiohttp
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 
+import aiohttp
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client import ApiClient, ApiException
 
@@ -379,7 +378,7 @@ class ArgoCDStandIn:
         while True:
             try:
                 await self._watch_once()
-            except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ApiException) as exc:
+            except (TimeoutError, OSError, aiohttp.ClientError, ApiException) as exc:
                 if not self.autopilot:
                     raise
                 if isinstance(exc, ApiException) and exc.status not in (0, 410, 500, 503, 504):
@@ -403,7 +402,7 @@ class ArgoCDStandIn:
                     revision=revision,
                     operation_phase="Succeeded",
                 )
-            except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ApiException):
+            except (TimeoutError, OSError, aiohttp.ClientError, ApiException):
                 await asyncio.sleep(0.5)
                 self._syncs.put_nowait(name)  # try again once the API server is back
 
