@@ -24,6 +24,7 @@ from bot.config import Settings
 from bot.github import GitHub
 from bot.kube import ArgoCD, load_kube_client
 from bot.ports import ClusterPort
+from bot.registry import Registry
 from bot.service import Bot
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ def build(settings: Settings) -> tuple[Starlette, Bot]:
                 intake.health.notes["cluster"] = f"no configuration: {exc}"
                 log.error("no Kubernetes configuration: %s", exc)
             if argocd is not None:
-                bot.start(GitHub(session, settings, bot.metrics), argocd)
+                images = Registry(session, settings) if settings.image_check else None
+                bot.start(GitHub(session, settings, bot.metrics), argocd, images=images)
             else:
                 intake.health.started = True
             probing = asyncio.create_task(probe(intake, session, argocd))
