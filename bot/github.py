@@ -1,10 +1,10 @@
-"""The GitHub adapter: App auth with cached installation tokens, and the few calls a sync makes.
+"""The GitHub adapter: the calls a sync makes, for any installation of the App.
 
-gidgethub does the HTTP (pagination, ETag caching, error types); this module adds what it leaves
-to its users: one installation token per installation until shortly before it expires, one ETag
-cache per installation (a 304 costs no rate limit; sharing a cache across installations would
-leak one installation's data to another), request counting, and the split of GitHub's errors into
-temporary (retry later) and permanent ones.
+gidgethub builds the requests and reads the answers. Below it, bot.github_http sends every
+request under GitHub's rate limits and a breaker per host; bot.github_auth holds the App's key,
+JWT and installation tokens. This module adds a conditional cache (ETag -> the compact value a
+caller keeps, per installation: a 304 costs no rate limit, and one installation never sees
+another's answer) and the split of GitHub's errors into temporary (retry later) and permanent.
 """
 
 from __future__ import annotations
@@ -12,27 +12,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
-from collections.abc import AsyncIterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from cachetools import LRUCache
-from gidgethub import BadRequest, GitHubBroken, RateLimitExceeded
-from gidgethub import apps as gh_apps
+from gidgethub import BadRequest, GitHubBroken, RateLimitExceeded, sansio
 from gidgethub.aiohttp import GitHubAPI
 
 from bot.config import Settings
 from bot.errors import Conflict, PermanentError, TemporaryError
+from bot.github_auth import AppAuth
+from bot.github_http import USER_AGENT, ConditionalCache, Held, Transport
 from bot.metrics import Metrics
 from bot.model import DeploymentStatus, IssueComment, PullRequest
 from bot.parse import KUSTOMIZATION_NAMES, comment_from_api, pull_from_api
+from bot.throttle import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "preview-bot"
-TOKEN_MARGIN = 300  # seconds before expires_at at which a token is renewed
+T = TypeVar("T")
 
 # The REST calls the bot makes, (method, route): the App manifest's permissions are checked
 # against this table by a test, so app.yaml asks for exactly what the code needs.
@@ -50,22 +51,6 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses", "deployments:read"),
     ("POST", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses", "deployments:write"),
 )
-
-
-class CountingGitHubAPI(GitHubAPI):
-    """gidgethub's aiohttp client, counting every request in the metrics."""
-
-    def __init__(self, *args: Any, metrics: Metrics | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._metrics = metrics
-
-    async def _request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes = b""
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        status, resp_headers, data = await super()._request(method, url, headers, body)
-        if self._metrics is not None:
-            self._metrics.github_requests.labels(method=method, status=str(status)).inc()
-        return status, resp_headers, data
 
 
 def _retry_after(exc: BadRequest) -> float | None:
@@ -103,69 +88,75 @@ def classify_error(exc: BaseException) -> BaseException:
 
 
 class GitHub:
-    """The calls a sync makes, for any installation of the App."""
+    """The calls a sync makes, for any installation of the App.
+
+    Every request goes through one Transport (rate limits, the host's breaker, pacing) and
+    authenticates through one AppAuth (the key parsed once, a cached JWT, one token request
+    in flight per installation). Reads worth repeating go through the conditional cache.
+    """
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         settings: Settings,
         metrics: Metrics | None = None,
-        cache_size: int = 500,
+        cache_size: int = 2000,
+        clock: Clock | None = None,
     ) -> None:
-        self._session = session
         self._settings = settings
-        self._metrics = metrics
-        self._cache_size = cache_size
-        self._tokens: dict[int, tuple[str, float]] = {}
-        self._caches: dict[int, MutableMapping[Any, Any]] = {}
-        self._clients: dict[int, tuple[str, GitHubAPI]] = {}
-        self._token_locks: dict[int, asyncio.Lock] = {}
-        self.token_requests = 0
-
-    def _client(self, token: str | None, cache: MutableMapping[Any, Any] | None) -> GitHubAPI:
-        return CountingGitHubAPI(
-            self._session,
-            USER_AGENT,
-            oauth_token=token,
-            cache=cache,
-            base_url=self._settings.github_api_url,
-            metrics=self._metrics,
+        self.transport = Transport(session, clock or SystemClock(), metrics)
+        self.auth = AppAuth(
+            self.transport,
+            settings.github_app_id,
+            settings.github_private_key,
+            settings.github_api_url,
         )
+        self.etags = ConditionalCache(cache_size)
+        self._clients: LRUCache[int, tuple[str, GitHubAPI]] = LRUCache(1000)
+
+    @property
+    def token_requests(self) -> int:
+        return self.auth.token_requests
+
+    def _client(self, installation_id: int | None, token: str | None) -> GitHubAPI:
+        """A client through the Transport; (None, None) is the App itself (pass jwt=)."""
+        return self.transport.client(installation_id, token, self._settings.github_api_url)
+
+    def app_jwt(self) -> str:
+        """The App's JWT for calls as the App (GET /app, /app/installations): cached."""
+        return self.auth.app_jwt()
 
     async def _token(self, installation_id: int) -> str:
-        now = time.time()
-        cached = self._tokens.get(installation_id)
-        if cached and cached[1] - TOKEN_MARGIN > now:
-            return cached[0]
-        lock = self._token_locks.setdefault(installation_id, asyncio.Lock())
-        async with lock:  # many syncs of one installation share one token request
-            cached = self._tokens.get(installation_id)
-            if cached and cached[1] - TOKEN_MARGIN > time.time():
-                return cached[0]
-            try:
-                data = await gh_apps.get_installation_access_token(
-                    self._client(None, None),
-                    installation_id=str(installation_id),
-                    app_id=str(self._settings.github_app_id),
-                    private_key=self._settings.github_private_key,
-                )
-            except Exception as exc:
-                raise classify_error(exc) from exc
-            self.token_requests += 1
-            expires = datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
-            self._tokens[installation_id] = (data["token"], expires.timestamp())
-            return str(data["token"])
+        try:
+            return await self.auth.token(installation_id)
+        except TemporaryError:
+            raise
+        except Exception as exc:
+            mapped = classify_error(exc)
+            if isinstance(mapped, TemporaryError) and mapped.retry_after is None:
+                # No sooner than the token backoff allows another request.
+                mapped.retry_after = self.auth.backoff.wait(installation_id) or None
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     async def api(self, installation_id: int) -> GitHubAPI:
-        """A client for the installation, with a valid token and the installation's ETag cache."""
+        """A client for the installation, with a valid token."""
         token = await self._token(installation_id)
         held = self._clients.get(installation_id)
         if held and held[0] == token:
             return held[1]
-        cache = self._caches.setdefault(installation_id, LRUCache(maxsize=self._cache_size))
-        client = self._client(token, cache)
+        client = self._client(installation_id, token)
         self._clients[installation_id] = (token, client)
         return client
+
+    def rate_remaining(self, installation_id: int) -> float | None:
+        """The fraction of the installation's hourly requests left, from its last answer;
+        None before any."""
+        seen = self.transport.throttle.remaining(installation_id)
+        if seen is None or seen[1] <= 0:
+            return None
+        return seen[0] / seen[1]
 
     async def request(
         self, installation_id: int, method: str, url: str, url_vars: Mapping[str, Any], data: Any
@@ -188,17 +179,93 @@ class GitHub:
                 raise
             raise mapped from exc
 
+    async def get_cached(
+        self,
+        installation_id: int,
+        url: str,
+        url_vars: Mapping[str, Any],
+        convert: Callable[[Any], T],
+    ) -> T:
+        """GET through the conditional cache: `convert(json)` is kept with the ETag, and an
+        unchanged resource (304, free of rate limit) returns the kept value itself.
+
+        `convert` is part of the cache key: pass a module-level function, not a new lambda.
+        """
+        full = sansio.format_url(url, url_vars, base_url=self._settings.github_api_url)
+        value, _ = await self._conditional(installation_id, full, convert)
+        return cast(T, value)
+
+    async def get_cached_pages(
+        self,
+        installation_id: int,
+        url: str,
+        url_vars: Mapping[str, Any],
+        convert_page: Callable[[Any], Sequence[T]],
+    ) -> list[T]:
+        """Every page of a list through the conditional cache, each page converted by
+        `convert_page` (return a tuple of compact items); unchanged pages cost nothing."""
+        items: list[T] = []
+        next_url: str | None = sansio.format_url(
+            url, url_vars, base_url=self._settings.github_api_url
+        )
+        while next_url is not None:
+            page, next_url = await self._conditional(installation_id, next_url, convert_page)
+            items.extend(page)
+        return items
+
+    async def _conditional(
+        self, installation_id: int, url: str, convert: Callable[[Any], Any]
+    ) -> tuple[Any, str | None]:
+        token = await self._token(installation_id)
+        held = self.etags.get(installation_id, url, convert)
+        headers = sansio.create_headers(USER_AGENT, oauth_token=token)
+        if held is not None:
+            headers["if-none-match"] = held.etag
+        try:
+            status, resp_headers, body = await self.transport.send(
+                installation_id, "GET", url, headers
+            )
+            if status == 304 and held is not None:
+                return held.value, held.next_url
+            data, _, next_url = sansio.decipher_response(status, resp_headers, body)
+        except Exception as exc:
+            mapped = self.map_error(installation_id, exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        value = convert(data)
+        etag = resp_headers.get("etag")
+        if etag:
+            self.etags.put(installation_id, url, convert, Held(etag, value, next_url))
+        return value, next_url
+
     def map_error(self, installation_id: int, exc: BaseException) -> BaseException:
         if isinstance(exc, BadRequest) and int(exc.status_code) == 401:
             # The token was revoked or expired early (the App was reinstalled, its key
             # rotated): forget it, so that the retry asks for a new one.
-            self._tokens.pop(installation_id, None)
+            self.auth.forget(installation_id)
+            self._clients.pop(installation_id, None)
             return TemporaryError("GitHub refused the installation token (401)")
         return classify_error(exc)
 
     def repo(self, installation_id: int, repo: str) -> RepoClient:
         """The calls a sync makes on one repository, through one installation."""
         return RepoClient(self, installation_id, repo)
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What the bot keeps of a contents answer: a file's blob sha, or a directory's names
+    (not the file's base64 body, nor each entry's URLs)."""
+
+    sha: str | None
+    names: frozenset[str] | None = None  # set for a directory
+
+
+def contents_from_api(data: Any) -> Contents:
+    if isinstance(data, list):
+        return Contents(None, frozenset(str(e.get("name")) for e in data))
+    return Contents(str(data["sha"]))
 
 
 class RepoClient:
@@ -217,8 +284,12 @@ class RepoClient:
     # ---- pull requests and comments --------------------------------------------------------
 
     async def get_pull(self, number: int) -> PullRequest:
-        data = await self._call("GET", "/repos/{+repo}/pulls/{number}", number=number)
-        return pull_from_api(data)
+        return await self._github.get_cached(
+            self.installation_id,
+            "/repos/{+repo}/pulls/{number}",
+            {"repo": self.repo, "number": number},
+            pull_from_api,
+        )
 
     async def comments(self, number: int) -> AsyncIterator[IssueComment]:
         gh = await self._github.api(self.installation_id)
@@ -255,11 +326,14 @@ class RepoClient:
 
     # ---- contents --------------------------------------------------------------------------
 
-    async def _contents(self, path: str, ref: str) -> Any:
-        """The contents API's answer for `path` on `ref` (file or listing); None on 404."""
+    async def _contents(self, path: str, ref: str) -> Contents | None:
+        """What the contents API says of `path` on `ref` (file or listing); None on 404."""
         try:
-            return await self._call(
-                "GET", "/repos/{+repo}/contents/{+path}{?ref}", path=path, ref=ref
+            return await self._github.get_cached(
+                self.installation_id,
+                "/repos/{+repo}/contents/{+path}{?ref}",
+                {"repo": self.repo, "path": path, "ref": ref},
+                contents_from_api,
             )
         except PermanentError as exc:
             if exc.status == 404:
@@ -270,14 +344,14 @@ class RepoClient:
         data = await self._contents(path, ref)
         if data is None:
             return None
-        if isinstance(data, list):
+        if data.names is not None:
             raise PermanentError(f"{path} is a directory on {ref}, expected a file")
-        return str(data["sha"])
+        return data.sha
 
     async def has_kustomization(self, path: str, ref: str) -> bool:
         """Whether directory `path` on `ref` holds a kustomization file."""
         data = await self._contents(path, ref)
-        return isinstance(data, list) and any(e.get("name") in KUSTOMIZATION_NAMES for e in data)
+        return data is not None and not KUSTOMIZATION_NAMES.isdisjoint(data.names or ())
 
     async def put_file(
         self, path: str, branch: str, content: str, message: str, sha: str | None
