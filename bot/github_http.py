@@ -122,7 +122,9 @@ class Transport:
             wait = self.throttle.write_wait()
             if wait > MAX_WRITE_WAIT:
                 raise self._refused(
-                    PauseKind.SECONDARY, wait, "GitHub writes are paced after a rate limit"
+                    PauseKind.SECONDARY,
+                    wait,
+                    f"GitHub writes are paced after a rate limit; next turn in {wait:.0f}s",
                 )
             wait = self.throttle.reserve_write()
             if wait > 0:
@@ -130,7 +132,9 @@ class Transport:
                 self._refuse_paused(installation_id)  # a pause may have begun meanwhile
         wait = breaker.admit()
         if wait > 0:
-            raise self._refused(PauseKind.CIRCUIT, wait, "GitHub keeps failing; not calling it")
+            raise self._refused(
+                PauseKind.CIRCUIT, wait, f"GitHub keeps failing; not calling it for {wait:.0f}s"
+            )
 
     def _refuse_paused(self, installation_id: int | None) -> None:
         pause = self.throttle.pause(installation_id)
@@ -140,7 +144,7 @@ class Transport:
     def _refused(self, kind: PauseKind, seconds: float, why: str) -> Refused:
         if self.metrics is not None:
             self.metrics.github_refused.labels(kind=kind.value).inc()
-        return Refused(f"{why}; retry in {seconds:.0f}s", retry_after=seconds)
+        return Refused(why, retry_after=seconds)
 
     # -- after ----------------------------------------------------------------------------------
     def _failed(self, breaker: Breaker, url: str) -> None:
