@@ -28,7 +28,6 @@ TOKEN_MARGIN = 300  # seconds before expires_at at which a token is renewed
 JWT_BACKDATE = 60  # iat this far in the past: GitHub's clock may be behind ours
 JWT_LIFETIME = 600  # exp - iat; GitHub refuses an exp more than ten minutes ahead
 JWT_RENEW = 120  # renew this long before exp, so a JWT never expires in flight
-ACCESS_TOKENS_URL = "/app/installations/{installation_id}/access_tokens"
 # gidgethub's own media type for this call (apps.get_installation_access_token).
 ACCESS_TOKENS_ACCEPT = "application/vnd.github.machine-man-preview+json"
 
@@ -113,7 +112,7 @@ class AppAuth:
         gh = self._transport.client(None, None, self._base_url)
         try:
             data: Any = await gh.post(
-                ACCESS_TOKENS_URL,
+                "/app/installations/{installation_id}/access_tokens",
                 {"installation_id": installation_id},
                 data=b"",
                 accept=ACCESS_TOKENS_ACCEPT,
