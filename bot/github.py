@@ -1,10 +1,10 @@
-"""The GitHub adapter: App auth with cached installation tokens, and the few calls a sync makes.
+"""The GitHub adapter: the calls a sync makes, for any installation of the App.
 
-gidgethub does the HTTP (pagination, ETag caching, error types); this module adds what it leaves
-to its users: one installation token per installation until shortly before it expires, one ETag
-cache per installation (a 304 costs no rate limit; sharing a cache across installations would
-leak one installation's data to another), request counting, and the split of GitHub's errors into
-temporary (retry later) and permanent ones.
+gidgethub builds the requests and reads the answers. Below it, bot.github_http sends every
+request under GitHub's rate limits and a breaker per host; bot.github_auth holds the App's key,
+JWT and installation tokens. This module adds a conditional cache (ETag -> the compact value a
+caller keeps, per installation: a 304 costs no rate limit, and one installation never sees
+another's answer) and the split of GitHub's errors into temporary (retry later) and permanent.
 """
 
 from __future__ import annotations
@@ -12,28 +12,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
-from collections.abc import AsyncIterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn, TypeVar, cast
 
 import aiohttp
 from cachetools import LRUCache
-from gidgethub import BadRequest, GitHubBroken, RateLimitExceeded
-from gidgethub import apps as gh_apps
+from gidgethub import BadRequest, GitHubBroken, RateLimitExceeded, sansio
 from gidgethub.aiohttp import GitHubAPI
 
 from bot.config import Settings
 from bot.errors import Conflict, PermanentError, TemporaryError
+from bot.github_auth import AppAuth
+from bot.github_http import USER_AGENT, ConditionalCache, Held, Transport
 from bot.metrics import Metrics
 from bot.model import CheckReport, DeploymentStatus, IssueComment, LabelEvent, PullRequest
 from bot.parse import comment_from_api, pull_from_api
 from bot.ports import RepoInfo
+from bot.throttle import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "preview-bot"
-TOKEN_MARGIN = 300  # seconds before expires_at at which a token is renewed
+T = TypeVar("T")
 
 # The REST calls the bot makes, (method, route): the App manifest's permissions are checked
 # against this table by a test, so app.yaml asks for exactly what the code needs.
@@ -76,22 +77,6 @@ CHECK_RUN_NAME = "preview"  # what branch protection can require
 # How a check run's or commit status's result reads for a gate.
 _CONCLUSIONS = {"success": "success", "neutral": "success", "skipped": "success"}
 _STATUSES = {"success": "success", "failure": "failure", "error": "failure"}
-
-
-class CountingGitHubAPI(GitHubAPI):
-    """gidgethub's aiohttp client, counting every request in the metrics."""
-
-    def __init__(self, *args: Any, metrics: Metrics | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._metrics = metrics
-
-    async def _request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes = b""
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        status, resp_headers, data = await super()._request(method, url, headers, body)
-        if self._metrics is not None:
-            self._metrics.github_requests.labels(method=method, status=str(status)).inc()
-        return status, resp_headers, data
 
 
 def _retry_after(exc: BadRequest) -> float | None:
@@ -152,70 +137,76 @@ def classify_error(exc: BaseException) -> BaseException:
 
 
 class GitHub:
-    """The calls a sync makes, for any installation of the App."""
+    """The calls a sync makes, for any installation of the App.
+
+    Every request goes through one Transport (rate limits, the host's breaker, pacing) and
+    authenticates through one AppAuth (the key parsed once, a cached JWT, one token request
+    in flight per installation). Reads worth repeating go through the conditional cache.
+    """
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         settings: Settings,
         metrics: Metrics | None = None,
-        cache_size: int = 500,
+        cache_size: int = 2000,
+        clock: Clock | None = None,
     ) -> None:
-        self._session = session
         self._settings = settings
-        self._metrics = metrics
-        self._cache_size = cache_size
-        self._tokens: dict[int, tuple[str, float]] = {}
-        self._caches: dict[int, MutableMapping[Any, Any]] = {}
-        self._clients: dict[int, tuple[str, GitHubAPI]] = {}
-        self._token_locks: dict[int, asyncio.Lock] = {}
-        self._bot_login: str | None = None
-        self.token_requests = 0
-
-    def _client(self, token: str | None, cache: MutableMapping[Any, Any] | None) -> GitHubAPI:
-        return CountingGitHubAPI(
-            self._session,
-            USER_AGENT,
-            oauth_token=token,
-            cache=cache,
-            base_url=self._settings.github_api_url,
-            metrics=self._metrics,
+        self.transport = Transport(session, clock or SystemClock(), metrics)
+        self.auth = AppAuth(
+            self.transport,
+            settings.github_app_id,
+            settings.github_private_key,
+            settings.github_api_url,
         )
+        self.etags = ConditionalCache(cache_size)
+        self._clients: LRUCache[int, tuple[str, GitHubAPI]] = LRUCache(1000)
+        self._bot_login: str | None = None
+
+    @property
+    def token_requests(self) -> int:
+        return self.auth.token_requests
+
+    def _client(self, installation_id: int | None, token: str | None) -> GitHubAPI:
+        """A client through the Transport; (None, None) is the App itself (pass jwt=)."""
+        return self.transport.client(installation_id, token, self._settings.github_api_url)
+
+    def app_jwt(self) -> str:
+        """The App's JWT for calls as the App (GET /app, /app/installations): cached."""
+        return self.auth.app_jwt()
 
     async def _token(self, installation_id: int) -> str:
-        now = time.time()
-        cached = self._tokens.get(installation_id)
-        if cached and cached[1] - TOKEN_MARGIN > now:
-            return cached[0]
-        lock = self._token_locks.setdefault(installation_id, asyncio.Lock())
-        async with lock:  # many syncs of one installation share one token request
-            cached = self._tokens.get(installation_id)
-            if cached and cached[1] - TOKEN_MARGIN > time.time():
-                return cached[0]
-            try:
-                data = await gh_apps.get_installation_access_token(
-                    self._client(None, None),
-                    installation_id=str(installation_id),
-                    app_id=str(self._settings.github_app_id),
-                    private_key=self._settings.github_private_key,
-                )
-            except Exception as exc:
-                raise classify_error(exc) from exc
-            self.token_requests += 1
-            expires = datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
-            self._tokens[installation_id] = (data["token"], expires.timestamp())
-            return str(data["token"])
+        try:
+            return await self.auth.token(installation_id)
+        except TemporaryError:
+            raise
+        except Exception as exc:
+            mapped = classify_error(exc)
+            if isinstance(mapped, TemporaryError) and mapped.retry_after is None:
+                # No sooner than the token backoff allows another request.
+                mapped.retry_after = self.auth.backoff.wait(installation_id) or None
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     async def api(self, installation_id: int) -> GitHubAPI:
-        """A client for the installation, with a valid token and the installation's ETag cache."""
+        """A client for the installation, with a valid token."""
         token = await self._token(installation_id)
         held = self._clients.get(installation_id)
         if held and held[0] == token:
             return held[1]
-        cache = self._caches.setdefault(installation_id, LRUCache(maxsize=self._cache_size))
-        client = self._client(token, cache)
+        client = self._client(installation_id, token)
         self._clients[installation_id] = (token, client)
         return client
+
+    def rate_remaining(self, installation_id: int) -> float | None:
+        """The fraction of the installation's hourly requests left, from its last answer;
+        None before any."""
+        seen = self.transport.throttle.remaining(installation_id)
+        if seen is None or seen[1] <= 0:
+            return None
+        return seen[0] / seen[1]
 
     async def request(
         self, installation_id: int, method: str, url: str, url_vars: Mapping[str, Any], data: Any
@@ -238,11 +229,79 @@ class GitHub:
                 raise
             raise mapped from exc
 
+    async def get_cached(
+        self,
+        installation_id: int,
+        url: str,
+        url_vars: Mapping[str, Any],
+        convert: Callable[[Any], T],
+    ) -> T:
+        """GET through the conditional cache: `convert(json)` is kept with the ETag, and an
+        unchanged resource (304, free of rate limit) returns the kept value itself.
+
+        `convert` is part of the cache key: pass a module-level function, not a new lambda.
+        """
+        full = sansio.format_url(url, url_vars, base_url=self._settings.github_api_url)
+        value, _ = await self._conditional(installation_id, full, convert)
+        return cast(T, value)
+
+    async def get_cached_pages(
+        self,
+        installation_id: int,
+        url: str,
+        url_vars: Mapping[str, Any],
+        convert_page: Callable[[Any], Sequence[T]],
+    ) -> list[T]:
+        """Every page of a list through the conditional cache, each page converted by
+        `convert_page` (return a tuple of compact items); unchanged pages cost nothing."""
+        items: list[T] = []
+        next_url: str | None = sansio.format_url(
+            url, url_vars, base_url=self._settings.github_api_url
+        )
+        while next_url is not None:
+            page, next_url = await self._conditional(installation_id, next_url, convert_page)
+            items.extend(page)
+        return items
+
+    async def _conditional(
+        self, installation_id: int, url: str, convert: Callable[[Any], Any]
+    ) -> tuple[Any, str | None]:
+        token = await self._token(installation_id)
+        held = self.etags.get(installation_id, url, convert)
+        headers = sansio.create_headers(USER_AGENT, oauth_token=token)
+        if held is not None:
+            headers["if-none-match"] = held.etag
+        try:
+            status, resp_headers, body = await self.transport.send(
+                installation_id, "GET", url, headers
+            )
+            if status == 304 and held is not None:
+                return held.value, held.next_url
+            data, _, next_url = sansio.decipher_response(status, resp_headers, body)
+        except Exception as exc:
+            mapped = self.map_error(installation_id, exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        value = convert(data)
+        etag = resp_headers.get("etag")
+        if etag:
+            self.etags.put(installation_id, url, convert, Held(etag, value, next_url))
+        return value, next_url
+
+    def reraise(self, installation_id: int, exc: BaseException) -> NoReturn:
+        """Raise `exc` as bot.errors has it (an error already of ours as it is)."""
+        mapped = self.map_error(installation_id, exc)
+        if mapped is exc:
+            raise exc
+        raise mapped from exc
+
     def map_error(self, installation_id: int, exc: BaseException) -> BaseException:
         if isinstance(exc, BadRequest) and int(exc.status_code) == 401:
             # The token was revoked or expired early (the App was reinstalled, its key
             # rotated): forget it, so that the retry asks for a new one.
-            self._tokens.pop(installation_id, None)
+            self.auth.forget(installation_id)
+            self._clients.pop(installation_id, None)
             return TemporaryError("GitHub refused the installation token (401)")
         return classify_error(exc)
 
@@ -254,10 +313,7 @@ class GitHub:
         """A GET as the App itself (its JWT), for the App's own resources."""
         if method != "GET":
             raise ValueError("the App itself only reads")
-        jwt = gh_apps.get_jwt(
-            app_id=str(self._settings.github_app_id),
-            private_key=self._settings.github_private_key,
-        )
+        jwt = self.app_jwt()
         gh = self._client(None, None)
         try:
             if iterable_key is None:
@@ -273,20 +329,13 @@ class GitHub:
 
     async def installation_repos(self, installation_id: int) -> list[RepoInfo]:
         """Every repository the installation covers."""
-        gh = await self.api(installation_id)
-        try:
-            return [
-                RepoInfo(
-                    str(r["full_name"]), installation_id, str(r.get("default_branch") or "main")
-                )
-                async for r in gh.getiter(
-                    "/installation/repositories{?per_page}",
-                    {"per_page": 100},
-                    iterable_key="repositories",
-                )
-            ]
-        except Exception as exc:
-            raise self.map_error(installation_id, exc) from exc
+        found = await self.get_cached_pages(
+            installation_id,
+            "/installation/repositories{?per_page}",
+            {"per_page": 100},
+            _repositories_page,
+        )
+        return [RepoInfo(name, installation_id, branch) for name, branch in found]
 
     async def bot_login(self) -> str | None:
         """`<slug>[bot]`, the login the App's comments carry: read once from GET /app."""
@@ -295,13 +344,20 @@ class GitHub:
             self._bot_login = f"{app['slug']}[bot]"
         return self._bot_login
 
-    def rate_remaining(self, installation_id: int) -> float | None:
-        """The fraction of the installation's hourly requests left, from its last answer."""
-        held = self._clients.get(installation_id)
-        limit = held[1].rate_limit if held else None
-        if limit is None or not limit.limit:
-            return None
-        return float(limit.remaining) / float(limit.limit)
+
+@dataclass(frozen=True)
+class Contents:
+    """What the bot keeps of a contents answer: a file's blob sha, or a directory's names
+    (not the file's base64 body, nor each entry's URLs)."""
+
+    sha: str | None
+    names: frozenset[str] | None = None  # set for a directory
+
+
+def contents_from_api(data: Any) -> Contents:
+    if isinstance(data, list):
+        return Contents(None, frozenset(str(e.get("name")) for e in data))
+    return Contents(str(data["sha"]))
 
 
 class RepoClient:
@@ -320,8 +376,12 @@ class RepoClient:
     # ---- pull requests and comments --------------------------------------------------------
 
     async def get_pull(self, number: int) -> PullRequest:
-        data = await self._call("GET", "/repos/{+repo}/pulls/{number}", number=number)
-        return pull_from_api(data)
+        return await self._github.get_cached(
+            self.installation_id,
+            "/repos/{+repo}/pulls/{number}",
+            {"repo": self.repo, "number": number},
+            pull_from_api,
+        )
 
     async def comments(self, number: int) -> AsyncIterator[IssueComment]:
         gh = await self._github.api(self.installation_id)
@@ -335,7 +395,7 @@ class RepoClient:
             except StopAsyncIteration:
                 return
             except Exception as exc:
-                raise self._github.map_error(self.installation_id, exc) from exc
+                self._github.reraise(self.installation_id, exc)
             yield comment_from_api(data)
 
     async def create_comment(self, number: int, body: str) -> int:
@@ -358,11 +418,14 @@ class RepoClient:
 
     # ---- contents --------------------------------------------------------------------------
 
-    async def _contents(self, path: str, ref: str) -> Any:
-        """The contents API's answer for `path` on `ref` (file or listing); None on 404."""
+    async def _contents(self, path: str, ref: str) -> Contents | None:
+        """What the contents API says of `path` on `ref` (file or listing); None on 404."""
         try:
-            return await self._call(
-                "GET", "/repos/{+repo}/contents/{+path}{?ref}", path=path, ref=ref
+            return await self._github.get_cached(
+                self.installation_id,
+                "/repos/{+repo}/contents/{+path}{?ref}",
+                {"repo": self.repo, "path": path, "ref": ref},
+                contents_from_api,
             )
         except PermanentError as exc:
             if exc.status == 404:
@@ -373,9 +436,9 @@ class RepoClient:
         data = await self._contents(path, ref)
         if data is None:
             return None
-        if isinstance(data, list):
+        if data.names is not None:
             raise PermanentError(f"{path} is a directory on {ref}, expected a file")
-        return str(data["sha"])
+        return data.sha
 
     async def put_file(
         self, path: str, branch: str, content: str, message: str, sha: str | None
@@ -509,7 +572,7 @@ class RepoClient:
                     at = datetime.fromisoformat(str(event["created_at"]).replace("Z", "+00:00"))
                     last = LabelEvent(str(actor), int(at.timestamp()))
         except Exception as exc:
-            raise self._github.map_error(self.installation_id, exc) from exc
+            self._github.reraise(self.installation_id, exc)
         return last
 
     async def set_label(self, number: int, label: str, present: bool) -> None:
@@ -584,31 +647,31 @@ class RepoClient:
     # ---- the repository as a whole --------------------------------------------------------
 
     async def list_files(self, path: str, ref: str) -> list[str] | None:
-        """Every file under `path` on `ref`, from one (recursive) git tree read."""
+        """Every file under `path` on `ref`, from one recursive git tree read (conditional:
+        an unchanged tree is a free 304, which keeps the resync's idle cost at zero)."""
         tree = f"{ref}:{path}" if path else ref
         try:
-            data = await self._call(
-                "GET", "/repos/{+repo}/git/trees/{+tree}{?recursive}", tree=tree, recursive=1
+            blobs = await self._github.get_cached(
+                self.installation_id,
+                "/repos/{+repo}/git/trees/{+tree}{?recursive}",
+                {"repo": self.repo, "tree": tree, "recursive": 1},
+                _tree_blobs,
             )
         except PermanentError as exc:
             if exc.status == 404:
                 return None
             raise
         prefix = f"{path}/" if path else ""
-        return [prefix + e["path"] for e in data.get("tree") or [] if e.get("type") == "blob"]
+        return [prefix + name for name in blobs]
 
     async def open_pulls(self) -> list[PullRequest]:
-        gh = await self._github.api(self.installation_id)
-        try:
-            return [
-                pull_from_api(item)
-                async for item in gh.getiter(
-                    "/repos/{+repo}/pulls{?state,per_page}",
-                    {"repo": self.repo, "state": "open", "per_page": 100},
-                )
-            ]
-        except Exception as exc:
-            raise self._github.map_error(self.installation_id, exc) from exc
+        """The open PRs, page by page through the conditional cache (unchanged: free)."""
+        return await self._github.get_cached_pages(
+            self.installation_id,
+            "/repos/{+repo}/pulls{?state,per_page}",
+            {"repo": self.repo, "state": "open", "per_page": 100},
+            _pulls_page,
+        )
 
     async def delete_files(self, paths: list[str], branch: str, message: str) -> str | None:
         """Delete `paths` in one commit (git data API); Conflict when the branch moved."""
@@ -640,3 +703,21 @@ class RepoClient:
                 raise Conflict(str(exc)) from exc
             raise
         return str(made["sha"])
+
+
+def _repositories_page(data: Any) -> tuple[tuple[str, str], ...]:
+    """A page of GET /installation/repositories, kept compact: (owner/name, default branch)."""
+    return tuple(
+        (str(r["full_name"]), str(r.get("default_branch") or "main"))
+        for r in data.get("repositories") or []
+    )
+
+
+def _pulls_page(data: Any) -> tuple[PullRequest, ...]:
+    """A page of GET /pulls, kept compact: the PRs as the bot sees them."""
+    return tuple(pull_from_api(item) for item in data)
+
+
+def _tree_blobs(data: Any) -> tuple[str, ...]:
+    """A git tree, kept compact: the paths of its files."""
+    return tuple(e["path"] for e in data.get("tree") or [] if e.get("type") == "blob")

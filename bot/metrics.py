@@ -51,3 +51,21 @@ class Metrics:
             ["method", "status"],
             registry=self.registry,
         )
+        self.github_rate_remaining = Gauge(
+            "preview_bot_github_rate_remaining",
+            "Requests left in GitHub's hourly budget, per installation ('app': the App's own).",
+            ["installation"],
+            registry=self.registry,
+        )
+        self.github_pauses = Counter(
+            "preview_bot_github_pauses",
+            "Pauses of GitHub requests by kind (primary, secondary rate limit; circuit open).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.github_refused = Counter(
+            "preview_bot_github_refused",
+            "GitHub requests not sent because a pause forbade them, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )

@@ -83,6 +83,8 @@ EVENT_PERMISSION = {"pull_request": "pull_requests"}
 HELPER_ROUTES = {
     "get_installation_access_token": ("POST", "/app/installations/{installation_id}/access_tokens"),
 }
+# The adapter's conditional reads: get_cached(installation_id, route, url_vars, convert).
+CACHED_READS = {"get_cached", "get_cached_pages"}
 GH_METHODS = {
     "getitem": "GET",
     "getiter": "GET",
@@ -124,6 +126,8 @@ def routes_in_source(source: str) -> set[tuple[str, str]]:
             found.add((method, shape(route)))
         elif name == "_call" and len(consts) >= 2:
             found.add((consts[0], shape(consts[1])))
+        elif name in CACHED_READS and consts and consts[0].startswith("/"):
+            found.add(("GET", shape(consts[0])))
         elif name in GH_METHODS and consts and consts[0].startswith("/"):
             found.add((GH_METHODS[name], shape(consts[0])))
     return found
@@ -144,11 +148,15 @@ def test_route_finder_sees_the_calls_it_should() -> None:
         '    await gh.getiter("/repos/{+repo}/issues/{number}/comments{?per_page}", v)\n'
         "    await gh.getitem(url, url_vars)\n"  # the generic dispatch: no route of its own
         "    await apps.get_installation_access_token(gh, installation_id=1)\n"
+        '    await gh.get_cached(self.installation_id, "/repos/{+repo}/pulls/{n}", v, f)\n'
+        '    await gh.get_cached_pages(i, "/installation/repositories{?per_page}", v, f)\n'
     )
     assert routes_in_source(source) == {
         ("PUT", "/repos/{}/{}/contents/{}"),
         ("GET", "/repos/{}/{}/issues/{}/comments"),
         ("POST", "/app/installations/{}/access_tokens"),
+        ("GET", "/repos/{}/{}/pulls/{}"),
+        ("GET", "/installation/repositories"),
     }
 
 

@@ -8,6 +8,7 @@ import pytest
 from bot.config import Settings
 from bot.errors import TemporaryError
 from bot.github import GitHub
+from tests.rig.clock import FakeClock
 from tests.rig.github.server import FakeGitHub
 from tests.rig.harness import NAME, OWNER, Harness, skeleton_files
 
@@ -62,17 +63,21 @@ async def test_rate_limits_become_retries_at_the_reset(github: FakeGitHub) -> No
     github.create_repo(OWNER, NAME, files=skeleton_files())
     github.create_pull(OWNER, NAME, 1)
     inst = github.installation_for(OWNER).id
+    clock = FakeClock()
+    github.clock = clock.now
     async with aiohttp.ClientSession() as session:
-        gh = GitHub(session, settings_for(github))
+        gh = GitHub(session, settings_for(github), clock=clock)
         github.fail_rate_limited("GET", r"/pulls/1$", reset_in=40)
         with pytest.raises(TemporaryError) as primary:
             await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
         assert primary.value.retry_after is not None
         assert 30 <= primary.value.retry_after <= 45
+        clock.advance(primary.value.retry_after)  # no request goes before the reset
         github.fail_secondary_rate_limit("GET", r"/pulls/1$", retry_after=17)
         with pytest.raises(TemporaryError) as secondary:
             await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)
         assert secondary.value.retry_after == 17
+        clock.advance(17)
         github.fail_next("GET", r"/pulls/1$", 503)
         with pytest.raises(TemporaryError) as broken:
             await gh.repo(inst, f"{OWNER}/{NAME}").get_pull(1)

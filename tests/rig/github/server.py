@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,9 @@ class FakeGitHub:
         self._public_key = key.public_key()
         self.token_lifetime = token_lifetime
         self._default_token_lifetime = token_lifetime
+        # Rate-limit windows, token expiry, JWT checks and the request log's `at` read this
+        # clock: a test shares one fake clock with the bot to cross an hour in no time.
+        self.clock: Callable[[], float] = time.time
         self.rate_limit_per_hour = 5000
         if contract is True:
             self.contract: ContractChecker | None = ContractChecker.shared(
@@ -133,6 +136,7 @@ class FakeGitHub:
         self._delays: list[Delay] = []
         self._check_suites: dict[tuple[int, str], int] = {}
         self.requests: list[Recorded] = []
+        self.app_jwts: set[str] = set()  # distinct App JWTs accepted
         self.contract_violations: list[Violation] = []
         self.server_errors: list[str] = []
         self.unimplemented: list[str] = []
@@ -155,6 +159,7 @@ class FakeGitHub:
         old = self._git_root
         self.token_lifetime = self._default_token_lifetime
         self.rate_limit_per_hour = 5000
+        self.clock = time.time
         self._state_init()
         shutil.rmtree(old, ignore_errors=True)
 
@@ -292,7 +297,7 @@ class FakeGitHub:
             token="ghs_" + secrets.token_hex(18),
             installation_id=inst.id,
             # Whole seconds, like GitHub's expires_at.
-            expires_at=float(int(time.time() + self.token_lifetime)),
+            expires_at=float(int(self.clock() + self.token_lifetime)),
             permissions=dict(permissions or inst.permissions),
             repositories=repositories,
         )
@@ -327,14 +332,14 @@ class FakeGitHub:
 
     def expire_tokens(self, installation_id: int | None = None) -> None:
         """Make every token (of one installation) expired, as after an hour."""
-        past = time.time() - 1
+        past = self.clock() - 1
         for token in self.tokens.values():
             if installation_id is None or token.installation_id == installation_id:
                 token.expires_at = past
 
     def rate_limit(self, key: int | str, limit: int | None = None) -> RateBucket:
         """The primary rate-limit window of an installation id ("app" for JWT calls)."""
-        now = int(time.time())
+        now = int(self.clock())
         bucket = self._buckets.get(key)
         if bucket is None or now >= bucket.reset:
             bucket = RateBucket(limit or self.rate_limit_per_hour, now + 3600)
@@ -344,7 +349,7 @@ class FakeGitHub:
     def set_rate_limit(self, key: int | str, remaining: int, reset_in: float = 3600) -> None:
         bucket = self.rate_limit(key)
         bucket.used = bucket.limit - remaining
-        bucket.reset = int(time.time() + reset_in)
+        bucket.reset = int(self.clock() + reset_in)
 
     # -- repositories and git ------------------------------------------------------------------
     def create_repo(
@@ -935,7 +940,7 @@ class FakeGitHub:
         self, method: str | None, path_regex: str, count: int = 1, reset_in: float = 60
     ) -> None:
         """Primary rate limit: 403 with x-ratelimit-remaining 0 (gidgethub: RateLimitExceeded)."""
-        reset = int(time.time() + reset_in)
+        reset = int(self.clock() + reset_in)
         self.fail_next(
             method,
             path_regex,
@@ -1139,6 +1144,7 @@ class FakeGitHub:
                 raw_path=raw_path,
                 token_request=bool(route and route.token_request),
                 duration=time.perf_counter() - started,
+                at=self.clock(),
             )
         )
         if status in (204, 304):
@@ -1172,7 +1178,7 @@ class FakeGitHub:
             raise auth_error
         problems = self._check_request(call, route)
         bucket = call.bucket
-        if bucket is not None and bucket.remaining == 0 and time.time() < bucket.reset:
+        if bucket is not None and bucket.remaining == 0 and self.clock() < bucket.reset:
             who = f"installation ID {call.installation.id}" if call.installation else "this App"
             call.rate_limited = True
             raise GitHubError(403, f"API rate limit exceeded for {who}.")
@@ -1199,7 +1205,7 @@ class FakeGitHub:
         if scheme not in ("token", "bearer") or not credential:
             raise GitHubError(401, "Requires authentication")
         token = self.tokens.get(credential)
-        if token is None or token.expires_at <= time.time():
+        if token is None or token.expires_at <= self.clock():
             raise GitHubError(401, "Bad credentials")
         inst = self.installations.get(token.installation_id)
         if inst is None:
@@ -1233,33 +1239,41 @@ class FakeGitHub:
 
     def _verify_jwt(self, token: str) -> None:
         try:
+            # Times are checked below against the fake's clock, which a test may move.
             claims = jwt.decode(
                 token,
                 self._public_key,
                 algorithms=["RS256"],
-                options={"require": ["iat", "exp", "iss"]},
+                options={
+                    "require": ["iat", "exp", "iss"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
+        except jwt.InvalidTokenError:
+            raise GitHubError(401, "A JSON web token could not be decoded") from None
+        now = self.clock()
+        if int(claims["exp"]) <= now:
             raise GitHubError(
                 401,
                 "'Expiration time' claim ('exp') must be a numeric value "
                 "representing the future time at which the assertion "
                 "expires",
-            ) from None
-        except jwt.ImmatureSignatureError:
+            )
+        if int(claims["iat"]) > now:
             raise GitHubError(
                 401,
                 "'Issued at' claim ('iat') must be an Integer representing "
                 "the time that the assertion was issued",
-            ) from None
-        except jwt.InvalidTokenError:
-            raise GitHubError(401, "A JSON web token could not be decoded") from None
+            )
         if str(claims["iss"]) != str(self.app_id):
             raise GitHubError(
                 401, "'Issuer' claim ('iss') must be an Integer or a String representing this App"
             )
-        if int(claims["exp"]) - int(claims["iat"]) > 600:
+        if int(claims["exp"]) - int(claims["iat"]) > 600 or int(claims["exp"]) > now + 600:
             raise GitHubError(401, "'Expiration time' claim ('exp') is too far in the future")
+        self.app_jwts.add(token)
 
     def _error_reply(self, exc: GitHubError, route: Route | None) -> Reply:
         doc = "https://docs.github.com/rest"

@@ -238,6 +238,7 @@ class Recorded:
     raw_path: str
     token_request: bool
     duration: float
+    at: float  # when it was answered, by the fake's clock
 
 
 @dataclass
