@@ -14,6 +14,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,21 @@ from tests.rig.github.gitstore import SHA_RE, GitStore, Person, TreeEntry
 from tests.rig.github.routes import ROUTES, Call, GitHubError, Reply, Route, match
 from tests.rig.github.shapes import Shapes
 from tests.rig.github.state import (
+    CI_APP,
+    REACTIONS,
+    CheckRun,
     Comment,
+    CommitStatus,
     Delay,
     Deployment,
     DeploymentStatus,
     Fault,
     Installation,
+    IssueEvent,
     Label,
     Pull,
     RateBucket,
+    Reaction,
     Recorded,
     Repo,
     Token,
@@ -149,6 +156,8 @@ class FakeGitHub:
             DEFAULT_PERMISSIONS,
             datetime(2024, 1, 1, tzinfo=UTC),
         )
+        # Check suites of other Apps (a CI's), by (repo id, head sha, App slug).
+        self._other_check_suites: dict[tuple[int, str, str], int] = {}
 
     def reset(self) -> None:
         """Forget every repo, token, fault and recorded request (the App key and id stay)."""
@@ -233,7 +242,13 @@ class FakeGitHub:
             return "admin"
         return "none" if repo.private else "read"
 
-    def check_suite_id(self, repo: Repo, sha: str) -> int:
+    def check_suite_id(self, repo: Repo, sha: str, app: str | None = None) -> int:
+        """The check suite of `sha` for the test App, or for another App's `app` slug."""
+        if app is not None:
+            other = (repo.id, sha, app)
+            if other not in self._other_check_suites:
+                self._other_check_suites[other] = self.next_id("check_suite")
+            return self._other_check_suites[other]
         key = (repo.id, sha)
         if key not in self._check_suites:
             self._check_suites[key] = self.next_id("check_suite")
@@ -687,8 +702,12 @@ class FakeGitHub:
         *,
         color: str = "ededed",
         description: str | None = None,
+        by: str | None = None,
     ) -> None:
-        """Label a PR (creating the repository label on first use, as GitHub does)."""
+        """Label a PR (creating the repository label on first use, as GitHub does).
+
+        `by` (default: the PR author) is the `labeled` event's actor and the webhook's sender.
+        """
         repo = self.repo(owner, name)
         existing = next(
             (lb for lb in repo.labels.values() if lb.name.lower() == label.lower()), None
@@ -700,15 +719,26 @@ class FakeGitHub:
         if existing.name not in pr.labels:
             pr.labels.append(existing.name)
             pr.updated_at = self.now()
+            self.record_event(repo, number, "labeled", by or pr.user.login, label=existing)
         pr.last_label = existing.name
 
-    def remove_label(self, owner: str, name: str, number: int, label: str) -> None:
+    def remove_label(
+        self, owner: str, name: str, number: int, label: str, *, by: str | None = None
+    ) -> None:
+        """Unlabel a PR; `by` (default: the PR author) is the `unlabeled` event's actor."""
         pr = self.pull(owner, name, number)
         for existing in list(pr.labels):
             if existing.lower() == label.lower():
                 pr.labels.remove(existing)
                 pr.updated_at = self.now()
                 pr.last_label = existing
+                self.record_event(
+                    pr.repo,
+                    number,
+                    "unlabeled",
+                    by or pr.user.login,
+                    label=pr.repo.labels[existing],
+                )
 
     def close(
         self,
@@ -718,8 +748,12 @@ class FakeGitHub:
         merged: bool = False,
         *,
         merged_by: str = "octocat",
+        by: str | None = None,
     ) -> Pull:
-        """Close a PR; `merged` also merges its head into the base branch (a merge commit)."""
+        """Close a PR; `merged` also merges its head into the base branch (a merge commit).
+
+        The `closed` event's actor is `by`, else `merged_by` for a merge, else the PR author.
+        """
         pr = self.pull(owner, name, number)
         now = self.now()
         if merged:
@@ -743,12 +777,16 @@ class FakeGitHub:
             pr.merged_at = now
             pr.merged_by = self.user(merged_by)
             pr.merge_commit_sha = merge
+            self.record_event(repo, number, "merged", by or merged_by, commit_id=merge)
         pr.state = "closed"
         pr.closed_at = now
         pr.updated_at = now
+        closer = by or (merged_by if merged else pr.user.login)
+        self.record_event(pr.repo, number, "closed", closer)
         return pr
 
-    def reopen(self, owner: str, name: str, number: int) -> Pull:
+    def reopen(self, owner: str, name: str, number: int, *, by: str | None = None) -> Pull:
+        """Reopen a closed PR; `by` (default: the PR author) is the `reopened` event's actor."""
         pr = self.pull(owner, name, number)
         if pr.merged:
             raise ValueError("a merged pull request cannot be reopened")
@@ -760,6 +798,7 @@ class FakeGitHub:
             if branch_sha and branch_sha != pr.head_sha:
                 pr.head_sha = branch_sha
                 pr.head_history.append(branch_sha)
+        self.record_event(pr.repo, number, "reopened", by or pr.user.login)
         return pr
 
     def edit_pull(
@@ -801,13 +840,17 @@ class FakeGitHub:
         body: str,
         *,
         user: str = "octocat",
-        via_app: bool = False,
+        via_app: bool | None = None,
     ) -> Comment:
+        """A comment by `user`; `via_app` (default: when `user` is the App's bot) makes it
+        carry `performed_via_github_app`."""
         repo = self.repo(owner, name)
         if number not in repo.pulls:
             raise KeyError(f"#{number} is not a pull request of {repo.full_name}")
         now = self.now()
-        comment = Comment(self.next_id("comment"), number, body, self.user(user), now, now, via_app)
+        author = self.user(user)
+        app = author is self.bot if via_app is None else via_app
+        comment = Comment(self.next_id("comment"), number, body, author, now, now, app)
         repo.comments[comment.id] = comment
         return comment
 
@@ -819,6 +862,230 @@ class FakeGitHub:
         """Make `user` a collaborator: admin, maintain, write, triage, read or none."""
         self.user(user)
         self.repo(owner, name).collaborators[user] = permission
+
+    # -- issue events, drafts, comment edits and reactions ----------------------------------------
+    def record_event(
+        self,
+        repo: Repo,
+        number: int,
+        event: str,
+        actor: str,
+        *,
+        label: Label | None = None,
+        commit_id: str | None = None,
+    ) -> IssueEvent:
+        """Add an entry to the issue's events (GET .../issues/{n}/events), done by `actor`
+        (the App's bot means an installation token did it: performed_via_github_app)."""
+        who = self.user(actor)
+        entry = IssueEvent(
+            id=self.next_id("issue_event"),
+            number=number,
+            event=event,
+            actor=who,
+            created_at=self.now(),
+            label=replace(label) if label is not None else None,
+            commit_id=commit_id,
+            via_app=who is self.bot,
+        )
+        repo.issue_events.append(entry)
+        return entry
+
+    def issue_events(
+        self, owner: str, name: str, number: int, event: str | None = None
+    ) -> list[IssueEvent]:
+        """The recorded events of issue/PR `number`, oldest first (only `event`s if given)."""
+        return [
+            e
+            for e in self.repo(owner, name).issue_events
+            if e.number == number and (event is None or e.event == event)
+        ]
+
+    def ready_for_review(
+        self, owner: str, name: str, number: int, *, by: str | None = None
+    ) -> Pull:
+        """Mark a draft PR ready (event `ready_for_review`; `by` defaults to the PR author)."""
+        pr = self.pull(owner, name, number)
+        if pr.draft:
+            pr.draft = False
+            pr.updated_at = self.now()
+            self.record_event(pr.repo, number, "ready_for_review", by or pr.user.login)
+        return pr
+
+    def convert_to_draft(
+        self, owner: str, name: str, number: int, *, by: str | None = None
+    ) -> Pull:
+        """Make a PR a draft again (event `convert_to_draft`; `by` defaults to the PR author)."""
+        pr = self.pull(owner, name, number)
+        if not pr.draft:
+            pr.draft = True
+            pr.updated_at = self.now()
+            self.record_event(pr.repo, number, "convert_to_draft", by or pr.user.login)
+        return pr
+
+    def edit_comment(self, owner: str, name: str, comment_id: int, body: str) -> Comment:
+        """Its author edits a comment (kept for an `edited` webhook's changes.body.from)."""
+        comment = self.repo(owner, name).comments[comment_id]
+        comment.previous_body = comment.body
+        comment.body = body
+        comment.updated_at = self.now()
+        return comment
+
+    def react(
+        self, owner: str, name: str, comment_id: int, content: str, *, user: str = "octocat"
+    ) -> tuple[Reaction, bool]:
+        """`user` reacts to a comment; (the reaction, True) when new, (the existing one, False)
+        when that user already reacted with that content (GitHub answers 200 then, not 201)."""
+        if content not in REACTIONS:
+            raise ValueError(f"{content!r} is not a reaction ({', '.join(REACTIONS)})")
+        comment = self.repo(owner, name).comments[comment_id]
+        who = self.user(user)
+        for existing in comment.reactions:
+            if existing.user is who and existing.content == content:
+                return existing, False
+        reaction = Reaction(self.next_id("reaction"), who, content, self.now())
+        comment.reactions.append(reaction)
+        return reaction, True
+
+    def reactions(self, owner: str, name: str, comment_id: int) -> list[tuple[str, str]]:
+        """(login, content) of every reaction to a comment, oldest first."""
+        comment = self.repo(owner, name).comments[comment_id]
+        return [(r.user.login, r.content) for r in comment.reactions]
+
+    # -- a CI: check runs and commit statuses of other Apps and users ----------------------------
+    def start_check(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        check_name: str,
+        *,
+        app: str = CI_APP,
+        status: str = "in_progress",
+    ) -> CheckRun:
+        """Another App (a CI, GitHub Actions by default) starts a check run on `sha`."""
+        repo = self.repo(owner, name)
+        if repo.store.object_type(sha) != "commit":
+            raise KeyError(f"{sha} is not a commit of {repo.full_name}")
+        now = self.now()
+        run = CheckRun(
+            id=self.next_id("check_run"),
+            head_sha=sha,
+            name=check_name,
+            status=status,
+            conclusion=None,
+            started_at=now,
+            completed_at=None,
+            details_url=None,
+            external_id=None,
+            output={},
+            check_suite_id=self.check_suite_id(repo, sha, app),
+            created_at=now,
+            app=app,
+        )
+        repo.check_runs[run.id] = run
+        return run
+
+    def complete_check(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        check_name: str,
+        conclusion: str,
+        *,
+        app: str = CI_APP,
+        output: Mapping[str, Any] | None = None,
+    ) -> CheckRun:
+        """A CI completes its check run `check_name` on `sha` (started first if it was not)."""
+        repo = self.repo(owner, name)
+        run = next(
+            (
+                r
+                for r in sorted(repo.check_runs.values(), key=lambda r: r.id, reverse=True)
+                if r.head_sha == sha
+                and r.name == check_name
+                and r.app == app
+                and r.status != "completed"
+            ),
+            None,
+        ) or self.start_check(owner, name, sha, check_name, app=app)
+        run.status = "completed"
+        run.conclusion = conclusion
+        run.completed_at = self.now()
+        if output is not None:
+            run.output = dict(output)
+        return run
+
+    def set_status(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        context: str,
+        state: str,
+        *,
+        user: str = "ci-bot",
+        target_url: str | None = None,
+        description: str | None = None,
+    ) -> CommitStatus:
+        """`user` (a CI) sets the commit status `context` of `sha` to `state`
+        (error, failure, pending or success)."""
+        repo = self.repo(owner, name)
+        if repo.store.object_type(sha) != "commit":
+            raise KeyError(f"{sha} is not a commit of {repo.full_name}")
+        if state not in ("error", "failure", "pending", "success"):
+            raise ValueError(f"{state!r} is not a commit status state")
+        now = self.now()
+        status = CommitStatus(
+            id=self.next_id("status"),
+            sha=sha,
+            state=state,
+            target_url=target_url,
+            description=description,
+            context=context,
+            creator=self.user(user),
+            created_at=now,
+            updated_at=now,
+        )
+        repo.statuses.append(status)
+        return status
+
+    # -- installations: what they cover, uninstalling -------------------------------------------
+    def installation_repos(self, inst: Installation) -> list[Repo]:
+        """The repositories `inst` covers (its selection), oldest first."""
+        return [r for r in self.repos.values() if inst.covers(r.full_name)]
+
+    def uninstall(self, installation_id: int) -> Installation:
+        """Remove an installation (its tokens stop working); returns it for a `deleted` hook."""
+        inst = self.installations.pop(installation_id)
+        for key, token in list(self.tokens.items()):
+            if token.installation_id == installation_id:
+                del self.tokens[key]
+        return inst
+
+    def add_installation_repos(self, installation_id: int, names: Iterable[str]) -> list[Repo]:
+        """Add repositories (by name) to a `selected` installation; returns those newly added."""
+        inst = self.installations[installation_id]
+        added = []
+        for n in names:
+            repo = self.repo(inst.account.login, n)
+            if not inst.covers(repo.full_name):
+                inst.repositories.add(repo.full_name)
+                added.append(repo)
+        return added
+
+    def remove_installation_repos(self, installation_id: int, names: Iterable[str]) -> list[Repo]:
+        """Take repositories (by name) from an installation; one that covered `all` becomes
+        `selected` with the rest, as on GitHub. Returns those actually removed."""
+        inst = self.installations[installation_id]
+        wanted = {self.repo(inst.account.login, n).full_name.lower() for n in names}
+        covered = self.installation_repos(inst)
+        removed = [r for r in covered if r.full_name.lower() in wanted]
+        if removed:
+            gone = {r.id for r in removed}
+            inst.repository_selection = "selected"
+            inst.repositories = {r.full_name for r in covered if r.id not in gone}
+        return removed
 
     def deployments(
         self, owner: str, name: str, environment: str | None = None
