@@ -1,5 +1,6 @@
 """The GitHub fake's later additions, over real HTTP: installation repositories, issue events
-with actors, reactions, CI checks and statuses, and behaviours the bot relies on."""
+with actors, reactions, faults that apply the request first, CI checks and statuses, and
+behaviours the bot relies on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gidgethub import BadRequest
+from gidgethub import BadRequest, GitHubBroken
 from gidgethub.aiohttp import GitHubAPI
 from gidgethub.apps import get_jwt
 
@@ -207,6 +208,73 @@ async def test_reactions_are_idempotent_per_user_and_content(
     )
     assert status == 404
     assert len(repo.reactions(OWNER, NAME, comment.id)) == 3
+
+
+# -- faults that apply the request first -------------------------------------------------------
+async def test_fail_after_apply_changes_state_then_answers_an_error(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
+    repo.create_pull(OWNER, NAME, 3)
+    gh = repo.client(github_session)
+    bucket = repo.rate_limit(repo.installation_for(OWNER).id)
+    repo.fail_after_apply("POST", r"/issues/3/comments$")
+    with pytest.raises(GitHubBroken) as lost:
+        await gh.post(REPO + "/issues/3/comments", data={"body": "preview: pending"})
+    assert lost.value.status_code == 502
+    assert [c.body for c in repo.comments(OWNER, NAME, 3)] == ["preview: pending"]
+    assert repo.comments(OWNER, NAME, 3)[0].via_app
+    last = repo.requests[-1]
+    assert (last.status, last.injected) == (502, "fail_after_apply")
+    assert repo.count("POST", r"/issues/3/comments$", injected=True) == 1
+    assert bucket.used == 1  # GitHub did the work: it counts
+    # A retry of the lost write makes a second comment, as it would on GitHub.
+    await gh.post(REPO + "/issues/3/comments", data={"body": "preview: pending"})
+    assert len(repo.comments(OWNER, NAME, 3)) == 2
+    assert repo.count("POST", r"/issues/3/comments$", injected=False) == 1
+
+    # Only a request the fake serves uses the fault up: a 404 stays a 404.
+    repo.fail_after_apply("DELETE", r"/labels/", status=500)
+    with pytest.raises(BadRequest) as absent:
+        await gh.delete(REPO + "/issues/3/labels/{name}", {"name": "preview"})
+    assert absent.value.status_code == 404
+    repo.add_label(OWNER, NAME, 3, "preview")
+    with pytest.raises(GitHubBroken) as broken:
+        await gh.delete(REPO + "/issues/3/labels/{name}", {"name": "preview"})
+    assert broken.value.status_code == 500
+    assert repo.pull(OWNER, NAME, 3).labels == []
+    assert [e.event for e in repo.issue_events(OWNER, NAME, 3)] == ["labeled", "unlabeled"]
+
+
+async def test_cut_after_apply_and_cut_next_drop_the_connection(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
+    pr = repo.create_pull(OWNER, NAME, 5)
+    gh = repo.client(github_session)
+    repo.cut_after_apply("POST", r"/issues/5/labels$")
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await gh.post(REPO + "/issues/5/labels", data={"labels": ["preview"]})
+    assert repo.pull(OWNER, NAME, 5).labels == ["preview"]  # applied, answer lost
+    cut = repo.requests[-1]
+    assert (cut.status, cut.injected, cut.method) == (0, "cut_after_apply", "POST")
+
+    deployment = {
+        "ref": pr.head_sha,
+        "environment": "pr-5",
+        "required_contexts": [],
+        "auto_merge": False,
+    }
+    repo.cut_next("POST", r"/deployments$")
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await gh.post(REPO + "/deployments", data=deployment)
+    assert repo.deployments(OWNER, NAME) == []  # cut before it was applied
+    assert repo.requests[-1].injected == "cut_next"
+    created = await gh.post(REPO + "/deployments", data=deployment)  # a new connection works
+    assert [d.id for d in repo.deployments(OWNER, NAME)] == [created["id"]]
+    assert repo.count("POST", r"/deployments$") == 2
+    assert repo.count("POST", r"/deployments$", injected=True) == 1
+    assert repo.count(status=0) == 2
+    stats = repo.contract_stats
+    assert stats is not None and stats.skipped_reasons.get("injected fault", 0) >= 2
 
 
 # -- CI: check runs and statuses of others -----------------------------------------------------

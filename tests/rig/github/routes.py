@@ -85,6 +85,7 @@ class Call:
     raw_path: str = ""
     rate_limited: bool = False
     _json: Any = None
+    injected: str | None = None  # the kind of fault that answered (see state.Fault)
 
     @property
     def repo(self) -> Repo:

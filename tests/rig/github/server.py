@@ -65,6 +65,7 @@ DEFAULT_PERMISSIONS = {
 }
 RATE_DOCS = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
 _LEVELS = {"read": 1, "write": 2, "admin": 3}
+_BEFORE_APPLY = ("fail_next", "cut_next")  # fault kinds that answer instead of serving
 _FAULT_MESSAGES = {
     400: "Problems parsing JSON",
     401: "Bad credentials",
@@ -1251,6 +1252,49 @@ class FakeGitHub:
         """Hold the next `count` matching requests for `seconds` before serving them."""
         self._delays.append(Delay(_method(method), re.compile(path_regex), seconds, count))
 
+    def fail_after_apply(
+        self,
+        method: str | None,
+        path_regex: str,
+        status: int = 502,
+        count: int = 1,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+    ) -> None:
+        """Serve the next `count` matching requests (state changes), then answer `status`
+        instead of the real answer: a write GitHub applied whose response was lost.
+
+        Only requests the fake serves successfully use it up (an error answer stays as it
+        is). The real answer is still contract-checked and costs its rate limit.
+        """
+        self._faults.append(
+            Fault(
+                _method(method),
+                re.compile(path_regex),
+                status,
+                count,
+                {k.lower(): v for k, v in (headers or {}).items()},
+                _error_body(status) if body is None else body,
+                kind="fail_after_apply",
+            )
+        )
+
+    def cut_after_apply(self, method: str | None, path_regex: str, count: int = 1) -> None:
+        """Serve the next `count` matching requests (state changes), then close the connection
+        without an answer (aiohttp clients raise ServerDisconnectedError). Like
+        fail_after_apply, only successful requests use it up."""
+        self._faults.append(
+            Fault(
+                _method(method), re.compile(path_regex), 0, count, {}, None, kind="cut_after_apply"
+            )
+        )
+
+    def cut_next(self, method: str | None, path_regex: str, count: int = 1) -> None:
+        """Close the connection of the next `count` matching requests without serving them."""
+        self._faults.append(
+            Fault(_method(method), re.compile(path_regex), 0, count, {}, None, kind="cut_next")
+        )
+
     def count(
         self,
         method: str | None = None,
@@ -1258,9 +1302,11 @@ class FakeGitHub:
         *,
         include_tokens: bool | None = None,
         status: int | None = None,
+        injected: bool | None = None,
     ) -> int:
         """How many requests matched; token requests count only when asked for (or when
-        `path_regex` is given, since it then selects them explicitly)."""
+        `path_regex` is given, since it then selects them explicitly). `injected` True counts
+        only requests a fault answered (or cut), False only the others."""
         with_tokens = include_tokens if include_tokens is not None else path_regex is not None
         pattern = re.compile(path_regex) if path_regex else None
         return sum(
@@ -1270,6 +1316,7 @@ class FakeGitHub:
             and (pattern is None or pattern.search(r.path) or pattern.search(r.raw_path))
             and (with_tokens or not r.token_request)
             and (status is None or r.status == status)
+            and (injected is None or (r.injected is not None) == injected)
         )
 
     @property
@@ -1395,6 +1442,9 @@ class FakeGitHub:
         status, out_headers, payload = self._finish(call, route, reply, injected)
         if call is not None and route is not None:
             self._check_response(call, route, status, out_headers, payload, reply, injected)
+        cut = call is not None and call.injected in ("cut_next", "cut_after_apply")
+        if cut:
+            status = 0  # the client gets no answer at all
         self.requests.append(
             Recorded(
                 method=method,
@@ -1405,9 +1455,15 @@ class FakeGitHub:
                 query=request.query_string,
                 raw_path=raw_path,
                 token_request=bool(route and route.token_request),
+                injected=call.injected if call is not None else None,
                 duration=time.perf_counter() - started,
             )
         )
+        if cut:
+            # Close the TCP connection with no response: the client sees a disconnect.
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=502)  # never written to the closed transport
         if status in (204, 304):
             out_headers.pop("Content-Type", None)
             return web.Response(status=status, headers=out_headers)
@@ -1420,12 +1476,17 @@ class FakeGitHub:
         except GitHubError as exc:
             auth_error = exc
         for fault in self._faults:
-            if fault.count > 0 and _matches(
-                fault.method, fault.pattern, call.method, call.path, call.raw_path
+            if (
+                fault.count > 0
+                and fault.kind in _BEFORE_APPLY
+                and _matches(fault.method, fault.pattern, call.method, call.path, call.raw_path)
             ):
                 fault.count -= 1
+                call.injected = fault.kind
                 # An injected answer: serve nothing, but the request itself is still checked.
                 self._check_request(call, route)
+                if fault.kind == "cut_next":
+                    return Reply(502), True  # never sent: _handle closes the connection
                 if isinstance(fault.body, bytes | str):
                     raw = fault.body.encode() if isinstance(fault.body, str) else fault.body
                     kind = (
@@ -1447,7 +1508,33 @@ class FakeGitHub:
             # GitHub rejects bodies that break its schema with 422 "Invalid request".
             raise GitHubError(422, "Invalid request.\n\n" + problems[0])
         self._authorize(call, route)
-        return route.handler(call), False
+        return self._lose_answer(call, route, route.handler(call))
+
+    def _lose_answer(self, call: Call, route: Route, reply: Reply) -> tuple[Reply, bool]:
+        """After a request was served: a fail_after_apply / cut_after_apply fault replaces
+        its answer (the real one is still contract-checked and costs its rate limit)."""
+        for fault in self._faults:
+            if (
+                fault.count > 0
+                and fault.kind not in _BEFORE_APPLY
+                and _matches(fault.method, fault.pattern, call.method, call.path, call.raw_path)
+            ):
+                fault.count -= 1
+                call.injected = fault.kind
+                status, headers, payload = self._finish(call, route, reply, False)
+                self._check_response(call, route, status, headers, payload, reply, False)
+                if fault.kind == "cut_after_apply":
+                    return reply, True  # never sent: _handle closes the connection
+                if isinstance(fault.body, bytes | str):
+                    raw = fault.body.encode() if isinstance(fault.body, str) else fault.body
+                    kind = (
+                        "text/html; charset=utf-8"
+                        if raw.lstrip().startswith(b"<")
+                        else "text/plain; charset=utf-8"
+                    )
+                    return Reply(fault.status, None, dict(fault.headers), kind, raw), True
+                return Reply(fault.status, fault.body, dict(fault.headers)), True
+        return reply, False
 
     def _authenticate(self, call: Call, route: Route) -> None:
         # Failed and anonymous calls count against GitHub's unauthenticated limit (60/h).
@@ -1632,6 +1719,14 @@ class FakeGitHub:
             self.contract_violations.append(
                 Violation("response", call.method, call.raw_path, route.template, status, problem)
             )
+
+
+def _error_body(status: int) -> JSON:
+    return {
+        "message": _FAULT_MESSAGES.get(status, "Error"),
+        "documentation_url": "https://docs.github.com/rest",
+        "status": str(status),
+    }
 
 
 def _method(method: str | None) -> str | None:

@@ -270,6 +270,9 @@ class Recorded:
     query: str
     raw_path: str
     token_request: bool
+    # None when served; else the fault that answered instead: fail_next, fail_after_apply,
+    # cut_next or cut_after_apply (a cut has status 0: the client got no answer at all).
+    injected: str | None
     duration: float
 
 
@@ -283,6 +286,9 @@ class Fault:
     count: int
     headers: dict[str, str]
     body: Any
+    # fail_next: answered instead of served; fail_after_apply: served, then answered with
+    # `status`; cut_next / cut_after_apply: the connection is closed before / after serving.
+    kind: str = "fail_next"
 
 
 @dataclass
