@@ -1,6 +1,6 @@
 """The GitHub fake's later additions, over real HTTP: installation repositories, issue events
 with actors, reactions, faults that apply the request first, CI checks and statuses, and
-behaviours the bot relies on."""
+webhook payloads for the events the bot handles (each validated against GitHub's schemas)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 from gidgethub import BadRequest, GitHubBroken
 from gidgethub.aiohttp import GitHubAPI
 from gidgethub.apps import get_jwt
+from gidgethub.sansio import Event
 
-from tests.rig.github import FakeGitHub
+from bot.webhooks import sign
+from tests.rig.github import FakeGitHub, WebhookSchemaError, webhook_request
 
 pytestmark = pytest.mark.rig
 
@@ -155,6 +157,23 @@ async def test_issue_events_record_who_did_what(
         "maintainer",
         "preview-bot[bot]",
     ]
+
+
+async def test_labeled_webhook_sender_is_who_added_the_label(repo: FakeGitHub) -> None:
+    repo.create_pull(OWNER, NAME, 8)
+    repo.add_label(OWNER, NAME, 8, "preview", by="maintainer")
+    repo.add_label(OWNER, NAME, 8, "any label at all", by="alice")
+    latest = repo.event_payload("pull_request", "labeled", OWNER, NAME, 8)
+    assert (latest["label"]["name"], latest["sender"]["login"]) == ("any label at all", "alice")
+    earlier = repo.event_payload("pull_request", "labeled", OWNER, NAME, 8, label="preview")
+    assert (earlier["label"]["name"], earlier["sender"]["login"]) == ("preview", "maintainer")
+    repo.add_label(OWNER, NAME, 8, "mine")  # default: the PR author
+    assert repo.event_payload("pull_request", "labeled", OWNER, NAME, 8)["sender"]["login"] == (
+        "octocat"
+    )
+    repo.remove_label(OWNER, NAME, 8, "preview", by="bob")
+    unlabeled = repo.event_payload("pull_request", "unlabeled", OWNER, NAME, 8)
+    assert (unlabeled["label"]["name"], unlabeled["sender"]["login"]) == ("preview", "bob")
 
 
 # -- reactions ---------------------------------------------------------------------------------
@@ -461,3 +480,130 @@ async def test_open_pulls_etag_changes_when_a_listed_pull_changes(
         assert repo.count("GET", r"/pulls$", status=200) == before + 1
     assert repo.count("GET", r"/pulls$", status=304) == len(changes)
     assert await listing() == [(1, False, ["preview"]), (3, True, [])]
+
+
+# -- webhook payloads --------------------------------------------------------------------------
+async def test_pull_request_and_comment_webhooks_for_new_actions(repo: FakeGitHub) -> None:
+    repo.create_pull(OWNER, NAME, 21, draft=True)
+    repo.ready_for_review(OWNER, NAME, 21, by="maintainer")
+    ready = repo.event_payload("pull_request", "ready_for_review", OWNER, NAME, 21)
+    assert (ready["pull_request"]["draft"], ready["sender"]["login"]) == (False, "maintainer")
+    repo.convert_to_draft(OWNER, NAME, 21)
+    draft = repo.event_payload("pull_request", "converted_to_draft", OWNER, NAME, 21)
+    assert (draft["pull_request"]["draft"], draft["sender"]["login"]) == (True, "octocat")
+    assert [e.event for e in repo.issue_events(OWNER, NAME, 21)] == [
+        "ready_for_review",
+        "convert_to_draft",
+    ]
+    with pytest.raises(WebhookSchemaError):  # ready_for_review needs a non-draft PR
+        repo.event_payload("pull_request", "ready_for_review", OWNER, NAME, 21)
+
+    ours = repo.add_comment(OWNER, NAME, 21, "preview: ready", user=repo.bot.login)
+    created = repo.event_payload("issue_comment", "created", OWNER, NAME, 21, comment_id=ours.id)
+    assert created["comment"]["user"]["type"] == "Bot"
+    assert created["comment"]["performed_via_github_app"]["slug"] == "preview-bot"
+    assert created["sender"]["login"] == "preview-bot[bot]"
+    assert created["issue"]["pull_request"]["url"].endswith("/pulls/21")
+    theirs = repo.event_payload(
+        "issue_comment", "created", OWNER, NAME, 21, body="/preview", user="alice"
+    )
+    assert theirs["comment"]["performed_via_github_app"] is None
+    assert (theirs["comment"]["body"], theirs["sender"]["login"]) == ("/preview", "alice")
+    repo.edit_comment(OWNER, NAME, theirs["comment"]["id"], "/preview please")
+    edited = repo.event_payload(
+        "issue_comment", "edited", OWNER, NAME, 21, comment_id=theirs["comment"]["id"]
+    )
+    assert edited["changes"] == {"body": {"from": "/preview"}}
+    assert edited["comment"]["body"] == "/preview please"
+
+
+async def test_check_and_status_webhooks(repo: FakeGitHub) -> None:
+    same = repo.create_pull(OWNER, NAME, 31)
+    fork = repo.create_pull(OWNER, NAME, 32, fork=True, user="outsider")
+    run = repo.complete_check(OWNER, NAME, same.head_sha, "build", "success")
+    completed = repo.check_run_payload(OWNER, NAME, run.id)
+    check = completed["check_run"]
+    assert (check["head_sha"], check["name"], check["conclusion"]) == (
+        same.head_sha,
+        "build",
+        "success",
+    )
+    assert [p["number"] for p in check["pull_requests"]] == [31]
+    assert check["app"]["slug"] == "github-actions"
+    assert check["check_suite"]["status"] == "completed"
+    assert completed["installation"]["id"] == repo.installation_for(OWNER).id
+    fork_run = repo.complete_check(OWNER, NAME, fork.head_sha, "build", "failure")
+    assert repo.check_run_payload(OWNER, NAME, fork_run.id)["check_run"]["pull_requests"] == []
+
+    e2e = repo.start_check(OWNER, NAME, same.head_sha, "e2e")
+    started = repo.check_run_payload(OWNER, NAME, e2e.id, "created")
+    assert (started["check_run"]["status"], started["check_run"]["conclusion"]) == (
+        "in_progress",
+        None,
+    )
+    with pytest.raises(ValueError, match="not completed"):
+        repo.check_run_payload(OWNER, NAME, e2e.id)
+    with pytest.raises(ValueError, match="in_progress, not completed"):
+        repo.check_suite_payload(OWNER, NAME, same.head_sha)
+    repo.complete_check(OWNER, NAME, same.head_sha, "e2e", "timed_out")
+    suite = repo.check_suite_payload(OWNER, NAME, same.head_sha)["check_suite"]
+    assert (suite["status"], suite["conclusion"], suite["head_sha"]) == (
+        "completed",
+        "timed_out",
+        same.head_sha,
+    )
+    assert suite["head_branch"] == "feature-31"
+    assert suite["latest_check_runs_count"] == 2
+    assert [p["number"] for p in suite["pull_requests"]] == [31]
+
+    status = repo.set_status(OWNER, NAME, same.head_sha, "ci/test", "failure")
+    payload = repo.status_payload(OWNER, NAME, status.id)
+    assert (payload["sha"], payload["context"], payload["state"]) == (
+        same.head_sha,
+        "ci/test",
+        "failure",
+    )
+    assert [b["name"] for b in payload["branches"]] == ["feature-31"]
+    assert payload["sender"]["login"] == "ci-bot"
+    assert payload["commit"]["author"]["login"] == "octocat"
+
+    headers, body = webhook_request("status", payload, "s3cret")
+    assert headers["X-Hub-Signature-256"] == sign("s3cret", body)
+    event = Event.from_http({k.lower(): v for k, v in headers.items()}, body, secret="s3cret")
+    assert event.event == "status" and event.data["state"] == "failure"
+
+
+async def test_installation_webhooks(
+    repo: FakeGitHub, github_session: aiohttp.ClientSession
+) -> None:
+    repo.create_repo(OWNER, "api")
+    inst = repo.installation_for(OWNER)
+    created = repo.installation_payload("created", inst.id)
+    assert created["installation"]["id"] == inst.id
+    assert created["installation"]["account"]["login"] == OWNER
+    assert [r["full_name"] for r in created["repositories"]] == ["acme/shop", "acme/api"]
+    assert created["sender"]["login"] == OWNER
+
+    removed = repo.remove_installation_repos(inst.id, ["api"])
+    gone = repo.installation_repositories_payload("removed", inst.id, removed)
+    assert gone["repository_selection"] == "selected"
+    assert [r["full_name"] for r in gone["repositories_removed"]] == ["acme/api"]
+    assert gone["repositories_added"] == []
+    back = repo.installation_repositories_payload(
+        "added", inst.id, repo.add_installation_repos(inst.id, ["api"])
+    )
+    assert [r["name"] for r in back["repositories_added"]] == ["api"]
+
+    token = repo.mint_token(inst.id)
+    uninstalled = repo.uninstall(inst.id)
+    deleted = repo.installation_payload("deleted", uninstalled)
+    assert deleted["installation"]["id"] == inst.id
+    status, _, _ = await _raw(repo, github_session, "GET", REPO, token)
+    assert status == 401  # its tokens are gone with it
+    with pytest.raises(KeyError):
+        repo.installation_for(OWNER)
+
+    repo.create_repo("acme-org", "api", owner_type="Organization")
+    org = repo.installation_payload("created", repo.installation_for("acme-org").id)
+    assert org["installation"]["account"]["type"] == "Organization"
+    assert org["sender"]["login"] == "octocat"

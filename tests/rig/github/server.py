@@ -1355,6 +1355,62 @@ class FakeGitHub:
 
         return event_payload(self, event, action, owner, name, number, **extra)
 
+    def check_run_payload(
+        self, owner: str, name: str, check_run_id: int, action: str = "completed", **extra: Any
+    ) -> JSON:
+        """A `check_run` webhook payload (see tests.rig.github.webhooks.check_run_payload)."""
+        from tests.rig.github.webhooks import check_run_payload
+
+        return check_run_payload(self, owner, name, check_run_id, action, **extra)
+
+    def check_suite_payload(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        action: str = "completed",
+        *,
+        app: str | None = CI_APP,
+        **extra: Any,
+    ) -> JSON:
+        """A `check_suite` webhook payload for `app`'s runs on `sha` (None: the test App)."""
+        from tests.rig.github.webhooks import check_suite_payload
+
+        return check_suite_payload(self, owner, name, sha, action, app=app, **extra)
+
+    def status_payload(self, owner: str, name: str, status_id: int, **extra: Any) -> JSON:
+        """A `status` webhook payload for a commit status (see set_status)."""
+        from tests.rig.github.webhooks import status_payload
+
+        return status_payload(self, owner, name, status_id, **extra)
+
+    def installation_payload(
+        self, action: str, installation: Installation | int, **extra: Any
+    ) -> JSON:
+        """An `installation` webhook payload (created, deleted, ...); a deleted installation
+        is given as the object uninstall() returned."""
+        from tests.rig.github.webhooks import installation_payload
+
+        inst = self.installations[installation] if isinstance(installation, int) else installation
+        return installation_payload(self, action, inst, **extra)
+
+    def installation_repositories_payload(
+        self,
+        action: str,
+        installation: Installation | int,
+        repositories: Iterable[Repo | str],
+        **extra: Any,
+    ) -> JSON:
+        """An `installation_repositories` payload: `repositories` (Repo objects or names of
+        the account's repositories) were `added` or `removed`."""
+        from tests.rig.github.webhooks import installation_repositories_payload
+
+        inst = self.installations[installation] if isinstance(installation, int) else installation
+        repos = [
+            r if isinstance(r, Repo) else self.repo(inst.account.login, r) for r in repositories
+        ]
+        return installation_repositories_payload(self, action, inst, repos, **extra)
+
     # -- HTTP ----------------------------------------------------------------------------------
     def paginate(
         self, call: Call, items: list[Any], *, key: str | None = None, extra: JSON | None = None
