@@ -14,7 +14,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -884,7 +883,12 @@ class FakeGitHub:
             event=event,
             actor=who,
             created_at=self.now(),
-            label=replace(label) if label is not None else None,
+            # A copy: the event keeps the label's name and color as they were.
+            label=(
+                Label(label.id, label.name, label.color, label.description, label.default)
+                if label is not None
+                else None
+            ),
             commit_id=commit_id,
             via_app=who is self.bot,
         )
