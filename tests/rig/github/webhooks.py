@@ -162,10 +162,13 @@ def event_payload(
     fake: FakeGitHub, event: str, action: str, owner: str, name: str, number: int, **extra: Any
 ) -> JSON:
     """A `pull_request` or `issue_comment` payload for PR `number`, from the fake's state.
+    (Other events: check_run_payload, check_suite_payload, status_payload,
+    installation_payload and installation_repositories_payload below.)
 
     extra keywords:
-      sender: login of who acted (default: the PR author; merged_by for merged closes;
-              the comment author for comments)
+      sender: login of who acted (default: who did it as the issue events recorded it,
+              e.g. add_label(by=); else the PR author, merged_by for merged closes; the
+              comment author for comments)
       label: for labeled/unlabeled, the label name (default: the last one added/removed)
       before / after: for synchronize (default: the previous and current head sha)
       changes: for edited (default: what edit_pull recorded)
