@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from multidict import MultiMapping
 from tests.rig.github.gitstore import SHA_RE, TreeEntry
 from tests.rig.github.shapes import b64_lines, iso, node_id
 from tests.rig.github.state import (
+    REACTIONS,
     CheckRun,
     Comment,
     CommitStatus,
@@ -85,6 +85,7 @@ class Call:
     raw_path: str = ""
     rate_limited: bool = False
     _json: Any = None
+    injected: str | None = None  # the kind of fault that answered (see state.Fault)
 
     @property
     def repo(self) -> Repo:
@@ -244,6 +245,25 @@ def get_repo_installation(call: Call) -> Reply:
         if inst.covers(call.repo.full_name):
             return Reply(body=call.fake.shapes.installation(inst))
     raise not_found()
+
+
+@route("GET", "/installation/repositories", permission=META)
+def installation_repositories(call: Call) -> Reply:
+    """The repositories the token's installation covers (narrowed tokens: theirs only)."""
+    fake = call.fake
+    assert call.installation is not None and call.token is not None
+    narrowed = call.token.repositories
+    repos = [
+        r
+        for r in fake.installation_repos(call.installation)
+        if narrowed is None or r.full_name.lower() in narrowed
+    ]
+    selection = "selected" if narrowed is not None else call.installation.repository_selection
+    return call.page(
+        [fake.shapes.repository(r) for r in repos],
+        key="repositories",
+        extra={"total_count": len(repos), "repository_selection": selection},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,8 +559,21 @@ def get_tree(call: Call) -> Reply:
     fake, repo = call.fake, call.repo
     name = call.params["tree_sha"]
     kind = repo.store.object_type(name)
+    # GitHub also takes `<rev>:<path>` (a directory at a branch, tag or commit); git ref
+    # names cannot contain `:`.
+    rev, colon, subpath = name.partition(":")
     if kind == "tree":
         sha = name
+    elif colon:
+        commit = fake.resolve_commit(repo, rev)
+        if commit is None:
+            raise not_found()
+        sha = repo.store.read_commit(commit).tree
+        if subpath.strip("/"):
+            entry = repo.store.lookup(sha, subpath.strip("/"))
+            if entry is None or entry.type != "tree":
+                raise not_found()
+            sha = entry.sha
     else:
         commit = fake.resolve_commit(repo, name)
         if commit is None:
@@ -763,6 +796,7 @@ def update_comment(call: Call) -> Reply:
                 }
             ],
         )
+    comment.previous_body = comment.body
     comment.body = body
     comment.updated_at = call.fake.now()
     return Reply(body=call.fake.shapes.comment(call.repo, comment))
@@ -773,6 +807,34 @@ def delete_comment(call: Call) -> Reply:
     comment = _comment(call)
     del call.repo.comments[comment.id]
     return Reply(204)
+
+
+@route("POST", R + "/issues/comments/{comment_id}/reactions", permission=ISSUES)
+def create_reaction(call: Call) -> Reply:
+    """201 for a new reaction; 200 with the existing one when the user already reacted so."""
+    fake, repo = call.fake, call.repo
+    comment = _comment(call)
+    content = call.data().get("content")
+    if content not in REACTIONS:
+        raise GitHubError(
+            422,
+            "Validation Failed",
+            errors=[{"resource": "Reaction", "code": "invalid", "field": "content"}],
+        )
+    reaction, created = fake.react(
+        repo.owner.login, repo.name, comment.id, content, user=fake.actor(call).login
+    )
+    return Reply(201 if created else 200, fake.shapes.reaction(reaction))
+
+
+@route("GET", R + "/issues/comments/{comment_id}/reactions", permission=ISSUES)
+def list_reactions(call: Call) -> Reply:
+    comment = _comment(call)
+    wanted = call.query.get("content")
+    shapes = call.fake.shapes
+    return call.page(
+        [shapes.reaction(r) for r in comment.reactions if wanted is None or r.content == wanted]
+    )
 
 
 def _labels_reply(call: Call, pr: Pull) -> Reply:
@@ -800,8 +862,9 @@ def _label_names(value: Any) -> list[str]:
 def add_labels(call: Call) -> Reply:
     number = _issue_number(call)
     repo = call.repo
+    actor = call.fake.actor(call).login
     for name in _label_names(call.json()):
-        call.fake.add_label(repo.owner.login, repo.name, number, name)
+        call.fake.add_label(repo.owner.login, repo.name, number, name, by=actor)
     return _labels_reply(call, repo.pulls[number])
 
 
@@ -810,11 +873,12 @@ def set_labels(call: Call) -> Reply:
     number = _issue_number(call)
     repo = call.repo
     wanted = _label_names(call.json())
+    actor = call.fake.actor(call).login
     for name in list(repo.pulls[number].labels):
         if name not in wanted:
-            call.fake.remove_label(repo.owner.login, repo.name, number, name)
+            call.fake.remove_label(repo.owner.login, repo.name, number, name, by=actor)
     for name in wanted:
-        call.fake.add_label(repo.owner.login, repo.name, number, name)
+        call.fake.add_label(repo.owner.login, repo.name, number, name, by=actor)
     return _labels_reply(call, repo.pulls[number])
 
 
@@ -827,8 +891,18 @@ def remove_label(call: Call) -> Reply:
     match_ = next((n for n in pr.labels if n.lower() == name.lower()), None)
     if match_ is None:
         raise GitHubError(404, "Label does not exist")
-    call.fake.remove_label(repo.owner.login, repo.name, number, match_)
+    call.fake.remove_label(
+        repo.owner.login, repo.name, number, match_, by=call.fake.actor(call).login
+    )
     return _labels_reply(call, pr)
+
+
+@route("GET", R + "/issues/{issue_number}/events", permission=ISSUES)
+def list_issue_events(call: Call) -> Reply:
+    number = _issue_number(call)
+    repo = call.repo
+    shapes = call.fake.shapes
+    return call.page([shapes.issue_event(repo, e) for e in repo.issue_events if e.number == number])
 
 
 @route("GET", R + "/collaborators/{username}/permission", permission=META)
@@ -891,11 +965,9 @@ def create_deployment(call: Call) -> Reply:
         )
     environment = data.get("environment") or "production"
     now = fake.now()
+    # An object is kept as it is, and so is a string (GitHub answers a JSON string payload
+    # with that string, not the object it encodes: octokit/octokit.net#2250).
     payload = data.get("payload", {})
-    if isinstance(payload, str) and payload:
-        # GitHub stores a JSON string payload as the object it encodes.
-        with contextlib.suppress(ValueError):
-            payload = json.loads(payload)
     deployment = Deployment(
         id=fake.next_id("deployment"),
         sha=sha,

@@ -31,15 +31,21 @@ from tests.rig.github.gitstore import SHA_RE, GitStore, Person, TreeEntry
 from tests.rig.github.routes import ROUTES, Call, GitHubError, Reply, Route, match
 from tests.rig.github.shapes import Shapes
 from tests.rig.github.state import (
+    CI_APP,
+    REACTIONS,
+    CheckRun,
     Comment,
+    CommitStatus,
     Delay,
     Deployment,
     DeploymentStatus,
     Fault,
     Installation,
+    IssueEvent,
     Label,
     Pull,
     RateBucket,
+    Reaction,
     Recorded,
     Repo,
     Token,
@@ -58,6 +64,7 @@ DEFAULT_PERMISSIONS = {
 }
 RATE_DOCS = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
 _LEVELS = {"read": 1, "write": 2, "admin": 3}
+_BEFORE_APPLY = ("fail_next", "cut_next")  # fault kinds that answer instead of serving
 _FAULT_MESSAGES = {
     400: "Problems parsing JSON",
     401: "Bad credentials",
@@ -153,6 +160,8 @@ class FakeGitHub:
             DEFAULT_PERMISSIONS,
             datetime(2024, 1, 1, tzinfo=UTC),
         )
+        # Check suites of other Apps (a CI's), by (repo id, head sha, App slug).
+        self._other_check_suites: dict[tuple[int, str, str], int] = {}
 
     def reset(self) -> None:
         """Forget every repo, token, fault and recorded request (the App key and id stay)."""
@@ -238,7 +247,13 @@ class FakeGitHub:
             return "admin"
         return "none" if repo.private else "read"
 
-    def check_suite_id(self, repo: Repo, sha: str) -> int:
+    def check_suite_id(self, repo: Repo, sha: str, app: str | None = None) -> int:
+        """The check suite of `sha` for the test App, or for another App's `app` slug."""
+        if app is not None:
+            other = (repo.id, sha, app)
+            if other not in self._other_check_suites:
+                self._other_check_suites[other] = self.next_id("check_suite")
+            return self._other_check_suites[other]
         key = (repo.id, sha)
         if key not in self._check_suites:
             self._check_suites[key] = self.next_id("check_suite")
@@ -692,8 +707,12 @@ class FakeGitHub:
         *,
         color: str = "ededed",
         description: str | None = None,
+        by: str | None = None,
     ) -> None:
-        """Label a PR (creating the repository label on first use, as GitHub does)."""
+        """Label a PR (creating the repository label on first use, as GitHub does).
+
+        `by` (default: the PR author) is the `labeled` event's actor and the webhook's sender.
+        """
         repo = self.repo(owner, name)
         existing = next(
             (lb for lb in repo.labels.values() if lb.name.lower() == label.lower()), None
@@ -705,15 +724,26 @@ class FakeGitHub:
         if existing.name not in pr.labels:
             pr.labels.append(existing.name)
             pr.updated_at = self.now()
+            self.record_event(repo, number, "labeled", by or pr.user.login, label=existing)
         pr.last_label = existing.name
 
-    def remove_label(self, owner: str, name: str, number: int, label: str) -> None:
+    def remove_label(
+        self, owner: str, name: str, number: int, label: str, *, by: str | None = None
+    ) -> None:
+        """Unlabel a PR; `by` (default: the PR author) is the `unlabeled` event's actor."""
         pr = self.pull(owner, name, number)
         for existing in list(pr.labels):
             if existing.lower() == label.lower():
                 pr.labels.remove(existing)
                 pr.updated_at = self.now()
                 pr.last_label = existing
+                self.record_event(
+                    pr.repo,
+                    number,
+                    "unlabeled",
+                    by or pr.user.login,
+                    label=pr.repo.labels[existing],
+                )
 
     def close(
         self,
@@ -723,8 +753,12 @@ class FakeGitHub:
         merged: bool = False,
         *,
         merged_by: str = "octocat",
+        by: str | None = None,
     ) -> Pull:
-        """Close a PR; `merged` also merges its head into the base branch (a merge commit)."""
+        """Close a PR; `merged` also merges its head into the base branch (a merge commit).
+
+        The `closed` event's actor is `by`, else `merged_by` for a merge, else the PR author.
+        """
         pr = self.pull(owner, name, number)
         now = self.now()
         if merged:
@@ -748,12 +782,16 @@ class FakeGitHub:
             pr.merged_at = now
             pr.merged_by = self.user(merged_by)
             pr.merge_commit_sha = merge
+            self.record_event(repo, number, "merged", by or merged_by, commit_id=merge)
         pr.state = "closed"
         pr.closed_at = now
         pr.updated_at = now
+        closer = by or (merged_by if merged else pr.user.login)
+        self.record_event(pr.repo, number, "closed", closer)
         return pr
 
-    def reopen(self, owner: str, name: str, number: int) -> Pull:
+    def reopen(self, owner: str, name: str, number: int, *, by: str | None = None) -> Pull:
+        """Reopen a closed PR; `by` (default: the PR author) is the `reopened` event's actor."""
         pr = self.pull(owner, name, number)
         if pr.merged:
             raise ValueError("a merged pull request cannot be reopened")
@@ -765,6 +803,7 @@ class FakeGitHub:
             if branch_sha and branch_sha != pr.head_sha:
                 pr.head_sha = branch_sha
                 pr.head_history.append(branch_sha)
+        self.record_event(pr.repo, number, "reopened", by or pr.user.login)
         return pr
 
     def edit_pull(
@@ -806,13 +845,17 @@ class FakeGitHub:
         body: str,
         *,
         user: str = "octocat",
-        via_app: bool = False,
+        via_app: bool | None = None,
     ) -> Comment:
+        """A comment by `user`; `via_app` (default: when `user` is the App's bot) makes it
+        carry `performed_via_github_app`."""
         repo = self.repo(owner, name)
         if number not in repo.pulls:
             raise KeyError(f"#{number} is not a pull request of {repo.full_name}")
         now = self.now()
-        comment = Comment(self.next_id("comment"), number, body, self.user(user), now, now, via_app)
+        author = self.user(user)
+        app = author is self.bot if via_app is None else via_app
+        comment = Comment(self.next_id("comment"), number, body, author, now, now, app)
         repo.comments[comment.id] = comment
         return comment
 
@@ -824,6 +867,235 @@ class FakeGitHub:
         """Make `user` a collaborator: admin, maintain, write, triage, read or none."""
         self.user(user)
         self.repo(owner, name).collaborators[user] = permission
+
+    # -- issue events, drafts, comment edits and reactions ----------------------------------------
+    def record_event(
+        self,
+        repo: Repo,
+        number: int,
+        event: str,
+        actor: str,
+        *,
+        label: Label | None = None,
+        commit_id: str | None = None,
+    ) -> IssueEvent:
+        """Add an entry to the issue's events (GET .../issues/{n}/events), done by `actor`
+        (the App's bot means an installation token did it: performed_via_github_app)."""
+        who = self.user(actor)
+        entry = IssueEvent(
+            id=self.next_id("issue_event"),
+            number=number,
+            event=event,
+            actor=who,
+            created_at=self.now(),
+            # A copy: the event keeps the label's name and color as they were.
+            label=(
+                Label(label.id, label.name, label.color, label.description, label.default)
+                if label is not None
+                else None
+            ),
+            commit_id=commit_id,
+            via_app=who is self.bot,
+        )
+        repo.issue_events.append(entry)
+        return entry
+
+    def issue_events(
+        self, owner: str, name: str, number: int, event: str | None = None
+    ) -> list[IssueEvent]:
+        """The recorded events of issue/PR `number`, oldest first (only `event`s if given)."""
+        return [
+            e
+            for e in self.repo(owner, name).issue_events
+            if e.number == number and (event is None or e.event == event)
+        ]
+
+    def ready_for_review(
+        self, owner: str, name: str, number: int, *, by: str | None = None
+    ) -> Pull:
+        """Mark a draft PR ready (event `ready_for_review`; `by` defaults to the PR author)."""
+        pr = self.pull(owner, name, number)
+        if pr.draft:
+            pr.draft = False
+            pr.updated_at = self.now()
+            self.record_event(pr.repo, number, "ready_for_review", by or pr.user.login)
+        return pr
+
+    def convert_to_draft(
+        self, owner: str, name: str, number: int, *, by: str | None = None
+    ) -> Pull:
+        """Make a PR a draft again (event `convert_to_draft`; `by` defaults to the PR author)."""
+        pr = self.pull(owner, name, number)
+        if not pr.draft:
+            pr.draft = True
+            pr.updated_at = self.now()
+            self.record_event(pr.repo, number, "convert_to_draft", by or pr.user.login)
+        return pr
+
+    def edit_comment(self, owner: str, name: str, comment_id: int, body: str) -> Comment:
+        """Its author edits a comment (kept for an `edited` webhook's changes.body.from)."""
+        comment = self.repo(owner, name).comments[comment_id]
+        comment.previous_body = comment.body
+        comment.body = body
+        comment.updated_at = self.now()
+        return comment
+
+    def react(
+        self, owner: str, name: str, comment_id: int, content: str, *, user: str = "octocat"
+    ) -> tuple[Reaction, bool]:
+        """`user` reacts to a comment; (the reaction, True) when new, (the existing one, False)
+        when that user already reacted with that content (GitHub answers 200 then, not 201)."""
+        if content not in REACTIONS:
+            raise ValueError(f"{content!r} is not a reaction ({', '.join(REACTIONS)})")
+        comment = self.repo(owner, name).comments[comment_id]
+        who = self.user(user)
+        for existing in comment.reactions:
+            if existing.user is who and existing.content == content:
+                return existing, False
+        reaction = Reaction(self.next_id("reaction"), who, content, self.now())
+        comment.reactions.append(reaction)
+        return reaction, True
+
+    def reactions(self, owner: str, name: str, comment_id: int) -> list[tuple[str, str]]:
+        """(login, content) of every reaction to a comment, oldest first."""
+        comment = self.repo(owner, name).comments[comment_id]
+        return [(r.user.login, r.content) for r in comment.reactions]
+
+    # -- a CI: check runs and commit statuses of other Apps and users ----------------------------
+    def start_check(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        check_name: str,
+        *,
+        app: str = CI_APP,
+        status: str = "in_progress",
+    ) -> CheckRun:
+        """Another App (a CI, GitHub Actions by default) starts a check run on `sha`."""
+        repo = self.repo(owner, name)
+        if repo.store.object_type(sha) != "commit":
+            raise KeyError(f"{sha} is not a commit of {repo.full_name}")
+        now = self.now()
+        run = CheckRun(
+            id=self.next_id("check_run"),
+            head_sha=sha,
+            name=check_name,
+            status=status,
+            conclusion=None,
+            started_at=now,
+            completed_at=None,
+            details_url=None,
+            external_id=None,
+            output={},
+            check_suite_id=self.check_suite_id(repo, sha, app),
+            created_at=now,
+            app=app,
+        )
+        repo.check_runs[run.id] = run
+        return run
+
+    def complete_check(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        check_name: str,
+        conclusion: str,
+        *,
+        app: str = CI_APP,
+        output: Mapping[str, Any] | None = None,
+    ) -> CheckRun:
+        """A CI completes its check run `check_name` on `sha` (started first if it was not)."""
+        repo = self.repo(owner, name)
+        run = next(
+            (
+                r
+                for r in sorted(repo.check_runs.values(), key=lambda r: r.id, reverse=True)
+                if r.head_sha == sha
+                and r.name == check_name
+                and r.app == app
+                and r.status != "completed"
+            ),
+            None,
+        ) or self.start_check(owner, name, sha, check_name, app=app)
+        run.status = "completed"
+        run.conclusion = conclusion
+        run.completed_at = self.now()
+        if output is not None:
+            run.output = dict(output)
+        return run
+
+    def set_status(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        context: str,
+        state: str,
+        *,
+        user: str = "ci-bot",
+        target_url: str | None = None,
+        description: str | None = None,
+    ) -> CommitStatus:
+        """`user` (a CI) sets the commit status `context` of `sha` to `state`
+        (error, failure, pending or success)."""
+        repo = self.repo(owner, name)
+        if repo.store.object_type(sha) != "commit":
+            raise KeyError(f"{sha} is not a commit of {repo.full_name}")
+        if state not in ("error", "failure", "pending", "success"):
+            raise ValueError(f"{state!r} is not a commit status state")
+        now = self.now()
+        status = CommitStatus(
+            id=self.next_id("status"),
+            sha=sha,
+            state=state,
+            target_url=target_url,
+            description=description,
+            context=context,
+            creator=self.user(user),
+            created_at=now,
+            updated_at=now,
+        )
+        repo.statuses.append(status)
+        return status
+
+    # -- installations: what they cover, uninstalling -------------------------------------------
+    def installation_repos(self, inst: Installation) -> list[Repo]:
+        """The repositories `inst` covers (its selection), oldest first."""
+        return [r for r in self.repos.values() if inst.covers(r.full_name)]
+
+    def uninstall(self, installation_id: int) -> Installation:
+        """Remove an installation (its tokens stop working); returns it for a `deleted` hook."""
+        inst = self.installations.pop(installation_id)
+        for key, token in list(self.tokens.items()):
+            if token.installation_id == installation_id:
+                del self.tokens[key]
+        return inst
+
+    def add_installation_repos(self, installation_id: int, names: Iterable[str]) -> list[Repo]:
+        """Add repositories (by name) to a `selected` installation; returns those newly added."""
+        inst = self.installations[installation_id]
+        added = []
+        for n in names:
+            repo = self.repo(inst.account.login, n)
+            if not inst.covers(repo.full_name):
+                inst.repositories.add(repo.full_name)
+                added.append(repo)
+        return added
+
+    def remove_installation_repos(self, installation_id: int, names: Iterable[str]) -> list[Repo]:
+        """Take repositories (by name) from an installation; one that covered `all` becomes
+        `selected` with the rest, as on GitHub. Returns those actually removed."""
+        inst = self.installations[installation_id]
+        wanted = {self.repo(inst.account.login, n).full_name.lower() for n in names}
+        covered = self.installation_repos(inst)
+        removed = [r for r in covered if r.full_name.lower() in wanted]
+        if removed:
+            gone = {r.id for r in removed}
+            inst.repository_selection = "selected"
+            inst.repositories = {r.full_name for r in covered if r.id not in gone}
+        return removed
 
     def deployments(
         self, owner: str, name: str, environment: str | None = None
@@ -989,6 +1261,49 @@ class FakeGitHub:
         """Hold the next `count` matching requests for `seconds` before serving them."""
         self._delays.append(Delay(_method(method), re.compile(path_regex), seconds, count))
 
+    def fail_after_apply(
+        self,
+        method: str | None,
+        path_regex: str,
+        status: int = 502,
+        count: int = 1,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+    ) -> None:
+        """Serve the next `count` matching requests (state changes), then answer `status`
+        instead of the real answer: a write GitHub applied whose response was lost.
+
+        Only requests the fake serves successfully use it up (an error answer stays as it
+        is). The real answer is still contract-checked and costs its rate limit.
+        """
+        self._faults.append(
+            Fault(
+                _method(method),
+                re.compile(path_regex),
+                status,
+                count,
+                {k.lower(): v for k, v in (headers or {}).items()},
+                _error_body(status) if body is None else body,
+                kind="fail_after_apply",
+            )
+        )
+
+    def cut_after_apply(self, method: str | None, path_regex: str, count: int = 1) -> None:
+        """Serve the next `count` matching requests (state changes), then close the connection
+        without an answer (aiohttp clients raise ServerDisconnectedError). Like
+        fail_after_apply, only successful requests use it up."""
+        self._faults.append(
+            Fault(
+                _method(method), re.compile(path_regex), 0, count, {}, None, kind="cut_after_apply"
+            )
+        )
+
+    def cut_next(self, method: str | None, path_regex: str, count: int = 1) -> None:
+        """Close the connection of the next `count` matching requests without serving them."""
+        self._faults.append(
+            Fault(_method(method), re.compile(path_regex), 0, count, {}, None, kind="cut_next")
+        )
+
     def count(
         self,
         method: str | None = None,
@@ -996,9 +1311,11 @@ class FakeGitHub:
         *,
         include_tokens: bool | None = None,
         status: int | None = None,
+        injected: bool | None = None,
     ) -> int:
         """How many requests matched; token requests count only when asked for (or when
-        `path_regex` is given, since it then selects them explicitly)."""
+        `path_regex` is given, since it then selects them explicitly). `injected` True counts
+        only requests a fault answered (or cut), False only the others."""
         with_tokens = include_tokens if include_tokens is not None else path_regex is not None
         pattern = re.compile(path_regex) if path_regex else None
         return sum(
@@ -1008,6 +1325,7 @@ class FakeGitHub:
             and (pattern is None or pattern.search(r.path) or pattern.search(r.raw_path))
             and (with_tokens or not r.token_request)
             and (status is None or r.status == status)
+            and (injected is None or (r.injected is not None) == injected)
         )
 
     @property
@@ -1045,6 +1363,62 @@ class FakeGitHub:
         from tests.rig.github.webhooks import event_payload
 
         return event_payload(self, event, action, owner, name, number, **extra)
+
+    def check_run_payload(
+        self, owner: str, name: str, check_run_id: int, action: str = "completed", **extra: Any
+    ) -> JSON:
+        """A `check_run` webhook payload (see tests.rig.github.webhooks.check_run_payload)."""
+        from tests.rig.github.webhooks import check_run_payload
+
+        return check_run_payload(self, owner, name, check_run_id, action, **extra)
+
+    def check_suite_payload(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        action: str = "completed",
+        *,
+        app: str | None = CI_APP,
+        **extra: Any,
+    ) -> JSON:
+        """A `check_suite` webhook payload for `app`'s runs on `sha` (None: the test App)."""
+        from tests.rig.github.webhooks import check_suite_payload
+
+        return check_suite_payload(self, owner, name, sha, action, app=app, **extra)
+
+    def status_payload(self, owner: str, name: str, status_id: int, **extra: Any) -> JSON:
+        """A `status` webhook payload for a commit status (see set_status)."""
+        from tests.rig.github.webhooks import status_payload
+
+        return status_payload(self, owner, name, status_id, **extra)
+
+    def installation_payload(
+        self, action: str, installation: Installation | int, **extra: Any
+    ) -> JSON:
+        """An `installation` webhook payload (created, deleted, ...); a deleted installation
+        is given as the object uninstall() returned."""
+        from tests.rig.github.webhooks import installation_payload
+
+        inst = self.installations[installation] if isinstance(installation, int) else installation
+        return installation_payload(self, action, inst, **extra)
+
+    def installation_repositories_payload(
+        self,
+        action: str,
+        installation: Installation | int,
+        repositories: Iterable[Repo | str],
+        **extra: Any,
+    ) -> JSON:
+        """An `installation_repositories` payload: `repositories` (Repo objects or names of
+        the account's repositories) were `added` or `removed`."""
+        from tests.rig.github.webhooks import installation_repositories_payload
+
+        inst = self.installations[installation] if isinstance(installation, int) else installation
+        repos = [
+            r if isinstance(r, Repo) else self.repo(inst.account.login, r) for r in repositories
+        ]
+        return installation_repositories_payload(self, action, inst, repos, **extra)
 
     # -- HTTP ----------------------------------------------------------------------------------
     def paginate(
@@ -1133,6 +1507,9 @@ class FakeGitHub:
         status, out_headers, payload = self._finish(call, route, reply, injected)
         if call is not None and route is not None:
             self._check_response(call, route, status, out_headers, payload, reply, injected)
+        cut = call is not None and call.injected in ("cut_next", "cut_after_apply")
+        if cut:
+            status = 0  # the client gets no answer at all
         self.requests.append(
             Recorded(
                 method=method,
@@ -1143,10 +1520,16 @@ class FakeGitHub:
                 query=request.query_string,
                 raw_path=raw_path,
                 token_request=bool(route and route.token_request),
+                injected=call.injected if call is not None else None,
                 duration=time.perf_counter() - started,
                 at=self.clock(),
             )
         )
+        if cut:
+            # Close the TCP connection with no response: the client sees a disconnect.
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=502)  # never written to the closed transport
         if status in (204, 304):
             out_headers.pop("Content-Type", None)
             return web.Response(status=status, headers=out_headers)
@@ -1159,12 +1542,17 @@ class FakeGitHub:
         except GitHubError as exc:
             auth_error = exc
         for fault in self._faults:
-            if fault.count > 0 and _matches(
-                fault.method, fault.pattern, call.method, call.path, call.raw_path
+            if (
+                fault.count > 0
+                and fault.kind in _BEFORE_APPLY
+                and _matches(fault.method, fault.pattern, call.method, call.path, call.raw_path)
             ):
                 fault.count -= 1
+                call.injected = fault.kind
                 # An injected answer: serve nothing, but the request itself is still checked.
                 self._check_request(call, route)
+                if fault.kind == "cut_next":
+                    return Reply(502), True  # never sent: _handle closes the connection
                 if isinstance(fault.body, bytes | str):
                     raw = fault.body.encode() if isinstance(fault.body, str) else fault.body
                     kind = (
@@ -1186,7 +1574,33 @@ class FakeGitHub:
             # GitHub rejects bodies that break its schema with 422 "Invalid request".
             raise GitHubError(422, "Invalid request.\n\n" + problems[0])
         self._authorize(call, route)
-        return route.handler(call), False
+        return self._lose_answer(call, route, route.handler(call))
+
+    def _lose_answer(self, call: Call, route: Route, reply: Reply) -> tuple[Reply, bool]:
+        """After a request was served: a fail_after_apply / cut_after_apply fault replaces
+        its answer (the real one is still contract-checked and costs its rate limit)."""
+        for fault in self._faults:
+            if (
+                fault.count > 0
+                and fault.kind not in _BEFORE_APPLY
+                and _matches(fault.method, fault.pattern, call.method, call.path, call.raw_path)
+            ):
+                fault.count -= 1
+                call.injected = fault.kind
+                status, headers, payload = self._finish(call, route, reply, False)
+                self._check_response(call, route, status, headers, payload, reply, False)
+                if fault.kind == "cut_after_apply":
+                    return reply, True  # never sent: _handle closes the connection
+                if isinstance(fault.body, bytes | str):
+                    raw = fault.body.encode() if isinstance(fault.body, str) else fault.body
+                    kind = (
+                        "text/html; charset=utf-8"
+                        if raw.lstrip().startswith(b"<")
+                        else "text/plain; charset=utf-8"
+                    )
+                    return Reply(fault.status, None, dict(fault.headers), kind, raw), True
+                return Reply(fault.status, fault.body, dict(fault.headers)), True
+        return reply, False
 
     def _authenticate(self, call: Call, route: Route) -> None:
         # Failed and anonymous calls count against GitHub's unauthenticated limit (60/h).
@@ -1379,6 +1793,14 @@ class FakeGitHub:
             self.contract_violations.append(
                 Violation("response", call.method, call.raw_path, route.template, status, problem)
             )
+
+
+def _error_body(status: int) -> JSON:
+    return {
+        "message": _FAULT_MESSAGES.get(status, "Error"),
+        "documentation_url": "https://docs.github.com/rest",
+        "status": str(status),
+    }
 
 
 def _method(method: str | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -15,13 +16,19 @@ from tests.rig.github.state import (
     Deployment,
     DeploymentStatus,
     Installation,
+    IssueEvent,
     Label,
     Pull,
+    Reaction,
     Repo,
     User,
 )
 
 HTML = "https://github.com"
+# The order of GitHub's reaction rollup keys in comments and issues.
+_ROLLUP = ("+1", "-1", "laugh", "hooray", "confused", "heart", "rocket", "eyes")
+# Apps other than the test App (a CI's check runs): GitHub Actions has this id on github.com.
+_KNOWN_APPS = {"github-actions": (15368, "github")}
 
 JSON = dict[str, Any]
 
@@ -143,6 +150,30 @@ class Shapes:
             "permissions": dict(self.app_permissions),
             "events": ["pull_request", "issue_comment", "push"],
         }
+
+    def other_app(self, slug: str) -> JSON:
+        """Another App (e.g. `github-actions`, whose check runs a CI makes), as GitHub shows it."""
+        app_id, owner = _KNOWN_APPS.get(slug, (zlib.crc32(slug.encode()) % 900_000 + 1000, slug))
+        owner_user = User(owner, app_id * 7 + 1, "Organization")
+        return {
+            "id": app_id,
+            "slug": slug,
+            "client_id": f"Iv1.{app_id:016x}",
+            "node_id": node_id("Integration", app_id),
+            "owner": self.user(owner_user),
+            "name": slug,
+            "description": "",
+            "external_url": f"https://{slug}.example",
+            "html_url": f"{HTML}/apps/{slug}",
+            "created_at": iso(self.app_created),
+            "updated_at": iso(self.app_created),
+            "permissions": {"checks": "write", "contents": "read", "metadata": "read"},
+            "events": ["check_run", "check_suite", "push", "pull_request"],
+        }
+
+    def app_of(self, slug: str | None) -> JSON:
+        """The test App (None) or another App by slug."""
+        return self.integration() if slug is None else self.other_app(slug)
 
     def installation(self, inst: Installation) -> JSON:
         return {
@@ -374,17 +405,36 @@ class Shapes:
             "performed_via_github_app": self.integration() if c.via_app else None,
             "reactions": {
                 "url": f"{url}/reactions",
-                "total_count": 0,
-                "+1": 0,
-                "-1": 0,
-                "laugh": 0,
-                "hooray": 0,
-                "confused": 0,
-                "heart": 0,
-                "rocket": 0,
-                "eyes": 0,
+                "total_count": len(c.reactions),
+                **{k: sum(1 for r in c.reactions if r.content == k) for k in _ROLLUP},
             },
         }
+        return shape
+
+    def reaction(self, r: Reaction) -> JSON:
+        return {
+            "id": r.id,
+            "node_id": node_id("Reaction", r.id),
+            "user": self.user(r.user),
+            "content": r.content,
+            "created_at": iso(r.created_at),
+        }
+
+    def issue_event(self, repo: Repo, e: IssueEvent) -> JSON:
+        kind = "".join(part.capitalize() for part in e.event.split("_")) + "Event"
+        shape: JSON = {
+            "id": e.id,
+            "node_id": node_id(kind, e.id),
+            "url": f"{self.repo_url(repo)}/issues/events/{e.id}",
+            "actor": self.user(e.actor),
+            "event": e.event,
+            "commit_id": e.commit_id,
+            "commit_url": f"{self.repo_url(repo)}/commits/{e.commit_id}" if e.commit_id else None,
+            "created_at": iso(e.created_at),
+            "performed_via_github_app": self.integration() if e.via_app else None,
+        }
+        if e.label is not None:
+            shape["label"] = {"name": e.label.name, "color": e.label.color}
         return shape
 
     def permission(self, repo: Repo, user: User, permission: str) -> JSON:
@@ -454,30 +504,7 @@ class Shapes:
 
     def check_run(self, repo: Repo, run: CheckRun) -> JSON:
         url = f"{self.repo_url(repo)}/check-runs/{run.id}"
-        pulls = [
-            {
-                "id": p.id,
-                "number": p.number,
-                "url": f"{self.repo_url(repo)}/pulls/{p.number}",
-                "head": {
-                    "ref": p.head_ref,
-                    "sha": p.head_sha,
-                    "repo": {
-                        "id": p.head_repo.id,
-                        "url": self.repo_url(p.head_repo),
-                        "name": p.head_repo.name,
-                    },
-                },
-                "base": {
-                    "ref": p.base_ref,
-                    "sha": repo.store.refs.get(f"refs/heads/{p.base_ref}", ""),
-                    "repo": {"id": repo.id, "url": self.repo_url(repo), "name": repo.name},
-                },
-            }
-            for p in repo.pulls.values()
-            # GitHub lists only open PRs from the same repository (never forks) here.
-            if p.state == "open" and not p.fork and p.head_sha == run.head_sha
-        ]
+        pulls = self.check_pulls(repo, run.head_sha)
         output = run.output
         return {
             "id": run.id,
@@ -500,9 +527,36 @@ class Shapes:
             },
             "name": run.name,
             "check_suite": {"id": run.check_suite_id},
-            "app": self.integration(),
+            "app": self.app_of(run.app),
             "pull_requests": pulls,
         }
+
+    def check_pulls(self, repo: Repo, sha: str) -> list[JSON]:
+        """The `pull_requests` of a check run or suite on `sha`."""
+        return [
+            {
+                "id": p.id,
+                "number": p.number,
+                "url": f"{self.repo_url(repo)}/pulls/{p.number}",
+                "head": {
+                    "ref": p.head_ref,
+                    "sha": p.head_sha,
+                    "repo": {
+                        "id": p.head_repo.id,
+                        "url": self.repo_url(p.head_repo),
+                        "name": p.head_repo.name,
+                    },
+                },
+                "base": {
+                    "ref": p.base_ref,
+                    "sha": repo.store.refs.get(f"refs/heads/{p.base_ref}", ""),
+                    "repo": {"id": repo.id, "url": self.repo_url(repo), "name": repo.name},
+                },
+            }
+            for p in repo.pulls.values()
+            # GitHub lists only open PRs from the same repository (never forks) here.
+            if p.state == "open" and not p.fork and p.head_sha == sha
+        ]
 
     def commit_status(self, repo: Repo, s: CommitStatus) -> JSON:
         return {

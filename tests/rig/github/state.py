@@ -73,6 +73,20 @@ class Label:
     default: bool = False
 
 
+REACTIONS = ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes")
+CI_APP = "github-actions"  # the App whose check runs the fake's CI helpers make
+
+
+@dataclass
+class Reaction:
+    """One user's reaction (+1, -1, laugh, confused, heart, hooray, rocket, eyes) to a comment."""
+
+    id: int
+    user: User
+    content: str
+    created_at: datetime
+
+
 @dataclass
 class Comment:
     id: int
@@ -82,6 +96,23 @@ class Comment:
     created_at: datetime
     updated_at: datetime
     via_app: bool = False
+    reactions: list[Reaction] = field(default_factory=list)
+    # The body before the last edit: what an `edited` webhook's changes.body.from carries.
+    previous_body: str | None = None
+
+
+@dataclass
+class IssueEvent:
+    """One entry of GET /repos/{o}/{r}/issues/{n}/events, recorded when it happens."""
+
+    id: int
+    number: int
+    event: str  # labeled, unlabeled, closed, reopened, merged, ready_for_review, ...
+    actor: User
+    created_at: datetime
+    label: Label | None = None  # for labeled / unlabeled (name and color as they were)
+    commit_id: str | None = None  # for merged
+    via_app: bool = False  # done with an installation token: performed_via_github_app
 
 
 @dataclass
@@ -171,6 +202,7 @@ class CheckRun:
     output: dict[str, Any]
     check_suite_id: int
     created_at: datetime
+    app: str | None = None  # the slug of the App that made it; None: the test App itself
 
 
 @dataclass
@@ -209,6 +241,7 @@ class Repo:
     statuses: list[CommitStatus] = field(default_factory=list)
     collaborators: dict[str, str] = field(default_factory=dict)
     next_number: int = 1
+    issue_events: list[IssueEvent] = field(default_factory=list)
 
     @property
     def full_name(self) -> str:
@@ -237,6 +270,9 @@ class Recorded:
     query: str
     raw_path: str
     token_request: bool
+    # None when served; else the fault that answered instead: fail_next, fail_after_apply,
+    # cut_next or cut_after_apply (a cut has status 0: the client got no answer at all).
+    injected: str | None
     duration: float
     at: float  # when it was answered, by the fake's clock
 
@@ -251,6 +287,9 @@ class Fault:
     count: int
     headers: dict[str, str]
     body: Any
+    # fail_next: answered instead of served; fail_after_apply: served, then answered with
+    # `status`; cut_next / cut_after_apply: the connection is closed before / after serving.
+    kind: str = "fail_next"
 
 
 @dataclass
