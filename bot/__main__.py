@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import uvicorn
@@ -102,6 +104,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ServerImpl(NamedTuple):
+    """The event loop and HTTP parser uvicorn runs on (its `loop` and `http` options)."""
+
+    loop: str
+    http: str
+
+
+def server_impl() -> ServerImpl:
+    """uvloop and httptools when importable (runtime dependencies: the image has them), else
+    asyncio and h11. For uvicorn.run or uvicorn.Config(loop=..., http=...)."""
+    return ServerImpl(
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+    )
+
+
 def _load(args: argparse.Namespace, require_github: bool = True) -> Settings:
     try:
         return load_settings(config_file=args.config, require_github=require_github)
@@ -130,7 +148,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(settings)
     host = args.host if args.host is not None else "0.0.0.0"  # noqa: S104
     port = args.port if args.port is not None else 8000
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    impl = server_impl()
+    log.info("serving on %s:%d with %s and %s", host, port, impl.loop, impl.http)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        loop=impl.loop,
+        http=impl.http,
+    )
     return 0
 
 
