@@ -52,7 +52,8 @@ SERVER = textwrap.dedent(
         app = Starlette(routes=[Route("/webhook", ok, methods=["POST"])])
     else:
         settings = Settings(github_app_id=1, github_private_key="unused",
-                            github_webhook_secret="bench-secret", queue_size=10_000_000)
+                            github_webhook_secret="bench-secret", queue_size=10_000_000,
+                            repositories=("*",))
         intake = Intake(settings, KeyedQueue(settings.queue_size), Metrics())
         intake.health.started = True
         app = create_app(intake)

@@ -2,10 +2,17 @@
 
 The webhook hot path only checks, dedupes and queues: no GitHub or cluster call happens before
 the 202, so GitHub's 10-second delivery timeout is never at risk, however slow the work is.
+
+It is also the one part of the bot anyone on the network can reach, so what an unverified
+request can cost is bounded: requests in flight (503 at once, before the body), body bytes
+being buffered across all of them (503), one body's size (413, from Content-Length and while
+reading), the time to send it (408), and an unsigned request is refused before its body is
+read. Nothing an unverified request says becomes a metric label, and no input yields a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -16,41 +23,72 @@ from typing import Any
 from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot.config import Settings
 from bot.metrics import Metrics
 from bot.queue import KeyedQueue
+from bot.scope import in_scope
 from bot.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
     SIGNATURE_HEADER,
+    UNVERIFIED,
     BadDelivery,
+    Classified,
     Outcome,
+    ResyncRequest,
+    Rules,
+    ShaHint,
     classify,
+    decode,
+    metric_event,
     parse_json,
+    repository_of,
+    signature_digest,
     verify_signature,
 )
 
 log = logging.getLogger(__name__)
 
-# GitHub caps webhook payloads at 25 MB; anything larger is not from GitHub.
-MAX_BODY = 25 * 1024 * 1024
+# Body bytes all requests still reading may hold together, in bodies of the largest size: a
+# flood of well-formed but forged signatures (which can only be checked once the body is in)
+# then costs this much memory at most, not max_in_flight bodies. GitHub's payloads are tens of
+# KB, so real deliveries never come near it.
+BUFFERED_BODIES = 2
+# Longest X-GitHub-Delivery written to a log line for a request that failed verification.
+LOGGED_DELIVERY = 64
+LEVELS = {
+    Outcome.REJECTED: logging.WARNING,
+    Outcome.BUSY: logging.WARNING,
+    Outcome.QUEUE_FULL: logging.WARNING,
+    Outcome.ERROR: logging.ERROR,
+    Outcome.DISCONNECTED: logging.DEBUG,
+}
 
 
-class BodyTooLarge(Exception):
-    """The request body passed MAX_BODY while streaming."""
+class Answer(Exception):
+    """What the intake answers a delivery; raised to answer early (a refusal, a ping, a
+    duplicate), returned through `_answer` otherwise.
 
+    `close` asks the server to drop the connection after answering: the client may still be
+    sending a body nobody will read.
+    """
 
-class EarlyAnswer(Exception):
-    """An answer given before (or instead of) queueing: a refusal, a ping, a duplicate."""
-
-    def __init__(self, status: int, message: str, outcome: Outcome = Outcome.REJECTED) -> None:
+    def __init__(
+        self, status: int, message: str, outcome: Outcome = Outcome.REJECTED, close: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.outcome = outcome
+        self.close = close
+
+
+def _refused(status: int, message: str, outcome: Outcome = Outcome.REJECTED) -> Answer:
+    """A refusal of an unverified request: its unread body is abandoned with the connection."""
+    return Answer(status, message, outcome, close=True)
 
 
 @dataclass
@@ -66,106 +104,198 @@ class Health:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+def _no_sha_hook(_: ShaHint) -> None:
+    """The default Intake.on_sha: SHA hints are dropped (the resync still converges)."""
+
+
+def _no_resync_hook(_: ResyncRequest) -> None:
+    """The default Intake.on_resync: the periodic resync converges anyway."""
+
+
 class Intake:
-    """Everything the webhook endpoint needs: settings, dedupe cache, queue, metrics."""
+    """Everything the webhook endpoint needs: settings, dedupe cache, queue, metrics, limits."""
 
     def __init__(self, settings: Settings, queue: KeyedQueue, metrics: Metrics) -> None:
         self.settings = settings
         self.queue = queue
         self.metrics = metrics
         self.health = Health()
+        self.rules = Rules.from_settings(settings)
         self._secret = settings.github_webhook_secret.encode()
         self.seen: TTLCache[str, bool] = TTLCache(
             maxsize=settings.delivery_cache_size, ttl=settings.delivery_ttl_seconds
         )
-        # Called with (event, payload) for every verified, new delivery before it is queued.
-        # Local mode uses it to learn PR state, having no GitHub to ask; production has none.
+        # Called with (event, payload) for every verified, new, in-scope delivery before it is
+        # classified. Local mode uses it to learn PR state, having no GitHub to ask; production
+        # has none, and then the body is never parsed in full.
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
+        # Called with what a check or status delivery names only by head SHA, and with resync
+        # requests (installation changes). Called on the event loop before the 202: they must
+        # not block (hand the work to a task or a queue).
+        self.on_sha: Callable[[ShaHint], object] = _no_sha_hook
+        self.on_resync: Callable[[ResyncRequest], None] = _no_resync_hook
+        self.in_flight = 0  # webhook requests being handled now
+        self.buffered = 0  # body bytes held by requests still reading theirs
+        self._buffer_limit = BUFFERED_BODIES * settings.max_body_bytes
 
-    def _answer(
-        self, status: int, outcome: Outcome, event: str, message: str, **ctx: Any
-    ) -> Response:
-        self.metrics.deliveries.labels(event=event or "(none)", outcome=outcome.value).inc()
-        level = (
-            logging.WARNING if outcome in (Outcome.REJECTED, Outcome.QUEUE_FULL) else (logging.INFO)
+    def _answer(self, answer: Answer, event: str, **ctx: Any) -> Response:
+        """Count, log and send an answer; `event` is already a metric label."""
+        outcome = answer.outcome
+        self.metrics.deliveries.labels(event=event, outcome=outcome.value).inc()
+        level = LEVELS.get(outcome, logging.INFO)
+        log.log(level, str(answer), extra={"event": event, "outcome": outcome.value, **ctx})
+        headers = {"Connection": "close"} if answer.close else None
+        return JSONResponse(
+            {"outcome": outcome.value, "message": str(answer)},
+            status_code=answer.status,
+            headers=headers,
         )
-        log.log(level, message, extra={"event": event, "outcome": outcome.value, **ctx})
-        return JSONResponse({"outcome": outcome.value, "message": message}, status_code=status)
 
     async def webhook(self, request: Request) -> Response:
         started = time.perf_counter()
+        if self.in_flight >= self.settings.max_in_flight:
+            # Before anything is read: a flood costs a counter check per request.
+            busy = _refused(503, "too many deliveries in flight, try again later", Outcome.BUSY)
+            return self._answer(busy, UNVERIFIED)
+        self.in_flight += 1
         try:
             return await self._webhook(request)
         finally:
+            self.in_flight -= 1
             self.metrics.intake_seconds.observe(time.perf_counter() - started)
 
     async def _webhook(self, request: Request) -> Response:
         event = request.headers.get(EVENT_HEADER, "")
         delivery = request.headers.get(DELIVERY_HEADER, "")
+        label = UNVERIFIED  # until the signature matches, the headers are anyone's words
         if self.health.started and not self.health.leading():
             # Not acknowledged, so nothing is lost: GitHub shows the failure (and can redeliver),
             # and the leader's resync converges the PR anyway.
-            return self._answer(503, Outcome.REJECTED, event, "not the leader", delivery=delivery)
+            return self._answer(_refused(503, "not the leader", Outcome.BUSY), label)
         try:
             body = await self._verified_body(request, event, delivery)
-            return self._accept(event, delivery, body)
-        except EarlyAnswer as early:
-            return self._answer(early.status, early.outcome, event, str(early), delivery=delivery)
+            label = metric_event(event)
+            return self._accept(event, label, delivery, body)
+        except Answer as early:
+            shown = delivery if label != UNVERIFIED else delivery[:LOGGED_DELIVERY]
+            return self._answer(early, label, delivery=shown)
+        except Exception as exc:
+            # The last line: a bug must not answer 500 with a traceback, nor stop the server.
+            log.exception("intake failed on a delivery", extra={"event": label})
+            failed = (
+                Answer(400, "the delivery could not be read")
+                if isinstance(exc, ValueError)
+                else Answer(503, "the delivery was not taken; redeliver it", Outcome.ERROR)
+            )
+            return self._answer(failed, label)
 
     async def _verified_body(self, request: Request, event: str, delivery: str) -> bytes:
-        """The body, once every check that needs no parsing passed; EarlyAnswer otherwise."""
+        """The body, once every check passed; Answer otherwise. Each check that needs no
+        body comes before reading it."""
         headers = request.headers
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            raise EarlyAnswer(413, "body larger than GitHub's 25 MB cap")
+        if length is not None and not length.isdigit():
+            raise _refused(400, "Content-Length is not a number")
+        if length is not None and int(length) > self.settings.max_body_bytes:
+            raise _refused(413, self._too_large())
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            raise EarlyAnswer(
+            raise _refused(
                 415, "Content-Type must be application/json (set it in the App's webhook settings)"
             )
         if not event or not delivery:
             missing = " and ".join(
                 h for h, v in (("X-GitHub-Event", event), ("X-GitHub-Delivery", delivery)) if not v
             )
-            raise EarlyAnswer(400, f"missing header {missing}")
-        try:
-            body = await _read_capped(request, MAX_BODY)
-        except BodyTooLarge:
-            raise EarlyAnswer(413, "body larger than GitHub's 25 MB cap") from None
+            raise _refused(400, f"missing header {missing}")
         signature = headers.get(SIGNATURE_HEADER)
+        if not signature:
+            raise _refused(401, "missing X-Hub-Signature-256 header")
+        mismatch = "X-Hub-Signature-256 does not match the body and the webhook secret"
+        if signature_digest(signature) is None:
+            raise _refused(401, mismatch)
+        body = await self._read_body(request)
         if not verify_signature(self._secret, body, signature):
-            raise EarlyAnswer(
-                401,
-                "missing X-Hub-Signature-256 header"
-                if not signature
-                else "X-Hub-Signature-256 does not match the body and the webhook secret",
-            )
+            raise Answer(401, mismatch)
         return body
 
-    def _accept(self, event: str, delivery: str, body: bytes) -> Response:
-        """A verified delivery: dedupe, read, and queue its key (or say why not)."""
-        if delivery in self.seen:
-            raise EarlyAnswer(202, "delivery already seen", Outcome.DUPLICATE)
+    def _too_large(self) -> str:
+        return f"body larger than {self.settings.max_body_bytes} bytes"
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The whole body within body_timeout_seconds, read in chunks and abandoned as soon as
+        it passes max_body_bytes or the bytes buffered by all requests pass their limit."""
+        chunks: list[bytes] = []
+        size = 0
         try:
-            payload = parse_json(body)
-            if event == "ping":
-                self.seen[delivery] = True
-                raise EarlyAnswer(200, "pong", Outcome.PING)
-            for observe in self.observers:
-                observe(event, payload)
-            found = classify(event, payload, self.settings.trigger_label, delivery)
-        except BadDelivery as exc:
-            raise EarlyAnswer(400, str(exc)) from None
-        ctx = {"delivery": delivery, "action": found.action, "repo": found.repo, "pr": found.number}
-        if found.work is None:
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.settings.max_body_bytes:
+                        raise _refused(413, self._too_large())
+                    if self.buffered + len(chunk) > self._buffer_limit:
+                        raise _refused(503, "too many body bytes in flight", Outcome.BUSY)
+                    self.buffered += len(chunk)
+                    chunks.append(chunk)
+        except TimeoutError:
+            seconds = self.settings.body_timeout_seconds
+            raise _refused(408, f"body not received within {seconds:g}s") from None
+        except ClientDisconnect:
+            raise Answer(400, "client disconnected mid-body", Outcome.DISCONNECTED) from None
+        finally:
+            # What is read is joined and checked with no await in between: once this returns,
+            # no other request can run while the body is held.
+            self.buffered -= sum(len(chunk) for chunk in chunks)
+        return b"".join(chunks)
+
+    def _accept(self, event: str, label: str, delivery: str, body: bytes) -> Response:
+        """A verified delivery: dedupe, decode, scope, classify, and act on what it asks."""
+        if delivery in self.seen:
+            raise Answer(202, "delivery already seen", Outcome.DUPLICATE)
+        if event == "ping":
             self.seen[delivery] = True
-            return self._answer(202, Outcome.IGNORED, event, found.reason, **ctx)
-        outcome = self.queue.put_nowait(found.work)
-        if outcome is Outcome.QUEUE_FULL:
-            # Not remembered as seen: GitHub's "redeliver" button should work once there's room.
-            return self._answer(503, outcome, event, "queue full, try again later", **ctx)
+            raise Answer(200, "pong", Outcome.PING)
+        try:
+            payload = decode(event, body)
+            repo = repository_of(payload) if payload is not None else None
+            if repo is not None and not in_scope(self.settings.repositories, repo):
+                self.seen[delivery] = True
+                ctx = {"delivery": delivery, "repo": repo}
+                out = Answer(202, "repository not in scope", Outcome.OUT_OF_SCOPE)
+                return self._answer(out, label, **ctx)
+            if self.observers:
+                whole = parse_json(body)
+                for observe in self.observers:
+                    observe(event, whole)
+            found = classify(event, payload, self.rules, delivery)
+        except BadDelivery as exc:
+            raise Answer(400, str(exc)) from None
+        return self._act(found, label, delivery)
+
+    def _act(self, found: Classified, label: str, delivery: str) -> Response:
+        """Queue the work, or hand on the hint or the resync request; 202 unless the queue is
+        full (then 503, and the delivery is not remembered so that a redelivery works)."""
+        ctx = {"delivery": delivery, "action": found.action, "repo": found.repo, "pr": found.number}
+        if found.sha_hint is not None:
+            self.on_sha(found.sha_hint)
+            answer = Answer(202, f"head {found.sha_hint.sha} to resolve", Outcome.SHA_HINT)
+        elif found.resync is not None:
+            self.on_resync(found.resync)
+            answer = Answer(202, found.resync.reason, Outcome.RESYNC)
+        elif not found.works:
+            answer = Answer(202, found.reason, Outcome.IGNORED)
+        else:
+            outcomes = [self.queue.put_nowait(work) for work in found.works]
+            if Outcome.QUEUE_FULL in outcomes:
+                # Not remembered as seen: GitHub's "redeliver" button should work once there's
+                # room, and the keys that did fit coalesce with it then.
+                full = Answer(503, "queue full, try again later", Outcome.QUEUE_FULL)
+                return self._answer(full, label, **ctx)
+            outcome = Outcome.QUEUED if Outcome.QUEUED in outcomes else Outcome.COALESCED
+            keys = " ".join(str(work.key) for work in found.works)
+            answer = Answer(202, f"{keys} {outcome.value}", outcome)
         self.seen[delivery] = True
-        return self._answer(202, outcome, event, f"{found.work.key} {outcome.value}", **ctx)
+        return self._answer(answer, label, **ctx)
 
     async def healthz(self, _: Request) -> Response:
         return PlainTextResponse("ok")
@@ -189,19 +319,8 @@ class Intake:
     async def metrics_endpoint(self, _: Request) -> Response:
         self.metrics.queue_depth.set(len(self.queue))
         self.metrics.syncs_running.set(self.queue.running)
+        self.metrics.webhooks_in_flight.set(self.in_flight)
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The body, read in chunks and abandoned as soon as it passes `limit`."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]

@@ -12,7 +12,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.deliveries = Counter(
             "preview_bot_deliveries",
-            "Webhook deliveries by event and outcome.",
+            "Webhook deliveries by event (a known GitHub event, other, or unverified) and outcome.",
             ["event", "outcome"],
             registry=self.registry,
         )
@@ -21,6 +21,11 @@ class Metrics:
         )
         self.syncs_running = Gauge(
             "preview_bot_syncs_running", "Syncs running now.", registry=self.registry
+        )
+        self.webhooks_in_flight = Gauge(
+            "preview_bot_webhooks_in_flight",
+            "Webhook requests being handled now (capped by max_in_flight).",
+            registry=self.registry,
         )
         self.intake_seconds = Histogram(
             "preview_bot_intake_seconds",

@@ -26,6 +26,7 @@ from bot.queue import KeyedQueue
 from bot.resync import Resyncer, ResyncReport
 from bot.supervisor import Supervisor
 from bot.sync import Syncer
+from bot.webhooks import ResyncRequest, ShaHint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,6 +114,8 @@ class Bot:
         # Retries per key, only while a key is failing (popped on success): bounded anyway.
         self._attempts: LRUCache[WorkKey, int] = LRUCache(maxsize=settings.queue_size)
         self.intake.health.supervisor = self.supervisor
+        self.intake.on_sha = self.on_sha
+        self.intake.on_resync = self.request_resync
         self.intake.health.leading = lambda: self.leading
 
     def start(
@@ -168,17 +171,21 @@ class Bot:
         await self.supervisor.stop(self._acting())
         log.info("not the leader: workers, watch and resync stopped")
 
-    def request_resync(self) -> None:
+    def request_resync(self, request: ResyncRequest | None = None) -> None:
         """Resync now rather than at the next period (an installation changed)."""
+        if request is not None:
+            log.info("resync requested: %s", request.reason)
         self._resync_now.set()
 
-    def on_sha(self, repo: str, sha: str, installation_id: int) -> int:
-        """A check or status finished on `sha`: sync the PRs whose head waits on it (a PR the
-        bot does not know of yet is found by the resync). Returns how many were queued."""
+    def on_sha(self, hint: ShaHint) -> int:
+        """A check or status finished on a commit: sync the PRs whose head waits on it (a PR
+        the bot does not know of yet is found by the resync). Returns how many were queued.
+        Called on the intake's hot path: a dictionary lookup, nothing more."""
         syncer = self.syncer
-        numbers = syncer.prs_waiting_on(repo, sha) if syncer is not None else frozenset()
+        numbers = syncer.prs_waiting_on(hint.repo, hint.sha) if syncer else frozenset()
         for number in numbers:
-            self.queue.put_nowait(Work(WorkKey(repo, number), installation_id, "status"))
+            work = Work(WorkKey(hint.repo, number), hint.installation_id, "status")
+            self.queue.put_nowait(work)
         return len(numbers)
 
     # ---- the loops -----------------------------------------------------------------------

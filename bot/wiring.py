@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import NamedTuple
 
 import aiohttp
 import uvicorn
@@ -119,6 +121,22 @@ def build(settings: Settings) -> tuple[Starlette, Bot]:
     return create_app(intake, lifespan), bot
 
 
+class ServerImpl(NamedTuple):
+    """The event loop and HTTP parser uvicorn runs on (its `loop` and `http` options)."""
+
+    loop: str
+    http: str
+
+
+def server_impl() -> ServerImpl:
+    """uvloop and httptools when importable (runtime dependencies: the image has them), else
+    asyncio and h11. For uvicorn.run or uvicorn.Config(loop=..., http=...)."""
+    return ServerImpl(
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+    )
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     """Run the production bot until SIGTERM or SIGINT, then stop gracefully: /readyz fails at
     once, requests in flight are answered, syncs in flight get shutdown_grace_seconds, queued
@@ -130,7 +148,16 @@ def serve(settings: Settings, host: str, port: int) -> None:
             bot.intake.health.stopping = True  # not ready from this moment
             super().handle_exit(sig, frame)
 
+    impl = server_impl()
+    log.info("serving on %s:%d with %s and %s", host, port, impl.loop, impl.http)
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        loop=impl.loop,
+        http=impl.http,
+        timeout_graceful_shutdown=5,
     )
     Server(config).run()

@@ -176,6 +176,9 @@ def build_local_app(
     banner: Callable[[str], None] | None = None,
 ) -> tuple[Starlette, Bot]:
     """The production app and Bot on local adapters; `banner` gets the start-up text."""
+    if not settings.repositories:
+        # Local mode serves one repository: unless told otherwise, that one is the scope.
+        settings = dataclasses.replace(settings, repositories=(config.repository,))
     bot = Bot(settings)
     github = LocalGitHub(layout, repo, config.repository, settings)
     bot.intake.observers.append(github.observe_delivery)

@@ -118,6 +118,7 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
         github_private_key=github.private_key_pem,
         github_webhook_secret=SECRET,
         github_api_url=github.url,
+        repositories=("*",),
         argocd_namespace=argocd_ns,
         workers=2,
         retry_seconds=0.1,

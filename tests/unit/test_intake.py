@@ -1,21 +1,29 @@
-"""The webhook intake: signatures, limits, malformed input, dedupe, coalescing, queue bounds."""
+"""The webhook intake: signatures, limits, malformed input, scope, dedupe, coalescing, queue
+bounds, and the events beyond pull_request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import random
+import string
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.testclient import TestClient
 
+from bot import app as app_module
 from bot.app import Intake, create_app
 from bot.config import Settings
 from bot.metrics import Metrics
-from bot.model import WorkKey
+from bot.model import Command, WorkKey
 from bot.queue import KeyedQueue
-from bot.webhooks import sign
+from bot.webhooks import ResyncRequest, ShaHint, sign
 from tests.rig.artifacts import app_ping, official_example, validate_webhook
 
 SECRET = "It's a Secret to Everybody"
@@ -27,6 +35,7 @@ def make_settings(**changes: Any) -> Settings:
         "github_app_id": 1,
         "github_private_key": TEST_KEY,
         "github_webhook_secret": SECRET,
+        "repositories": ("*",),
     }
     base.update(changes)
     return Settings(**base)
@@ -35,9 +44,9 @@ def make_settings(**changes: Any) -> Settings:
 class Rig:
     """An intake behind Starlette's TestClient, and helpers to post deliveries to it."""
 
-    def __init__(self, queue_size: int = 100) -> None:
+    def __init__(self, queue_size: int = 100, **settings: Any) -> None:
         self.queue = KeyedQueue(queue_size)
-        self.intake = Intake(make_settings(), self.queue, Metrics())
+        self.intake = Intake(make_settings(**settings), self.queue, Metrics())
         self.intake.health.started = True
         self.client = TestClient(create_app(self.intake))
 
@@ -124,7 +133,9 @@ def test_unsigned_sha1_only_and_bad_signatures_are_rejected(
 def test_wrong_secret_is_rejected(rig: Rig) -> None:
     resp = rig.post(labeled(), secret="not the secret")
     assert resp.status_code == 401
-    assert rig.metric("preview_bot_deliveries_total", event="pull_request", outcome="rejected") == 1
+    # Counted under `unverified`, never under the event its unverifiable header claims.
+    assert rig.metric("preview_bot_deliveries_total", event="unverified", outcome="rejected") == 1
+    assert rig.metric("preview_bot_deliveries_total", event="pull_request", outcome="rejected") == 0
 
 
 def test_body_over_25_mb_is_refused_by_its_length(rig: Rig) -> None:
@@ -246,3 +257,343 @@ def test_healthz_and_readyz(rig: Rig) -> None:
     assert ready.status_code == 503
     assert "starting" in ready.text
     assert "github: unreachable" in ready.text
+
+
+# ---- hardening: every refusal, and what an unverified request may cost ----------------------
+
+
+def series(rig: Rig) -> set[tuple[str, str]]:
+    """(event, outcome) of every deliveries series the registry holds."""
+    return {
+        (sample.labels["event"], sample.labels["outcome"])
+        for metric in rig.intake.metrics.registry.collect()
+        if metric.name == "preview_bot_deliveries"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "why"),
+    [
+        ({"Content-Length": "12x"}, 400, "Content-Length is not a number"),
+        ({"Content-Length": str(5 * 1024 * 1024 + 1)}, 413, "body larger than 5242880 bytes"),
+        ({"Content-Type": "text/plain"}, 415, "application/json"),
+        ({"X-GitHub-Event": ""}, 400, "missing header X-GitHub-Event"),
+        ({"X-GitHub-Delivery": ""}, 400, "missing header X-GitHub-Delivery"),
+        ({"X-Hub-Signature-256": ""}, 401, "missing X-Hub-Signature-256"),
+        ({"X-Hub-Signature-256": "sha256=abc"}, 401, "does not match"),  # odd length
+        ({"X-Hub-Signature-256": "sha512=" + "0" * 128}, 401, "does not match"),
+        ({"X-Hub-Signature-256": "0" * 64}, 401, "does not match"),  # no prefix
+        # Well-formed: the one refusal that needs the body read first.
+        ({"X-Hub-Signature-256": "sha256=" + "0" * 64}, 401, "does not match"),
+    ],
+)
+def test_refusals_before_verification_count_as_unverified(
+    rig: Rig, headers: dict[str, str], status: int, why: str
+) -> None:
+    resp = rig.post(labeled(), headers=headers, delivery="d-refused")
+    assert resp.status_code == status
+    assert why in resp.json()["message"]
+    assert resp.json()["outcome"] == "rejected"
+    # A body left unread is not waited for: the connection goes with the answer.
+    read = headers.get("X-Hub-Signature-256", "").startswith("sha256=" + "0" * 64)
+    assert resp.headers.get("connection") == (None if read else "close")
+    assert series(rig) == {("unverified", "rejected")}
+    assert len(rig.queue) == 0 and "d-refused" not in rig.intake.seen
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"action": "opened", "number": "2"}', "at `$.number`"),
+        (b'{"action": "opened", "repository": []}', "at `$.repository`"),
+        (b"[]", "Expected `object`, got `array`"),
+        (b'{"action": "\xff"}', "body is not valid JSON"),
+        (b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "body is not valid JSON"),
+    ],
+)
+def test_signed_bodies_of_the_wrong_shape_are_400(rig: Rig, body: bytes, why: str) -> None:
+    resp = rig.post(body)
+    assert resp.status_code == 400
+    assert why in resp.json()["message"]
+    assert series(rig) == {("pull_request", "rejected")}
+
+
+def test_random_event_names_on_unsigned_requests_add_no_series(rig: Rig) -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        event = "".join(rng.choices(string.ascii_letters + string.digits + "_-", k=24))
+        rig.post(b"{}", event=event, signature="")
+        rig.post(b"{}", event=event, signature="sha256=" + "0" * 64)
+    assert series(rig) == {("unverified", "rejected")}
+    assert rig.metric("preview_bot_deliveries_total", event="unverified", outcome="rejected") == 600
+
+
+def test_a_signed_event_of_an_unknown_name_counts_as_other(rig: Rig) -> None:
+    resp = rig.post(b"{}", event="brand_new_event")
+    assert resp.json()["outcome"] == "ignored"
+    assert series(rig) == {("other", "ignored")}
+
+
+def test_a_repository_out_of_scope_is_ignored_and_counted() -> None:
+    r = Rig(repositories=("data-literate/*",))
+    seen: list[str] = []
+    r.intake.observers.append(lambda event, _payload: seen.append(event))
+    with r.client:
+        resp = r.post(labeled(), delivery="d-out")
+        assert (resp.status_code, resp.json()["outcome"]) == (202, "out_of_scope")
+        assert len(r.queue) == 0 and seen == []  # not even observed
+        assert "d-out" in r.intake.seen
+        assert (
+            r.metric("preview_bot_deliveries_total", event="pull_request", outcome="out_of_scope")
+            == 1
+        )
+        ping = r.post(app_ping(), event="ping")  # names no repository: not a scope question
+        assert ping.status_code == 200
+
+
+def test_scope_ignores_case() -> None:
+    r = Rig(repositories=("codertocat/HELLO-*",))
+    with r.client:
+        assert r.post(labeled()).json()["outcome"] == "queued"
+
+
+def pr_comment(body: str) -> dict[str, Any]:
+    payload = official_example("issue_comment", "created")
+    payload["issue"]["pull_request"] = {
+        "url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/1",
+        "html_url": "https://github.com/Codertocat/Hello-World/pull/1",
+        "diff_url": "https://github.com/Codertocat/Hello-World/pull/1.diff",
+        "patch_url": "https://github.com/Codertocat/Hello-World/pull/1.patch",
+    }
+    payload["comment"]["body"] = body
+    validate_webhook("issue_comment", payload)
+    return payload
+
+
+def test_a_preview_command_is_queued_with_its_key(rig: Rig) -> None:
+    payload = pr_comment("LGTM\n/preview approve")
+    resp = rig.post(payload, event="issue_comment")
+    assert resp.json()["outcome"] == "queued"
+    (work,) = rig.queue._pending.values()
+    assert work.key == WorkKey("Codertocat/Hello-World", payload["issue"]["number"])
+    assert work.commands == (Command(payload["comment"]["id"], "Codertocat", ("approve",)),)
+    assert rig.post(pr_comment("no command"), event="issue_comment").json()["outcome"] == (
+        "ignored"
+    )
+
+
+def check_run(numbers: list[int]) -> dict[str, Any]:
+    payload = official_example("check_run", "completed")
+    payload["installation"] = {"id": 9, "node_id": "x"}
+    payload["check_run"]["name"] = "build"
+    payload["check_run"]["pull_requests"] = [
+        {**payload["check_run"]["pull_requests"][0], "number": n} for n in numbers
+    ]
+    return payload
+
+
+def test_a_completed_required_check_queues_each_pr_it_lists() -> None:
+    r = Rig(required_checks=("build",))
+    with r.client:
+        resp = r.post(check_run([3, 4]), event="check_run")
+        assert resp.json() == {
+            "outcome": "queued",
+            "message": "Codertocat/Hello-World#3 Codertocat/Hello-World#4 queued",
+        }
+        assert list(r.queue._pending) == [
+            WorkKey("Codertocat/Hello-World", 3),
+            WorkKey("Codertocat/Hello-World", 4),
+        ]
+
+
+def test_a_check_whose_prs_do_not_all_fit_is_503_and_can_be_redelivered() -> None:
+    r = Rig(queue_size=1, required_checks=("build",))
+    with r.client:
+        first = r.post(check_run([3, 4]), event="check_run", delivery="d-check")
+        assert (first.status_code, first.json()["outcome"]) == (503, "queue_full")
+        assert "d-check" not in r.intake.seen
+        r.queue._pending.clear()
+        again = r.post(check_run([3, 4]), event="check_run", delivery="d-check")
+        assert again.status_code == 503  # still one too many, but nothing was lost
+
+
+def test_a_bare_head_sha_goes_to_the_sha_hook() -> None:
+    r = Rig(required_checks=("build",))
+    hints: list[ShaHint] = []
+    r.intake.on_sha = hints.append
+    payload = official_example("status")
+    payload["context"] = "build"
+    payload["installation"] = {"id": 9, "node_id": "x"}
+    with r.client:
+        resp = r.post(payload, event="status")
+        assert (resp.status_code, resp.json()["outcome"]) == (202, "sha_hint")
+        assert hints == [ShaHint(payload["repository"]["full_name"], payload["sha"], 9)]
+        assert len(r.queue) == 0
+        # The default hook drops it: no resolver wired, nothing breaks.
+        r.intake.on_sha = Intake(make_settings(), r.queue, Metrics()).on_sha
+        assert r.post(payload, event="status").json()["outcome"] == "sha_hint"
+
+
+def test_installation_changes_go_to_the_resync_hook(rig: Rig) -> None:
+    requests: list[ResyncRequest] = []
+    rig.intake.on_resync = requests.append
+    payload = official_example("installation", "created")
+    resp = rig.post(payload, event="installation")
+    assert (resp.status_code, resp.json()["outcome"]) == (202, "resync")
+    assert requests == [ResyncRequest(payload["installation"]["id"], "installation created")]
+
+
+def test_the_whole_body_is_parsed_only_for_observers(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(body: bytes) -> dict[str, Any]:
+        raise AssertionError("parse_json called without observers")
+
+    monkeypatch.setattr(app_module, "parse_json", refuse)
+    assert rig.post(labeled()).json()["outcome"] == "queued"
+    monkeypatch.undo()
+    got: list[dict[str, Any]] = []
+    rig.intake.observers.append(lambda _event, payload: got.append(payload))
+    assert rig.post(labeled(number=9)).json()["outcome"] == "queued"
+    assert got[0]["pull_request"]["number"] == 9
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "outcome"),
+    [(RuntimeError("bug"), 503, "error"), (ValueError("odd"), 400, "rejected")],
+)
+def test_nothing_a_request_holds_yields_a_500(
+    rig: Rig, caplog: pytest.LogCaptureFixture, error: Exception, status: int, outcome: str
+) -> None:
+    def broken(event: str, payload: dict[str, Any]) -> None:
+        raise error
+
+    rig.intake.observers.append(broken)
+    resp = rig.post(labeled(), delivery="d-bug")
+    assert (resp.status_code, resp.json()["outcome"]) == (status, outcome)
+    assert "bug" not in resp.text and "odd" not in resp.text and "Traceback" not in resp.text
+    assert "d-bug" not in rig.intake.seen  # a redelivery is tried afresh
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+    assert series(rig) == {("pull_request", outcome)}
+
+
+# ---- the same at the ASGI level: bodies that trickle, stall or stop ----------------------------
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def request(receive: Receive, signature: bytes = b"sha256=" + b"0" * 64) -> Request:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"x-github-event", b"pull_request"),
+        (b"x-github-delivery", b"d-asgi"),
+        (b"x-hub-signature-256", signature),
+    ]
+    scope = {"type": "http", "method": "POST", "path": "/webhook", "headers": headers}
+    return Request(scope, receive)
+
+
+class Body:
+    """A request body sent as the test says: chunks, then a stall until released, or a
+    disconnect."""
+
+    def __init__(self, *chunks: bytes, stall: bool = False, disconnect: bool = False) -> None:
+        self.chunks = list(chunks)
+        self.stall = stall
+        self.disconnect = disconnect
+        self.released = asyncio.Event()
+        self.stalled = asyncio.Event()  # set once every chunk is out and it waits
+        self.calls = 0
+
+    async def __call__(self) -> dict[str, Any]:
+        self.calls += 1
+        if self.chunks:
+            return {"type": "http.request", "body": self.chunks.pop(0), "more_body": True}
+        if self.disconnect:
+            return {"type": "http.disconnect"}
+        if self.stall:
+            self.stalled.set()
+            await self.released.wait()
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def intake(**settings: Any) -> Intake:
+    return Intake(make_settings(**settings), KeyedQueue(10), Metrics())
+
+
+def outcome_of(resp: Response) -> tuple[int, str]:
+    return resp.status_code, json.loads(bytes(resp.body))["outcome"]
+
+
+async def test_requests_beyond_max_in_flight_get_503_before_their_body_is_read() -> None:
+    it = intake(max_in_flight=2)
+    stalled = [Body(b"{", stall=True) for _ in range(2)]
+    tasks = [asyncio.create_task(it.webhook(request(body))) for body in stalled]
+    await asyncio.gather(*(body.stalled.wait() for body in stalled))
+    third = Body(b"{}")
+    resp = await it.webhook(request(third))
+    assert outcome_of(resp) == (503, "busy")
+    assert resp.headers["connection"] == "close"
+    assert third.calls == 0  # not a byte read
+    for body in stalled:
+        body.released.set()
+    assert [outcome_of(r) for r in await asyncio.gather(*tasks)] == [(401, "rejected")] * 2
+    assert it.in_flight == 0 and it.buffered == 0
+
+
+async def test_body_bytes_held_across_requests_are_capped() -> None:
+    it = intake(max_body_bytes=1000)  # so at most 2000 bytes buffered at once
+    stalled = [Body(b" " * 900, stall=True) for _ in range(2)]
+    tasks = [asyncio.create_task(it.webhook(request(body))) for body in stalled]
+    await asyncio.gather(*(body.stalled.wait() for body in stalled))
+    assert it.buffered == 1800
+    resp = await it.webhook(request(Body(b" " * 300)))
+    assert outcome_of(resp) == (503, "busy")
+    assert "body bytes" in json.loads(bytes(resp.body))["message"]
+    for body in stalled:
+        body.released.set()
+    await asyncio.gather(*tasks)
+    assert it.buffered == 0
+    resp = await it.webhook(request(Body(b" " * 900)))  # room again
+    assert outcome_of(resp) == (401, "rejected")
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
+    it = intake(body_timeout_seconds=0.05)
+    body = Body(b"{", stall=True)
+    resp = await it.webhook(request(body))
+    assert outcome_of(resp) == (408, "rejected")
+    assert "body not received within 0.05s" in bytes(resp.body).decode()
+    assert resp.headers["connection"] == "close"
+    assert it.in_flight == 0 and it.buffered == 0
+    body.released.set()
+
+
+async def test_a_client_that_leaves_mid_body_is_logged_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bot.app")
+    it = intake()
+    resp = await it.webhook(request(Body(b"{", disconnect=True)))
+    assert outcome_of(resp) == (400, "disconnected")
+    (line,) = [r for r in caplog.records if r.name == "bot.app"]
+    assert line.levelno == logging.DEBUG
+    assert it.buffered == 0
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        b"sha256=" + b"\xff" * 64,  # latin-1 bytes: a non-ASCII str in Starlette's headers
+        b"sha256=" + "é".encode() * 32,
+        b"sha256=" + b"0" * 63,
+        b"\x00",
+    ],
+)
+async def test_odd_signature_bytes_are_401_before_the_body(signature: bytes) -> None:
+    body = Body(b"{}")
+    resp = await intake().webhook(request(body, signature))
+    assert outcome_of(resp) == (401, "rejected")
+    assert body.calls == 0
