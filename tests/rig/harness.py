@@ -113,12 +113,14 @@ class Harness:
 async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIterator[Harness]:
     """A fresh DEX repository in the fake and a running bot; everything stopped afterwards."""
     github.create_repo(OWNER, NAME, files=skeleton_files())
+    # PR authors of the rig are the repository's maintainers: their label counts.
+    github.set_permission(OWNER, NAME, "octocat", "write")
     settings = Settings(
         github_app_id=github.app_id,
         github_private_key=github.private_key_pem,
         github_webhook_secret=SECRET,
         github_api_url=github.url,
-        repositories=("*",),
+        repositories=(f"{OWNER}/{NAME}",),
         argocd_namespace=argocd_ns,
         workers=2,
         retry_seconds=0.1,
@@ -127,6 +129,7 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
     )
     api_client = await kube.api_client()
     bot = Bot(settings)
+    bot.resync_at_start = False  # tests call resync_once() when they mean it
     async with aiohttp.ClientSession() as session, ArgoCDStandIn(api_client, argocd_ns) as argo:
         gh = GitHub(session, settings, bot.metrics)
         argocd = ArgoCD(api_client, argocd_ns)
