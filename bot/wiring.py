@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
-from kubernetes_asyncio.client.exceptions import ApiException
 from starlette.applications import Starlette
 
+from bot import kubeapi
 from bot.app import Intake, create_app
 from bot.config import Settings
 from bot.github import GitHub
-from bot.kube import ArgoCD, load_kube_client
+from bot.kube import ArgoCD
 from bot.ports import ClusterPort
 from bot.service import Bot
 
@@ -41,13 +41,13 @@ class ClusterConnection:
 async def connect_cluster(settings: Settings, probe_seconds: float) -> ClusterConnection:
     """The kubeconfig's cluster, probed by listing Applications. Raises when there is no
     usable configuration at all."""
-    api = await load_kube_client(settings)
+    api = await kubeapi.connect(settings.kubeconfig)
     argocd = ArgoCD(api, settings.argocd_namespace)
-    host = str(api.configuration.host)
+    host = api.server
     conn = ClusterConnection(argocd, host, argocd.close)
     try:
         await asyncio.wait_for(argocd.list_managed(), probe_seconds)
-    except ApiException as exc:
+    except kubeapi.ApiError as exc:
         why = (
             "it has no Argo CD Application CRD"
             if exc.status == 404
@@ -89,7 +89,8 @@ def build_app(settings: Settings) -> Starlette:
         async with aiohttp.ClientSession() as session:
             argocd: ArgoCD | None = None
             try:
-                argocd = ArgoCD(await load_kube_client(settings), settings.argocd_namespace)
+                api = await kubeapi.connect(settings.kubeconfig)
+                argocd = ArgoCD(api, settings.argocd_namespace)
             except Exception as exc:  # no kubeconfig at all: say so, keep taking deliveries
                 intake.health.notes["cluster"] = f"no configuration: {exc}"
                 log.error("no Kubernetes configuration: %s", exc)
