@@ -111,8 +111,9 @@ class Elector:
     - A leader that loses the Lease (it could not renew, or finds another holder) stops,
       then campaigns again.
 
-    `on_started_leading` and `on_stopped_leading` are awaited in turn, never overlapping;
-    if `on_started_leading` raises, `on_stopped_leading` runs and `run` ends with the error.
+    `on_started_leading` and `on_stopped_leading` are awaited in turn, never overlapping, and
+    should only start or stop the work (no renewal happens while they run); if
+    `on_started_leading` raises, `on_stopped_leading` runs and `run` ends with the error.
     RBAC: get, create and update on Leases (get and update can be limited to the name).
     """
 
@@ -149,20 +150,20 @@ class Elector:
         return _spec(self._last).get("holderIdentity") or None
 
     async def run(self, on_started_leading: Callback, on_stopped_leading: Callback) -> None:
-        """Campaign, lead while the Lease is renewed, and campaign again after losing it."""
-        self._task = asyncio.current_task()
+        """Campaign, lead while the Lease is renewed, campaign again after losing it: until
+        `release()` (then this returns) or cancellation (the Lease is then left to expire)."""
+        if self._task is not None:
+            raise RuntimeError(f"the elector for Lease {self._where()} is already running")
+        # Its own task, so that release() stops the campaign and never its caller's task.
+        campaign = asyncio.create_task(self._elect(on_started_leading, on_stopped_leading))
+        self._task = campaign
         try:
-            while True:
-                await self._campaign()
-                self._leading = True
-                log.info("leading: %s holds Lease %s", self.identity, self._where())
-                try:
-                    await on_started_leading()
-                    await self._hold()
-                finally:
-                    self._leading = False
-                    log.info("stopped leading (Lease %s)", self._where())
-                    await on_stopped_leading()
+            await campaign
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our caller was cancelled (and the campaign with it)
+            # else release() stopped the campaign: done
         finally:
             self._task = None
 
@@ -172,17 +173,33 @@ class Elector:
 
         Stops `run` first, so `on_stopped_leading` has returned before the Lease is free.
         Never raises for the API server's sake: if it cannot be reached, the Lease expires.
+        Not from a callback: it waits for the campaign that runs them.
         """
-        task = self._task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.wait([task])
+        campaign = self._task
+        if campaign is not None:
+            if campaign is asyncio.current_task():
+                raise RuntimeError("release() from a leadership callback would wait for itself")
+            campaign.cancel()
+            await asyncio.wait([campaign])
         try:
             await self._give_up()
         except Exception as exc:
             if not _expected(exc):
                 raise
             log.warning("could not release Lease %s (it will expire): %s", self._where(), exc)
+
+    async def _elect(self, on_started_leading: Callback, on_stopped_leading: Callback) -> None:
+        while True:
+            await self._campaign()
+            self._leading = True
+            log.info("leading: %s holds Lease %s", self.identity, self._where())
+            try:
+                await on_started_leading()
+                await self._hold()
+            finally:
+                self._leading = False
+                log.info("stopped leading (Lease %s)", self._where())
+                await on_stopped_leading()
 
     # ---- campaigning ---------------------------------------------------------------------
 

@@ -154,6 +154,7 @@ async def test_a_killed_leader_is_replaced_within_the_lease(election: Election) 
     await asyncio.sleep(RETRY * 2)  # pod-b has seen pod-a hold the Lease
     killed_at = asyncio.get_running_loop().time()
     await election.kill("pod-a")
+    assert election.tasks["pod-a"].cancelled()  # the caller's cancellation goes through
     taken_at = await election.timeline.wait("pod-b", "started")
     assert taken_at - killed_at <= LEASE_SECONDS + RETRY + SLACK
     assert election.timeline.leaders() == {"pod-b"}
@@ -168,7 +169,8 @@ async def test_a_released_lease_is_taken_at_once(election: Election, admin_api: 
     await asyncio.sleep(0.5)
     released_at = asyncio.get_running_loop().time()
     await a.release()
-    assert election.tasks["pod-a"].done()  # release ends the campaign
+    assert election.tasks["pod-a"].done()  # release ends the campaign: run() returns
+    assert election.tasks["pod-a"].result() is None
     assert election.timeline.times("pod-a", "stopped")[0] <= released_at + SLACK
     taken_at = await election.timeline.wait("pod-b", "started")
     assert taken_at - released_at <= lease_seconds / 6 + SLACK < lease_seconds
