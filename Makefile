@@ -34,6 +34,7 @@ run: setup
 
 bench: setup
 	$(PY) bench/intake.py
+	$(PY) bench/imports.py
 
 # Regenerate requirements.lock (the image's pins) and the settings table/schema from bot.config.
 lock: setup
