@@ -523,8 +523,8 @@ async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[WatchEvent]:
         for line in lines:
             if line.strip():
                 yield _event(json.loads(line))
-    if buffer.strip():
-        yield _event(json.loads(buffer))
+    if buffer.strip():  # the server ends every event with a newline: this one was cut off
+        raise aiohttp.ClientPayloadError(f"watch ended inside an event ({len(buffer)} bytes)")
 
 
 def _event(raw: dict[str, Any]) -> WatchEvent:

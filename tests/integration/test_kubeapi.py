@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -22,6 +23,7 @@ from bot.kubeapi import (
     WatchEvent,
     in_cluster_config,
     load_config,
+    unavailable,
 )
 from bot.model import ObservedApp
 from tests.rig.argocd import RESOURCES_FINALIZER
@@ -289,15 +291,21 @@ async def test_kubeconfig_file_with_an_exec_plugin(kube: KubeRig, tmp_path: Path
 
 
 @pytest.fixture
-async def flaky_server() -> AsyncIterator[tuple[str, list[int]]]:
-    """An HTTP server answering each request with the next status from a list the test fills."""
-    statuses: list[int] = []
+async def flaky_server() -> AsyncIterator[tuple[str, list[int | bytes]]]:
+    """An HTTP server answering each request with the next item of a list the test fills: a
+    status (with a Status body), or bytes streamed as a 200 (a watch)."""
+    answers: list[int | bytes] = []
 
-    async def answer(_: web.Request) -> web.Response:
-        status = statuses.pop(0)
-        headers = {"Retry-After": "7"} if status == 429 else {}
-        body = {"kind": "Status", "code": status, "message": f"injected {status}"}
-        return web.json_response(body, status=status, headers=headers)
+    async def answer(request: web.Request) -> web.StreamResponse:
+        item = answers.pop(0)
+        if isinstance(item, bytes):
+            stream = web.StreamResponse()
+            await stream.prepare(request)
+            await stream.write(item)
+            return stream
+        headers = {"Retry-After": "7"} if item == 429 else {}
+        body = {"kind": "Status", "code": item, "message": f"injected {item}"}
+        return web.json_response(body, status=item, headers=headers)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
@@ -306,13 +314,34 @@ async def flaky_server() -> AsyncIterator[tuple[str, list[int]]]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield f"http://127.0.0.1:{port}", statuses
+        yield f"http://127.0.0.1:{port}", answers
     finally:
         await runner.cleanup()
 
 
+async def test_a_watch_cut_inside_an_event_is_a_network_failure(
+    flaky_server: tuple[str, list[int | bytes]],
+) -> None:
+    url, answers = flaky_server
+    obj: dict[str, Any] = {"metadata": {"name": "a", "resourceVersion": "5"}}
+    event = {"type": "ADDED", "object": obj}
+    answers.append(json.dumps(event).encode() + b"\n" + b'{"type": "MODIFIED", "obj')
+    seen: list[WatchEvent] = []
+
+    async def drain(api: KubeApi) -> None:
+        async with api.watch(APPLICATIONS.path("argocd"), "4") as events:
+            async for item in events:
+                seen.append(item)
+
+    async with KubeApi(ClusterConfig(url, ssl_context=False)) as api:
+        with pytest.raises(aiohttp.ClientPayloadError) as cut:
+            await drain(api)
+    assert seen == [WatchEvent("ADDED", obj)]
+    assert unavailable(cut.value)  # the adapter retries it like any dropped connection
+
+
 async def test_adapter_turns_429_5xx_and_unreachable_into_cluster_unavailable(
-    flaky_server: tuple[str, list[int]],
+    flaky_server: tuple[str, list[int | bytes]],
 ) -> None:
     url, statuses = flaky_server
     async with KubeApi(ClusterConfig(url, ssl_context=False)) as api:
