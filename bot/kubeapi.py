@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -133,14 +134,22 @@ class _PluginCredentials:
         self._loader = loader
         self._configuration = configuration
         self._loaded_at: float | None = None
+        # Concurrent requests when the credentials are due wait for one plugin run, not many.
+        self._loading = asyncio.Lock()
+
+    def _due(self) -> bool:
+        loaded = self._loaded_at
+        return loaded is None or time.monotonic() - loaded >= PLUGIN_REFRESH_SECONDS
 
     async def load(self) -> None:
         await self._loader.load_and_set(self._configuration)
         self._loaded_at = time.monotonic()
 
     async def authorization(self) -> str | None:
-        if self._loaded_at is None or time.monotonic() - self._loaded_at >= PLUGIN_REFRESH_SECONDS:
-            await self.load()
+        if self._due():
+            async with self._loading:
+                if self._due():
+                    await self.load()
         value = self._configuration.api_key.get("BearerToken")
         return str(value) if value else None
 
