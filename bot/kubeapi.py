@@ -343,17 +343,25 @@ async def _plugin_config(doc: dict[str, Any], source: str) -> ClusterConfig:
     )
 
 
+def _home_kubeconfig(why: ConfigError) -> str:
+    """~/.kube/config when the service account is not usable; else an error saying both."""
+    if not Path(DEFAULT_KUBECONFIG).expanduser().is_file():
+        raise ConfigError(f"{why}, and there is no {DEFAULT_KUBECONFIG}") from None
+    return DEFAULT_KUBECONFIG
+
+
 async def load_config(kubeconfig: str | None = None) -> ClusterConfig:
     """The cluster configuration, as `kubectl` would find it from inside or outside a pod.
 
-    `kubeconfig` (the setting, i.e. KUBECONFIG) when given; else the pod's service account when
-    KUBERNETES_SERVICE_HOST is set; else ~/.kube/config. A kubeconfig user with `exec` or
+    `kubeconfig` (the setting, i.e. KUBECONFIG) when given; else the pod's service account;
+    else ~/.kube/config (as the client used before did). A kubeconfig user with `exec` or
     `auth-provider` credentials falls back to kubernetes_asyncio's loader, imported only then.
     """
     if not kubeconfig:
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
             return in_cluster_config()
-        kubeconfig = DEFAULT_KUBECONFIG
+        except ConfigError as exc:
+            kubeconfig = _home_kubeconfig(exc)
     doc = read_kubeconfig(kubeconfig)
     _, _, user = _current(doc, kubeconfig)
     if user.get("exec") or user.get("auth-provider"):

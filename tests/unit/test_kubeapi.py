@@ -226,9 +226,12 @@ async def test_load_config_prefers_the_setting_then_the_pod_then_home(
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     assert (await load_config(str(path))).server == "https://from-file"
     assert (await load_config(None)).server == "https://10.0.0.1:443"
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    (tmp_path / "sa" / "token").unlink()  # a pod without a service account: try home
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(ConfigError, match=r"no kubeconfig file at ~/.kube/config"):
+    with pytest.raises(ConfigError, match=r"token is missing.*, and there is no ~/.kube/config"):
+        await load_config(None)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    with pytest.raises(ConfigError, match=r"not in a pod.*, and there is no ~/.kube/config"):
         await load_config(None)
     (tmp_path / "home" / ".kube").mkdir(parents=True)
     (tmp_path / "home" / ".kube" / "config").write_text(path.read_text())
