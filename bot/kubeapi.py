@@ -330,6 +330,7 @@ async def _plugin_config(doc: dict[str, Any], source: str) -> ClusterConfig:
     from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
     context_name, cluster, _ = _current(doc, source)
+    log.info("%s: credentials from a plugin, through kubernetes_asyncio's loader", source)
     configuration = Configuration()
     credentials = _PluginCredentials(KubeConfigLoader(config_dict=doc), configuration)
     await credentials.load()
@@ -447,8 +448,8 @@ class KubeApi:
         ) as resp:
             if resp.status >= 400:
                 raise await _error(resp)
-            text = await resp.text()
-        return json.loads(text) if text else None
+            answer = await resp.read()
+        return json.loads(answer) if answer else None
 
     async def get(self, path: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", path)
