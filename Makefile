@@ -35,6 +35,7 @@ run: setup
 bench: setup
 	$(PY) bench/intake.py
 	$(PY) bench/imports.py
+	$(PY) bench/serve_memory.py
 
 # Regenerate requirements.lock (the image's pins) and the settings table/schema from bot.config.
 lock: setup
