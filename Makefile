@@ -36,6 +36,8 @@ bench: setup
 	$(PY) bench/intake.py
 	$(PY) bench/github.py
 	$(PY) bench/decode.py
+	$(PY) bench/imports.py
+	$(PY) bench/serve_memory.py
 
 # Regenerate requirements.lock (the image's pins) and the settings table/schema from bot.config.
 lock: setup

@@ -1,6 +1,6 @@
 """The bot's one vocabulary of failure: try again later, or say so once on the PR.
 
-Adapters translate what their library raises (gidgethub, aiohttp, kubernetes-asyncio, git) into
+Adapters translate what their library raises (gidgethub, aiohttp, bot.kubeapi, git) into
 these types, so the core (sync, service, plan) catches one "try again" type and never imports an
 adapter to know what went wrong.
 """

@@ -2,142 +2,126 @@
 
 Writes are idempotent: the Application is server-side applied by the field manager
 `preview-bot` (creating or updating in one request), and the bot's bookkeeping annotations are
-merge-patched by a second manager so that an apply never drops them.
+merge-patched by a second manager so that an apply never drops them. Requests go through
+bot.kubeapi; a failure that means "the API server is unreachable or overloaded" leaves this
+adapter as ClusterUnavailable, any other as the kubeapi.ApiError the server gave.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-import aiohttp
-from kubernetes_asyncio import client, watch
-from kubernetes_asyncio import config as kconfig
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from bot.config import Settings
-from bot.errors import ClusterUnavailable
+from bot.errors import ClusterUnavailable, PermanentError
+from bot.kubeapi import ApiError, KubeApi, Resource, unavailable
 from bot.model import BOT, MANAGED_BY, ObservedApp
 from bot.parse import app_from_object
 from bot.ports import OnAlive, OnEvent
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "applications"
+APPLICATIONS = Resource("argoproj.io", "v1alpha1", "applications")
 FIELD_MANAGER = "preview-bot"
 STATE_MANAGER = "preview-bot-state"
-# A dict body is otherwise sent as a JSON patch, which the API server refuses (TOOLCHAIN.md);
-# passed as ** because the client's type stubs do not declare _content_type.
-APPLY: dict[str, Any] = {"_content_type": "application/apply-patch+yaml"}
-MERGE: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+MANAGED = f"{MANAGED_BY}={BOT}"
+# The watch's retry delay while the API server is unreachable: doubles up to the cap.
+BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
+T = TypeVar("T")
 
 
-def _temporary(exc: BaseException) -> bool:
-    if isinstance(exc, ApiException):
-        return exc.status in (0, 429) or (exc.status or 0) >= 500
-    return isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError | OSError)
+@dataclass
+class _Feed:
+    """Where a watch delivers: every change, and every sign of life."""
+
+    on_event: OnEvent
+    alive: OnAlive | None
+
+    def beat(self) -> None:
+        if self.alive is not None:
+            self.alive()
 
 
-async def load_kube_client(settings: Settings) -> client.ApiClient:
-    """An ApiClient from KUBECONFIG, else the in-cluster service account, else ~/.kube/config."""
-    if settings.kubeconfig:
-        await kconfig.load_kube_config(config_file=settings.kubeconfig)
-        return client.ApiClient()
+def _reason(exc: ApiError) -> str:
+    """The API server's message of an error answer (its Status object), else its reason."""
     try:
-        kconfig.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped upstream
-    except kconfig.ConfigException:
-        await kconfig.load_kube_config()
-    return client.ApiClient()
+        message = json.loads(exc.body).get("message")
+    except (ValueError, AttributeError, TypeError):
+        message = None
+    return f"{exc.status} {message or exc.reason}"
 
 
 class ArgoCD:
-    """Applications in one Argo CD namespace, through one ApiClient."""
+    """Applications in one Argo CD namespace, through one KubeApi."""
 
-    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
-        self.api_client = api_client
-        self.api = client.CustomObjectsApi(api_client)
+    def __init__(self, api: KubeApi, namespace: str) -> None:
+        self.api = api
         self.namespace = namespace
 
     async def close(self) -> None:
-        await self.api_client.close()
+        await self.api.close()
 
-    async def _do(self, what: str, call: Awaitable[Any]) -> Any:
+    def _path(self, name: str | None = None) -> str:
+        return APPLICATIONS.path(self.namespace, name)
+
+    async def _do(self, what: str, call: Awaitable[T]) -> T:
         try:
             return await call
         except Exception as exc:
-            if _temporary(exc):
-                raise ClusterUnavailable(f"{what}: {exc}") from exc
+            if unavailable(exc):
+                retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+                raise ClusterUnavailable(f"{what}: {exc}", retry_after) from exc
+            if isinstance(exc, ApiError) and exc.status not in (404, 409):
+                # 422 (invalid), 403 (RBAC), 400: retrying changes nothing; the PR is told
+                # once, with the API server's own words.
+                raise PermanentError(
+                    f"the Kubernetes API server refused to {what}: {_reason(exc)}", exc.status
+                ) from exc
             raise
+
+    async def _unless_gone(self, what: str, call: Awaitable[Any]) -> bool:
+        """Run a call on one Application; False when it does not exist (404)."""
+        try:
+            await self._do(what, call)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     async def get(self, name: str) -> ObservedApp | None:
         try:
-            obj: dict[str, Any] = await self._do(
-                f"get Application {name}",
-                self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name),
-            )
-        except ApiException as exc:
+            obj = await self._do(f"get Application {name}", self.api.get(self._path(name)))
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
         return app_from_object(obj)
 
     async def apply(self, manifest: dict[str, Any]) -> None:
-        """Create or update the Application in one server-side apply.
-
-        Returns nothing: kubernetes-asyncio 36.1 decodes a PATCH's 201 (created) as None, and the
-        sync needs nothing from the answer.
-        """
+        """Create or update the Application in one server-side apply."""
         name = manifest["metadata"]["name"]
         await self._do(
             f"apply Application {name}",
-            self.api.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                self.namespace,
-                PLURAL,
-                name,
-                manifest,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                **APPLY,
-            ),
+            self.api.apply(self._path(name), manifest, FIELD_MANAGER, force=True),
         )
 
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
         """Merge the annotations into the Application; False when it is gone."""
         body = {"metadata": {"annotations": annotations}}
-        try:
-            await self._do(
-                f"annotate Application {name}",
-                self.api.patch_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    name,
-                    body,
-                    field_manager=STATE_MANAGER,
-                    **MERGE,
-                ),
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return await self._unless_gone(
+            f"annotate Application {name}",
+            self.api.merge_patch(self._path(name), body, STATE_MANAGER),
+        )
 
     async def delete(self, name: str) -> bool:
         """Delete the Application; True when it is gone, False while its finalizer holds it."""
         try:
-            result: dict[str, Any] = await self._do(
-                f"delete Application {name}",
-                self.api.delete_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, name
-                ),
-            )
-        except ApiException as exc:
+            result = await self._do(f"delete Application {name}", self.api.delete(self._path(name)))
+        except ApiError as exc:
             if exc.status == 404:
                 return True
             raise
@@ -147,88 +131,64 @@ class ArgoCD:
         )
 
     async def list_managed(self) -> list[ObservedApp]:
-        result = await self._do(
-            "list Applications",
-            self.api.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, label_selector=f"{MANAGED_BY}={BOT}"
-            ),
-        )
+        result = await self._do("list Applications", self.api.list(self._path(), MANAGED))
         return [app_from_object(item) for item in result.get("items") or []]
 
     async def request_sync(self, name: str) -> bool:
         """Ask Argo CD to sync now: set the Application's `operation`, as `argocd app sync` does."""
         body = {"operation": {"initiatedBy": {"username": FIELD_MANAGER}, "sync": {}}}
-        try:
-            await self._do(
-                f"request a sync of Application {name}",
-                self.api.patch_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, name, body, **MERGE
-                ),
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return await self._unless_gone(
+            f"request a sync of Application {name}", self.api.merge_patch(self._path(name), body)
+        )
 
-    async def watch(  # noqa: C901 (split when the adapter moves to bot.kubeapi)
+    async def watch(
         self, on_event: OnEvent, alive: OnAlive | None = None, timeout_seconds: int = 300
     ) -> None:
-        """Call `on_event(type, object)` for every change of a managed Application, forever.
+        """Call `on_event(type, app)` for every change of a managed Application, forever.
 
-        Restarts from a fresh list when the server says the resourceVersion is gone (410), and
-        backs off while the API server is unreachable.
+        Starts from a list (each item as SYNCED), then watches from its resourceVersion; lists
+        again when the server says that version is gone (410), and backs off while the API
+        server is unreachable. `alive()` is called on every event, bookmark and fresh list.
         """
-        backoff = 1.0
+        feed = _Feed(on_event, alive)
+        backoff = BACKOFF_FIRST
         version: str | None = None
         while True:
             try:
                 if version is None:
-                    listing = await self.api.list_namespaced_custom_object(
-                        GROUP,
-                        VERSION,
-                        self.namespace,
-                        PLURAL,
-                        label_selector=f"{MANAGED_BY}={BOT}",
-                    )
-                    version = listing["metadata"]["resourceVersion"]
-                    if alive is not None:
-                        alive()
-                    for item in listing.get("items") or []:
-                        await on_event("SYNCED", app_from_object(item))
-                async with watch.Watch() as w:
-                    stream = w.stream(
-                        self.api.list_namespaced_custom_object,
-                        GROUP,
-                        VERSION,
-                        self.namespace,
-                        PLURAL,
-                        label_selector=f"{MANAGED_BY}={BOT}",
-                        resource_version=version,
-                        timeout_seconds=timeout_seconds,
-                    )
-                    async for event in stream:
-                        obj = event["object"]
-                        if event["type"] == "ERROR":
-                            if isinstance(obj, dict) and obj.get("code") == 410:
-                                version = None
-                                break
-                            continue
-                        version = obj["metadata"]["resourceVersion"]
-                        if alive is not None:
-                            alive()
-                        await on_event(event["type"], app_from_object(obj))
-                backoff = 1.0
-            except asyncio.CancelledError:
-                raise
-            except ApiException as exc:
-                if exc.status == 410:
+                    version = await self._relist(feed)
+                version = await self._follow(feed, version, timeout_seconds)
+                backoff = BACKOFF_FIRST
+            except ApiError as exc:
+                if exc.status == 410:  # too old: start again from a fresh list
                     version = None
                     continue
-                log.warning("watching Applications failed: %s; retrying", exc.reason)
+                log.warning("watching Applications failed: %s; retrying", exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                backoff = min(backoff * 2, BACKOFF_CAP)
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
                 log.warning("cannot reach the API server to watch Applications: %s", exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+
+    async def _relist(self, feed: _Feed) -> str:
+        """Report every managed Application as SYNCED; the list's version, to watch from."""
+        listing = await self.api.list(self._path(), MANAGED)
+        feed.beat()
+        for item in listing.get("items") or []:
+            await feed.on_event("SYNCED", app_from_object(item))
+        return str(listing["metadata"]["resourceVersion"])
+
+    async def _follow(self, feed: _Feed, version: str, timeout_seconds: int) -> str:
+        """Deliver changes after `version` until the server ends the watch; the last version."""
+        async with self.api.watch(
+            self._path(), version, label_selector=MANAGED, timeout_seconds=timeout_seconds
+        ) as events:
+            async for event in events:
+                version = str(event.object["metadata"]["resourceVersion"])
+                feed.beat()
+                if event.type != "BOOKMARK":
+                    await feed.on_event(event.type, app_from_object(event.object))
+        return version

@@ -18,16 +18,17 @@ from typing import NamedTuple
 
 import aiohttp
 import uvicorn
-from kubernetes_asyncio.client.exceptions import ApiException
 from starlette.applications import Starlette
 
+from bot import kubeapi
 from bot.app import Intake, create_app
 from bot.config import Settings
 from bot.github import GitHub
-from bot.kube import ArgoCD, load_kube_client
+from bot.kube import ArgoCD
+from bot.leader import elector_for
 from bot.ports import ClusterPort
 from bot.registry import Registry
-from bot.service import Bot
+from bot.service import PROBE_SECONDS, Bot
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,13 @@ class ClusterConnection:
 async def connect_cluster(settings: Settings, probe_seconds: float) -> ClusterConnection:
     """The kubeconfig's cluster, probed by listing Applications. Raises when there is no
     usable configuration at all."""
-    api = await load_kube_client(settings)
+    api = await kubeapi.connect(settings.kubeconfig)
     argocd = ArgoCD(api, settings.argocd_namespace)
-    host = str(api.configuration.host)
+    host = api.server
     conn = ClusterConnection(argocd, host, argocd.close)
     try:
         await asyncio.wait_for(argocd.list_managed(), probe_seconds)
-    except ApiException as exc:
+    except kubeapi.ApiError as exc:
         why = (
             "it has no Argo CD Application CRD"
             if exc.status == 404
@@ -99,21 +100,30 @@ def build(settings: Settings) -> tuple[Starlette, Bot]:
         async with aiohttp.ClientSession() as session:
             argocd: ArgoCD | None = None
             try:
-                argocd = ArgoCD(await load_kube_client(settings), settings.argocd_namespace)
+                api = await kubeapi.connect(settings.kubeconfig)
+                argocd = ArgoCD(api, settings.argocd_namespace)
             except Exception as exc:  # no kubeconfig at all: say so, keep taking deliveries
                 intake.health.notes["cluster"] = f"no configuration: {exc}"
                 log.error("no Kubernetes configuration: %s", exc)
             if argocd is not None:
                 images = Registry(session, settings) if settings.image_check else None
-                bot.start(GitHub(session, settings, bot.metrics), argocd, images=images)
+                elector = elector_for(api, settings) if settings.leader_election else None
+                github = GitHub(session, settings, bot.metrics)
+                bot.start(github, argocd, images=images, elector=elector)
             else:
                 intake.health.started = True
-            probing = asyncio.create_task(probe(intake, session, argocd))
+
+            async def probing() -> None:  # refreshed continuously, not only at start
+                while True:
+                    await probe(intake, session, argocd)
+                    bot.supervisor.alive("probe")
+                    await asyncio.sleep(PROBE_SECONDS)
+
+            bot.supervisor.spawn("probe", probing)
             log.info("preview-bot ready")
             try:
                 yield
             finally:
-                probing.cancel()
                 await bot.stop()
                 if argocd is not None:
                     await argocd.close()

@@ -1,32 +1,29 @@
 """The chart's Role is enough for the bot and no more, proven on a real API server.
 
 The chart's ServiceAccount, Role and RoleBinding are applied to the test API server; then the
-bot's own Argo CD adapter (bot/kube.py) runs every operation it has with a real token of that
-ServiceAccount. Every request is recorded and turned into the RBAC verb the server checked:
-each must be allowed, and the verbs used must be exactly the verbs granted. Requests outside
-the Role (a PUT, Secrets, another namespace) must be refused.
+bot's own Argo CD adapter (bot/kube.py) runs every operation it has, and its elector
+(bot/leader.py) campaigns, renews and releases, with a real token of that ServiceAccount.
+Every request is recorded and turned into the RBAC verb the server checked: each must be
+allowed, and the verbs used must be exactly the verbs granted. Requests outside the Role (a
+PUT of an Application, Secrets, another namespace, other Leases) must be refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlparse
 
+import aiohttp
 import pytest
 import yaml
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.leaderelection.leaderelectionrecord import LeaderElectionRecord
-from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from bot.config import Settings
-from bot.kube import MERGE, ArgoCD
+from bot.kube import APPLICATIONS, ArgoCD
+from bot.kubeapi import LEASES, ApiError, KubeApi, Resource, kubeconfig_config
+from bot.leader import Elector, LeaseRef
 from bot.model import ObservedApp, PullRequest
 from bot.render import render_application
 from tests.deploy.chart import documents, one, render
@@ -35,6 +32,7 @@ from tests.rig.kube import KubeRig
 
 RELEASE_NS = "preview-bot-rbac"
 LEASE = "preview-bot"
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
 @dataclass(frozen=True)
@@ -47,10 +45,19 @@ class Call:
     status: int
 
 
+def _parts(path: str) -> tuple[str, str, str, str]:
+    """(group, namespace, plural, name) of an API path; "" for what it does not have."""
+    parts = path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    return group, namespace, rest[0], rest[1] if len(rest) > 1 else ""
+
+
 def rbac_verb(method: str, path: str, query: dict[str, str], status: int) -> list[str]:
     """The RBAC verbs the API server authorizes for a request (a create by apply is two)."""
-    parts = path.strip("/").split("/")
-    named = len(parts) > parts.index("namespaces") + 3  # .../namespaces/NS/PLURAL/NAME
+    named = bool(_parts(path)[3])
     if method == "GET":
         if query.get("watch") in ("true", "True", "1"):
             return ["watch"]
@@ -67,37 +74,25 @@ def rbac_verb(method: str, path: str, query: dict[str, str], status: int) -> lis
 
 
 def _resource(path: str) -> tuple[str, str]:
-    parts = path.strip("/").split("/")
-    group = "" if parts[0] == "api" else parts[1]
-    ns_at = parts.index("namespaces")
-    return f"{group}/{parts[ns_at + 2]}", parts[ns_at + 1]
+    group, namespace, plural, _ = _parts(path)
+    return f"{group}/{plural}", namespace
 
 
 class Recorder:
-    """Wraps an ApiClient's REST layer and writes down every request and its answer."""
+    """An aiohttp trace of a KubeApi: every request and its answer's status, as RBAC verbs."""
 
-    def __init__(self, api: ApiClient) -> None:
+    def __init__(self) -> None:
         self.calls: list[Call] = []
-        original = api.rest_client.request
+        self.trace = aiohttp.TraceConfig()
+        self.trace.on_request_end.append(self._ended)
 
-        async def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            query = {str(k): str(v) for k, v in (kwargs.get("query_params") or [])}
-            path = urlparse(url).path
-            try:
-                response = await original(method, url, *args, **kwargs)
-            except ApiException as exc:
-                self._note(method, path, query, int(exc.status))
-                raise
-            self._note(method, path, query, int(response.status))
-            return response
-
-        # Patched on this one client only; the signature is the same, mypy cannot know.
-        api.rest_client.request = request  # type: ignore[method-assign]
-
-    def _note(self, method: str, path: str, query: dict[str, str], status: int) -> None:
-        resource, namespace = _resource(path)
-        for verb in rbac_verb(method, path, query, status):
-            self.calls.append(Call(verb, resource, namespace, status))
+    async def _ended(
+        self, _: aiohttp.ClientSession, __: object, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        query = {str(k): str(v) for k, v in params.url.query.items()}
+        resource, namespace = _resource(params.url.path)
+        for verb in rbac_verb(params.method, params.url.path, query, params.response.status):
+            self.calls.append(Call(verb, resource, namespace, params.response.status))
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +107,10 @@ def role_docs() -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def as_bot(
+async def bot_kubeconfig(
     kube: KubeRig, role_docs: list[dict[str, Any]], applied: list[str], argocd_ns: str
-) -> AsyncIterator[ApiClient]:
-    """An ApiClient holding a real token of the chart's ServiceAccount, its RBAC applied."""
+) -> dict[str, Any]:
+    """A kubeconfig holding a real token of the chart's ServiceAccount, its RBAC applied."""
     ensure_namespace(kube, RELEASE_NS)
     text = yaml.safe_dump_all(role_docs)
     done = kubectl(kube, "apply", "--server-side", "-f", "-", stdin=text)
@@ -123,26 +118,46 @@ async def as_bot(
     applied.append(text)
     sa = one(role_docs, "ServiceAccount")["metadata"]["name"]
     kubeconfig = await kube.make_service_account_kubeconfig(RELEASE_NS, sa)
-    async with await config.new_client_from_config_dict(kubeconfig) as api:
-        await _wait_for_rbac(api, argocd_ns)
+    async with kube.kubeapi(kubeconfig) as api:
+        # The RBAC authorizer reads Roles from an informer cache: a fresh binding may lag.
+        if not await _until_allowed(api, "list", argocd_ns, allowed=True):
+            raise AssertionError("the chart's RoleBinding never took effect")
+    return kubeconfig
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def as_bot(bot_kubeconfig: dict[str, Any], recorder: Recorder) -> AsyncIterator[KubeApi]:
+    """The bot's client (bot.kubeapi) as the chart's ServiceAccount, every request recorded."""
+    config = kubeconfig_config(bot_kubeconfig)
+    async with KubeApi(config, trace_configs=[recorder.trace]) as api:
         yield api
 
 
-async def _wait_for_rbac(api: ApiClient, namespace: str) -> None:
-    # The RBAC authorizer reads Roles from an informer cache: a fresh binding may lag briefly.
-    review = client.V1SelfSubjectAccessReview(
-        spec=client.V1SelfSubjectAccessReviewSpec(
-            resource_attributes=client.V1ResourceAttributes(
-                group="argoproj.io", resource="applications", verb="list", namespace=namespace
-            )
-        )
-    )
+async def _until_allowed(api: KubeApi, verb: str, namespace: str, *, allowed: bool) -> bool:
+    """Ask the server (SelfSubjectAccessReview) until `verb` on Applications is (not) allowed."""
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {
+            "resourceAttributes": {
+                "group": "argoproj.io",
+                "resource": "applications",
+                "verb": verb,
+                "namespace": namespace,
+            }
+        },
+    }
     for _ in range(100):
-        answer = await client.AuthorizationV1Api(api).create_self_subject_access_review(review)
-        if answer.status.allowed:
-            return
+        answer = await api.create(ACCESS_REVIEWS, review)
+        if bool(answer["status"].get("allowed")) == allowed:
+            return True
         await asyncio.sleep(0.05)
-    raise AssertionError("the chart's RoleBinding never took effect")
+    return False
 
 
 def _application(number: int = 42) -> dict[str, Any]:
@@ -196,9 +211,8 @@ async def _run_every_operation(argocd: ArgoCD) -> None:
 
 
 async def test_role_allows_every_operation_and_grants_nothing_unused(
-    as_bot: ApiClient, role_docs: list[dict[str, Any]], argocd_ns: str
+    as_bot: KubeApi, recorder: Recorder, role_docs: list[dict[str, Any]], argocd_ns: str
 ) -> None:
-    recorder = Recorder(as_bot)
     await _run_every_operation(ArgoCD(as_bot, argocd_ns))
 
     refused = [c for c in recorder.calls if c.status == 403]
@@ -212,28 +226,52 @@ async def test_role_allows_every_operation_and_grants_nothing_unused(
 
 
 async def test_leases_allow_what_leader_election_does(
-    as_bot: ApiClient, kube: KubeRig, argocd_ns: str
+    as_bot: KubeApi,
+    recorder: Recorder,
+    admin_api: KubeApi,
+    role_docs: list[dict[str, Any]],
+    argocd_ns: str,
 ) -> None:
-    """kubernetes-asyncio's LeaseLock: get (404 at first), create, get, update."""
-    recorder = Recorder(as_bot)
-    lock = LeaseLock(LEASE, argocd_ns, "pod-a", as_bot)
-    found, _ = await lock.get(LEASE, argocd_ns)
-    assert found is False
-    # The library's own time format: str() of a naive UTC datetime, as LeaderElection writes it.
-    now = str(datetime.now(UTC).replace(tzinfo=None))
-    record = LeaderElectionRecord("pod-a", "15", now, now)
-    assert await lock.create(LEASE, argocd_ns, record)
-    found, _ = await lock.get(LEASE, argocd_ns)
-    assert found is True
-    assert await lock.update(LEASE, argocd_ns, record)
-    assert {c.verb for c in recorder.calls} == {"get", "create", "update"}
-    assert [c.status for c in recorder.calls if c.status == 403] == []
-    async with await kube.api_client() as admin:
-        await client.CoordinationV1Api(admin).delete_namespaced_lease(LEASE, argocd_ns)
+    """bot.leader's Elector: get (404 at first), create, update (renewals), update (release)."""
+    elector = Elector(as_bot, LeaseRef(argocd_ns, LEASE), "pod-a", lease_seconds=3.0)
+    leading = asyncio.Event()
+
+    async def started() -> None:
+        leading.set()
+
+    async def stopped() -> None:
+        return None
+
+    campaign = asyncio.create_task(elector.run(started, stopped))
+    try:
+        await asyncio.wait_for(leading.wait(), 20)
+        for _ in range(400):  # until one renewal (every second of this 3 s lease)
+            if any(c.verb == "update" for c in recorder.calls):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await elector.release()
+    lease = await admin_api.get(LEASES.path(argocd_ns, LEASE))
+    await admin_api.delete(LEASES.path(argocd_ns, LEASE))
+
+    assert campaign.done()
+    assert lease["spec"]["holderIdentity"] == ""  # released
+    assert [c for c in recorder.calls if c.status == 403] == []
+    assert {(c.resource, c.namespace) for c in recorder.calls} == {
+        ("coordination.k8s.io/leases", argocd_ns)
+    }
+    used = {c.verb for c in recorder.calls}
+    granted = {
+        verb
+        for rule in one(role_docs, "Role")["rules"]
+        if rule["resources"] == ["leases"]
+        for verb in rule["verbs"]
+    }
+    assert used == granted == {"get", "create", "update"}
 
 
 async def test_apply_of_a_new_application_needs_create(
-    as_bot: ApiClient, kube: KubeRig, role_docs: list[dict[str, Any]], argocd_ns: str
+    as_bot: KubeApi, admin_api: KubeApi, role_docs: list[dict[str, Any]], argocd_ns: str
 ) -> None:
     """Why `create` is granted although the bot never POSTs: apply creates through PATCH."""
     role = one(role_docs, "Role")
@@ -242,79 +280,50 @@ async def test_apply_of_a_new_application_needs_create(
         for rule in role["rules"]
         if rule["resources"] == ["applications"]
     ]
-    async with await kube.api_client() as admin:
-        await client.RbacAuthorizationV1Api(admin).patch_namespaced_role(
-            role["metadata"]["name"],
-            argocd_ns,
-            {"rules": without_create},
-            **MERGE,
-        )
-    review = client.V1SelfSubjectAccessReview(
-        spec=client.V1SelfSubjectAccessReviewSpec(
-            resource_attributes=client.V1ResourceAttributes(
-                group="argoproj.io", resource="applications", verb="create", namespace=argocd_ns
-            )
-        )
+    roles = Resource("rbac.authorization.k8s.io", "v1", "roles")
+    await admin_api.merge_patch(
+        roles.path(argocd_ns, role["metadata"]["name"]), {"rules": without_create}
     )
-    for _ in range(100):  # until the authorizer's cache has the narrower Role
-        answer = await client.AuthorizationV1Api(as_bot).create_self_subject_access_review(review)
-        if not answer.status.allowed:
-            break
-        await asyncio.sleep(0.05)
-    with pytest.raises(ApiException) as refused:
+    # Until the authorizer's cache has the narrower Role.
+    assert await _until_allowed(as_bot, "create", argocd_ns, allowed=False)
+    with pytest.raises(ApiError) as refused:
         await ArgoCD(as_bot, argocd_ns).apply(_application())
     assert refused.value.status == 403
 
 
-async def _status(call: Callable[[], Awaitable[Any]]) -> int:
+async def _status(api: KubeApi, method: str, path: str, body: Any = None) -> int:
     try:
-        await call()
-    except ApiException as exc:
-        return int(exc.status)
+        await api.request(method, path, body=body)
+    except ApiError as exc:
+        return exc.status
     return 200
 
 
 async def test_everything_outside_the_role_is_forbidden(
-    as_bot: ApiClient, kube: KubeRig, argocd_ns: str
+    as_bot: KubeApi, admin_api: KubeApi, argocd_ns: str
 ) -> None:
-    async with await kube.api_client() as admin:
-        await client.CustomObjectsApi(admin).create_namespaced_custom_object(
-            "argoproj.io", "v1alpha1", argocd_ns, "applications", _application(7)
-        )
-    apps = client.CustomObjectsApi(as_bot)
-    core = client.CoreV1Api(as_bot)
-    leases = client.CoordinationV1Api(as_bot)
-    group = ("argoproj.io", "v1alpha1")
-    existing = await apps.get_namespaced_custom_object(
-        *group, argocd_ns, "applications", "dex-pr-7"
-    )
-    forbidden = {
-        "update (PUT) an Application": lambda: apps.replace_namespaced_custom_object(
-            *group, argocd_ns, "applications", "dex-pr-7", existing
+    await admin_api.create(APPLICATIONS.path(argocd_ns), _application(7))
+    existing = await as_bot.get(APPLICATIONS.path(argocd_ns, "dex-pr-7"))
+    projects = Resource("argoproj.io", "v1alpha1", "appprojects")
+    secrets, pods = Resource("", "v1", "secrets"), Resource("", "v1", "pods")
+    pod = {"metadata": {"name": "x"}, "spec": {"containers": [{"name": "x", "image": "x"}]}}
+    forbidden: dict[str, tuple[str, str, Any]] = {
+        "update (PUT) an Application": (
+            "PUT",
+            APPLICATIONS.path(argocd_ns, "dex-pr-7"),
+            existing,
         ),
-        "delete all Applications at once": lambda: apps.delete_collection_namespaced_custom_object(
-            *group, argocd_ns, "applications"
-        ),
-        "list Applications in another namespace": lambda: apps.list_namespaced_custom_object(
-            *group, "default", "applications"
-        ),
-        "list AppProjects": lambda: apps.list_namespaced_custom_object(
-            *group, argocd_ns, "appprojects"
-        ),
-        "read Secrets in the Argo CD namespace": lambda: core.list_namespaced_secret(argocd_ns),
-        "read Secrets in its own namespace": lambda: core.list_namespaced_secret(RELEASE_NS),
-        "create Pods": lambda: core.create_namespaced_pod(
-            RELEASE_NS,
-            client.V1Pod(
-                metadata=client.V1ObjectMeta(name="x"),
-                spec=client.V1PodSpec(containers=[client.V1Container(name="x", image="x")]),
-            ),
-        ),
-        "read another Lease": lambda: leases.read_namespaced_lease("other", argocd_ns),
-        "delete its Lease": lambda: leases.delete_namespaced_lease(LEASE, argocd_ns),
-        "list Leases": lambda: leases.list_namespaced_lease(argocd_ns),
+        "delete all Applications at once": ("DELETE", APPLICATIONS.path(argocd_ns), None),
+        "list Applications in another namespace": ("GET", APPLICATIONS.path("default"), None),
+        "list AppProjects": ("GET", projects.path(argocd_ns), None),
+        "read Secrets in the Argo CD namespace": ("GET", secrets.path(argocd_ns), None),
+        "read Secrets in its own namespace": ("GET", secrets.path(RELEASE_NS), None),
+        "create Pods": ("POST", pods.path(RELEASE_NS), pod),
+        "read another Lease": ("GET", LEASES.path(argocd_ns, "other"), None),
+        "delete its Lease": ("DELETE", LEASES.path(argocd_ns, LEASE), None),
+        "list Leases": ("GET", LEASES.path(argocd_ns), None),
     }
-    statuses = {what: await _status(call) for what, call in forbidden.items()}
+    statuses = {what: await _status(as_bot, *call) for what, call in forbidden.items()}
     assert statuses == dict.fromkeys(forbidden, 403)
 
 
@@ -325,6 +334,8 @@ def test_rbac_verb_mapping() -> None:
     assert rbac_verb("GET", base + "/x", {}, 200) == ["get"]
     assert rbac_verb("PATCH", base + "/x", {}, 201) == ["patch", "create"]
     assert rbac_verb("PATCH", base + "/x", {}, 200) == ["patch"]
+    assert rbac_verb("PUT", base + "/x", {}, 200) == ["update"]
     assert rbac_verb("DELETE", base, {}, 200) == ["deletecollection"]
     assert _resource(base + "/x") == ("argoproj.io/applications", "argocd")
     assert _resource("/api/v1/namespaces/a/secrets") == ("/secrets", "a")
+    assert _resource(ACCESS_REVIEWS) == ("authorization.k8s.io/selfsubjectaccessreviews", "")

@@ -241,9 +241,9 @@ class ArgoCDBackend:
     async def open(self) -> AsyncIterator[ClusterSide]:
         from tests.rig.argocd import ArgoCDStandIn
 
-        async with await self.kube.api_client() as api:
+        async with self.kube.kubeapi() as api, await self.kube.api_client() as standin_client:
             argocd = ArgoCD(api, self.namespace)
-            standin = ArgoCDStandIn(api, self.namespace)
+            standin = ArgoCDStandIn(standin_client, self.namespace)
 
             async def finish(name: str) -> None:
                 await standin.finish_deletion(name)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.kube import APPLICATIONS
 from bot.model import A_HEAD_SHA, FINALIZER
 from tests.rig.harness import NAME, OWNER, Harness
 
@@ -362,9 +363,7 @@ async def test_an_application_the_bot_does_not_manage_is_left_alone(harness: Har
             "destination": {"server": "https://kubernetes.default.svc", "namespace": "elsewhere"},
         },
     }
-    await h.argocd.api.create_namespaced_custom_object(
-        "argoproj.io", "v1alpha1", "argocd", "applications", foreign
-    )
+    await h.argocd.api.create(APPLICATIONS.path("argocd"), foreign)
     before = await h.app(21)
     await label(h, 21)
     after = await h.app(21)

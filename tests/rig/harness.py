@@ -127,12 +127,16 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
         teardown_grace_seconds=1.5,
         resync_seconds=3600,  # tests call resync_once() themselves
     )
-    api_client = await kube.api_client()
+    api_client = await kube.api_client()  # the stand-in's
     bot = Bot(settings)
     bot.resync_at_start = False  # tests call resync_once() when they mean it
-    async with aiohttp.ClientSession() as session, ArgoCDStandIn(api_client, argocd_ns) as argo:
+    async with (
+        aiohttp.ClientSession() as session,
+        kube.kubeapi() as api,
+        ArgoCDStandIn(api_client, argocd_ns) as argo,
+    ):
         gh = GitHub(session, settings, bot.metrics)
-        argocd = ArgoCD(api_client, argocd_ns)
+        argocd = ArgoCD(api, argocd_ns)
         bot.start(gh, argocd)
         from bot.app import create_app
 

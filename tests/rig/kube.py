@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import ApiClient
 
+from bot.kubeapi import KubeApi, kubeconfig_config
 from tests.rig.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -350,6 +351,11 @@ class KubeRig:
         """A new admin ApiClient; the caller closes it (`async with await kube.api_client()`)."""
         return await config.new_client_from_config_dict(self.kubeconfig)
 
+    def kubeapi(self, kubeconfig: dict[str, Any] | None = None) -> KubeApi:
+        """The bot's own client (bot.kubeapi), as admin unless given another kubeconfig; the
+        caller closes it (`async with kube.kubeapi() as api`)."""
+        return KubeApi(kubeconfig_config(kubeconfig or self.kubeconfig))
+
     def kubeconfig_for_user(self, username: str) -> dict[str, Any]:
         """A kubeconfig for one of the identities pre-registered in tokens.csv (STATIC_USERS)."""
         try:
@@ -451,6 +457,13 @@ def kube(request: pytest.FixtureRequest) -> Iterator[KubeRig]:
 async def kube_client(kube: KubeRig) -> AsyncIterator[ApiClient]:
     """An admin ApiClient for one test, closed afterwards."""
     async with await kube.api_client() as api:
+        yield api
+
+
+@pytest.fixture
+async def admin_api(kube: KubeRig) -> AsyncIterator[KubeApi]:
+    """The bot's own client (bot.kubeapi) as admin, for one test, closed afterwards."""
+    async with kube.kubeapi() as api:
         yield api
 
 
