@@ -347,8 +347,23 @@ def test_schema_rejects_misplaced_or_bad_values(flag: str, message: str) -> None
     assert message in done.stderr
 
 
+def test_a_count_setting_takes_zero_and_more() -> None:
+    """max_previews (Kind.COUNT): 0 means no cap, so the schema must take it, as the bot does."""
+    for good in ("0", "3"):
+        settings = one(documents(render(("--set", f"settings.max_previews={good}"))), "ConfigMap")
+        assert yaml.safe_load(settings["data"]["config.yaml"])["max_previews"] == int(good)
+    done = helm("template", "x", str(CHART), "--set", "settings.max_previews=-1", check=False)
+    assert done.returncode != 0 and "max_previews" in done.stderr
+
+
 # The JSON type a setting's value has in values.yaml, by kind; any other kind is a string.
-JSON_TYPES = {Kind.INT: "integer", Kind.FLOAT: "number", Kind.BOOL: "boolean", Kind.LIST: "array"}
+JSON_TYPES = {
+    Kind.INT: "integer",
+    Kind.COUNT: "integer",
+    Kind.FLOAT: "number",
+    Kind.BOOL: "boolean",
+    Kind.LIST: "array",
+}
 
 
 def test_schema_settings_are_the_bots_settings() -> None:

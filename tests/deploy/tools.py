@@ -161,6 +161,8 @@ def value_schema(spec: Spec) -> dict[str, Any]:
     match spec.kind:
         case Kind.INT:
             schema = {"type": "integer", "minimum": 1}
+        case Kind.COUNT:
+            schema = {"type": "integer", "minimum": 0}
         case Kind.FLOAT:
             # The bot's own check: seconds, 0 < value <= 3600.
             schema = {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}
