@@ -12,20 +12,24 @@ import jsonschema
 import pytest
 import yaml
 
-from bot.config import SPECS, Kind, Spec, load_settings, parse_value
+from bot.config import CONFIG_ENV, SPECS, SPECS_BY_NAME, Kind, Spec, load_settings, parse_value
 from tests.deploy.chart import (
     BIN,
     CHART,
     INLINE_VALUES,
+    PEM,
     PRODUCTION_VALUES,
+    REQUIRED,
     VALUE_SETS,
+    container_view,
     documents,
     helm,
     kinds,
     one,
+    pod_spec,
     render,
 )
-from tests.deploy.conftest import ensure_namespace, kubectl
+from tests.deploy.conftest import ensure_namespace, for_the_test_server, kubectl
 from tests.deploy.dockerfile import parse
 from tests.deploy.tools import ROOT, VALUES_KEYS, settings_schema, value_schema
 from tests.rig.kube import KubeRig
@@ -35,7 +39,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_helm_lint_strict(name: str) -> None:
-    done = helm("lint", "--strict", str(CHART), *VALUE_SETS[name])
+    done = helm("lint", "--strict", str(CHART), *REQUIRED, *VALUE_SETS[name])
     assert "0 chart(s) failed" in done.stdout
     assert "[ERROR]" not in done.stdout and "[WARNING]" not in done.stdout, done.stdout
 
@@ -59,12 +63,13 @@ def test_rendered_output_passes_kubernetes_validate_strict(
         assert done.returncode == 0, out
         # Only CRD kinds are left unchecked (kubernetes-validate has no schema for them).
         warned = re.findall(r"WARN .*?kind (\w+)", out)
-        assert set(warned) <= {"ServiceMonitor"}, out
+        assert set(warned) <= {"ServiceMonitor", "AppProject"}, out
         assert out.count(" passed for resource ") == count - len(warned), out
 
 
 def test_value_sets_render_what_they_enable(rendered: dict[str, str]) -> None:
     assert kinds(documents(rendered["default"])) == [
+        "AppProject",
         "ConfigMap",
         "Deployment",
         "Role",
@@ -84,7 +89,7 @@ def _served(kube: KubeRig, docs: list[dict[str, Any]]) -> tuple[str, set[str]]:
     versions = set(kubectl(kube, "api-versions").stdout.split())
     keep = [doc for doc in docs if doc["apiVersion"] in versions]
     skipped = {doc["kind"] for doc in docs if doc["apiVersion"] not in versions}
-    return yaml.safe_dump_all(keep), skipped
+    return for_the_test_server(keep), skipped
 
 
 def _dry_run(kube: KubeRig, text: str) -> list[str]:
@@ -106,9 +111,11 @@ def test_default_output_applies_with_server_side_dry_run(
     kube: KubeRig, rendered: dict[str, str]
 ) -> None:
     ensure_namespace(kube, "preview-bot")
-    lines = _dry_run(kube, rendered["default"])
-    assert len(lines) == len(documents(rendered["default"]))
+    docs = documents(rendered["default"])
+    lines = _dry_run(kube, for_the_test_server(docs))
+    assert len(lines) == len(docs)
     assert all(line.endswith("serverside-applied (server dry run)") for line in lines), lines
+    assert "appproject.argoproj.io/previews serverside-applied (server dry run)" in lines
 
 
 def test_production_output_applies_with_server_side_dry_run(
@@ -136,6 +143,7 @@ def test_notes_tell_the_webhook_url(kube: KubeRig) -> None:
             "preview-bot",
             "--kubeconfig",
             str(kube.kubeconfig_path),
+            *REQUIRED,
             *values,
             "--set",
             "serviceMonitor.enabled=false",
@@ -148,15 +156,13 @@ def test_notes_tell_the_webhook_url(kube: KubeRig) -> None:
     assert "No Ingress was created" in without
     assert "WARNING: github.appId, github.privateKey and github.webhookSecret" in without
     assert "https://bot.example.org/webhook" in notes(*INLINE_VALUES)
-
-
-def _pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
-    return spec
+    fence = "AppProject previews (namespace argocd) admits only\n  https://github.com/data-literate/DEX\n"
+    assert fence in without
+    assert "WARNING: project.create=false" in notes("--set", "project.create=false")
 
 
 def test_pod_is_locked_down(default_docs: list[dict[str, Any]]) -> None:
-    pod = _pod(default_docs)
+    pod = pod_spec(default_docs)
     (container,) = pod["containers"]
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
@@ -183,7 +189,7 @@ def test_pod_matches_the_image(default_docs: list[dict[str, Any]]) -> None:
     _, stages = parse((ROOT / "Dockerfile").read_text())
     final = {ins.keyword: ins.args for ins in stages[-1].instructions}
     uid, _, gid = final["USER"].partition(":")
-    pod = _pod(default_docs)
+    pod = pod_spec(default_docs)
     assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
         int(uid),
         int(gid),
@@ -202,7 +208,7 @@ def test_pod_matches_the_image(default_docs: list[dict[str, Any]]) -> None:
 
 def test_pod_anti_affinity_presets() -> None:
     def affinity(*values: str) -> Any:
-        return _pod(documents(render(values))).get("affinity")
+        return pod_spec(documents(render(values))).get("affinity")
 
     assert affinity() is None
     soft = affinity("--set", "podAntiAffinity=soft")["podAntiAffinity"]
@@ -210,7 +216,9 @@ def test_pod_anti_affinity_presets() -> None:
     hard = affinity("--set", "podAntiAffinity=hard")["podAntiAffinity"]
     assert list(hard) == ["requiredDuringSchedulingIgnoredDuringExecution"]
     assert (
-        helm("template", "x", str(CHART), "--set", "podAntiAffinity=always", check=False).returncode
+        helm(
+            "template", "x", str(CHART), *REQUIRED, "--set", "podAntiAffinity=always", check=False
+        ).returncode
         != 0
     )
 
@@ -259,52 +267,12 @@ def test_ingress_exposes_only_the_webhook(rendered: dict[str, str]) -> None:
     ]
 
 
-def _container_view(
-    docs: list[dict[str, Any]], secret: dict[str, str], where: Path
-) -> tuple[dict[str, str], Path]:
-    """The container's environment with its mounts laid out under `where`.
-
-    Container paths in env values are rewritten to the folder holding that mount's files.
-    """
-    pod = _pod(docs)
-    (container,) = pod["containers"]
-    config = one(docs, "ConfigMap")["data"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts: dict[str, Path] = {}
-    for mount in container["volumeMounts"]:
-        volume = volumes[mount["name"]]
-        folder = where / mount["name"]
-        folder.mkdir()
-        if "configMap" in volume:
-            for key, text in config.items():
-                (folder / key).write_text(text)
-        elif "secret" in volume:
-            for item in volume["secret"]["items"]:
-                (folder / item["path"]).write_text(secret[item["key"]])
-        mounts[mount["mountPath"]] = folder
-    env: dict[str, str] = {}
-    for var in container["env"]:
-        if "valueFrom" in var:
-            env[var["name"]] = secret[var["valueFrom"]["secretKeyRef"]["key"]]
-            continue
-        value = var["value"]
-        for path, folder in mounts.items():
-            if value.startswith(path + "/"):
-                value = str(folder / value[len(path) + 1 :])
-                break
-        env[var["name"]] = value
-    return env, where
-
-
-PEM = "-----BEGIN RSA PRIVATE KEY-----\nMII\n-----END RSA PRIVATE KEY-----\n"
-
-
 def test_inline_values_reach_the_bot_through_secret_and_config_file(
     rendered: dict[str, str], tmp_path: Path
 ) -> None:
     docs = documents(rendered["inline"])
     secret = one(docs, "Secret")["stringData"]
-    env, _ = _container_view(docs, secret, tmp_path)
+    env, _ = container_view(docs, secret, tmp_path)
     settings = load_settings(environ=env)
     assert settings.github_app_id == 1234567
     assert settings.github_private_key == PEM
@@ -316,9 +284,11 @@ def test_inline_values_reach_the_bot_through_secret_and_config_file(
 def test_production_values_reach_the_bot(rendered: dict[str, str], tmp_path: Path) -> None:
     docs = documents(rendered["production"])
     existing = {"GITHUB_APP_ID": "42", "GITHUB_PRIVATE_KEY": PEM, "GITHUB_WEBHOOK_SECRET": "x"}
-    env, _ = _container_view(docs, existing, tmp_path)
+    env, _ = container_view(docs, existing, tmp_path)
     settings = load_settings(environ=env)
-    expected = yaml.safe_load(PRODUCTION_VALUES.read_text())["settings"]
+    written = yaml.safe_load(PRODUCTION_VALUES.read_text())["settings"]
+    # As the bot reads each value (a YAML list becomes a tuple).
+    expected = {k: parse_value(SPECS_BY_NAME[k], v) for k, v in written.items()}
     assert {k: getattr(settings, k) for k in expected} == expected
     assert settings.github_app_id == 42
 
@@ -342,7 +312,7 @@ def test_app_id_written_as_a_yaml_number_stays_an_integer(tmp_path: Path) -> Non
     ],
 )
 def test_schema_rejects_misplaced_or_bad_values(flag: str, message: str) -> None:
-    done = helm("template", "x", str(CHART), "--set", flag, check=False)
+    done = helm("template", "x", str(CHART), *REQUIRED, "--set", flag, check=False)
     assert done.returncode != 0
     assert message in done.stderr
 
@@ -352,7 +322,9 @@ def test_a_count_setting_takes_zero_and_more() -> None:
     for good in ("0", "3"):
         settings = one(documents(render(("--set", f"settings.max_previews={good}"))), "ConfigMap")
         assert yaml.safe_load(settings["data"]["config.yaml"])["max_previews"] == int(good)
-    done = helm("template", "x", str(CHART), "--set", "settings.max_previews=-1", check=False)
+    done = helm(
+        "template", "x", str(CHART), *REQUIRED, "--set", "settings.max_previews=-1", check=False
+    )
     assert done.returncode != 0 and "max_previews" in done.stderr
 
 
@@ -381,7 +353,7 @@ def test_schema_settings_are_the_bots_settings() -> None:
             assert JSON_TYPES.get(spec.kind, "string") in types
             assert ("null" in types) == spec.optional, spec.name
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    for key in filter(None, VALUES_KEYS.values()):
+    for key in (key for keys in VALUES_KEYS.values() for key in keys):
         group, field = key.split(".")
         assert field in values[group], key
 
@@ -463,3 +435,22 @@ def test_every_value_is_documented() -> None:
             undocumented.append(".".join([*(k for _, k, _ in stack), match["key"]]))
         stack.append((indent, match["key"], documented))
     assert undocumented == []
+
+
+def test_extra_env_cannot_override_what_the_chart_manages() -> None:
+    # The chart's list, read from the template that defines it.
+    names = yaml.safe_load(
+        (CHART / "templates" / "_helpers.tpl")
+        .read_text()
+        .split('define "preview-bot.managedEnv" -}}', 1)[1]
+        .split("{{- end }}", 1)[0]
+    )
+    known = {spec.env for spec in SPECS} | {CONFIG_ENV}
+    assert set(names) <= known and "PREVIEW_BOT_NAMESPACE_TEMPLATE" in names
+    for name in names:
+        flags = ("--set", f"extraEnv[0].name={name}", "--set", "extraEnv[0].value=x")
+        done = helm("template", "x", str(CHART), *REQUIRED, *flags, check=False)
+        assert done.returncode != 0 and f"extraEnv sets {name}" in done.stderr
+    proxy = render(("--set", "extraEnv[0].name=HTTPS_PROXY", "--set", "extraEnv[0].value=x"))
+    (container,) = pod_spec(documents(proxy))["containers"]
+    assert {"name": "HTTPS_PROXY", "value": "x"} in container["env"]

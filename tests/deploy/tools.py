@@ -40,14 +40,15 @@ GUIDE = ROOT / "docs" / "operations.md"
 TABLE_START = "<!-- settings table: `python -m tests.deploy.tools settings` rewrites it -->"
 TABLE_END = "<!-- end of settings table -->"
 
-# Where each setting of bot.config.SPECS is set in the chart's values. Settings not listed
-# here are keys of `.Values.settings`; None means the chart does not set it (in-cluster).
-VALUES_KEYS: dict[str, str | None] = {
-    "github_app_id": "github.appId",
-    "github_private_key": "github.privateKey",
-    "github_webhook_secret": "github.webhookSecret",
-    "argocd_namespace": "argocd.namespace",
-    "kubeconfig": None,
+# Where each setting of bot.config.SPECS is set in the chart's values: the first key that is
+# set wins. Settings not listed here are keys of `.Values.settings`; () means the chart does
+# not set it (in-cluster).
+VALUES_KEYS: dict[str, tuple[str, ...]] = {
+    "github_app_id": ("github.appId",),
+    "github_private_key": ("github.privateKey",),
+    "github_webhook_secret": ("github.webhookSecret",),
+    "argocd_namespace": ("argocd.applicationNamespace", "argocd.namespace"),
+    "kubeconfig": (),
 }
 
 # (npm package, version, zip inside the tarball, member of the zip, sha256 of that member)
@@ -195,8 +196,8 @@ def _types(schema: dict[str, Any]) -> list[str]:
     return types if isinstance(types, list) else [types]
 
 
-def values_key(name: str) -> str | None:
-    return VALUES_KEYS.get(name, f"settings.{name}")
+def values_keys(name: str) -> tuple[str, ...]:
+    return VALUES_KEYS.get(name, (f"settings.{name}",))
 
 
 def default_cell(spec: Any) -> str:
@@ -227,8 +228,8 @@ def settings_table() -> list[str]:
     ]
     for spec in SPECS:
         env = f"`{spec.env}`" + (f" or `{spec.file_env}`" if spec.file_env else "")
-        key = values_key(spec.name)
-        where = f"`{key}`" if key else "not set by the chart (in-cluster)"
+        keys = values_keys(spec.name)
+        where = ", else ".join(f"`{key}`" for key in keys) or "not set by the chart (in-cluster)"
         help_text = spec.help.replace("|", "\\|")
         rows.append(f"| `{spec.name}` | {env} | {where} | {default_cell(spec)} | {help_text} |")
     return rows
