@@ -454,3 +454,12 @@ def test_extra_env_cannot_override_what_the_chart_manages() -> None:
     proxy = render(("--set", "extraEnv[0].name=HTTPS_PROXY", "--set", "extraEnv[0].value=x"))
     (container,) = pod_spec(documents(proxy))["containers"]
     assert {"name": "HTTPS_PROXY", "value": "x"} in container["env"]
+
+
+def test_labels_stay_text_whatever_the_release_is_called() -> None:
+    # YAML 1.1 reads an unquoted no, on or y as a boolean: Kubernetes then refuses the object.
+    docs = documents(render(release="no"))
+    labels = [value for doc in docs for value in doc["metadata"].get("labels", {}).values()]
+    assert labels and all(isinstance(value, str) for value in labels)
+    selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/instance"] == "no"

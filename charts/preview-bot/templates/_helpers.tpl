@@ -23,8 +23,8 @@
 {{- end }}
 
 {{- define "preview-bot.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "preview-bot.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "preview-bot.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end }}
 
 {{- define "preview-bot.labels" -}}
