@@ -72,6 +72,7 @@ def test_value_sets_render_what_they_enable(rendered: dict[str, str]) -> None:
         "AppProject",
         "ConfigMap",
         "Deployment",
+        "NetworkPolicy",
         "Role",
         "RoleBinding",
         "Secret",
@@ -116,6 +117,8 @@ def test_default_output_applies_with_server_side_dry_run(
     assert len(lines) == len(docs)
     assert all(line.endswith("serverside-applied (server dry run)") for line in lines), lines
     assert "appproject.argoproj.io/previews serverside-applied (server dry run)" in lines
+    policy = "networkpolicy.networking.k8s.io/preview-bot serverside-applied (server dry run)"
+    assert policy in lines
 
 
 def test_production_output_applies_with_server_side_dry_run(
