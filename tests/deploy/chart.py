@@ -102,6 +102,10 @@ def kinds(docs: list[dict[str, Any]]) -> list[str]:
     return sorted(doc["kind"] for doc in docs)
 
 
+# The downward API's fields as a pod of the release would see them.
+DOWNWARD_API = {"metadata.name": "preview-bot-5d8f7c9b6-x2x7q", "metadata.namespace": "preview-bot"}
+
+
 def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The pod template's spec of the chart's Deployment."""
     spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
@@ -133,8 +137,12 @@ def container_view(
         mounts[mount["mountPath"]] = folder
     env: dict[str, str] = {}
     for var in container["env"]:
-        if "valueFrom" in var:
-            env[var["name"]] = secret[var["valueFrom"]["secretKeyRef"]["key"]]
+        source = var.get("valueFrom", {})
+        if "fieldRef" in source:  # the downward API: what the kubelet would fill in
+            env[var["name"]] = DOWNWARD_API[source["fieldRef"]["fieldPath"]]
+            continue
+        if "secretKeyRef" in source:
+            env[var["name"]] = secret[source["secretKeyRef"]["key"]]
             continue
         value = var["value"]
         for path, folder in mounts.items():

@@ -21,6 +21,7 @@ from tests.deploy.chart import (
     PRODUCTION_VALUES,
     REQUIRED,
     VALUE_SETS,
+    bot_settings,
     container_view,
     documents,
     helm,
@@ -82,7 +83,8 @@ def test_value_sets_render_what_they_enable(rendered: dict[str, str]) -> None:
     production = documents(rendered["production"])
     # existingSecret: the chart makes none; every optional template is on.
     assert "Secret" not in kinds(production)
-    assert {"Ingress", "ServiceMonitor", "PodDisruptionBudget"} <= set(kinds(production))
+    assert {"Ingress", "ServiceMonitor"} <= set(kinds(production))
+    assert "PodDisruptionBudget" in kinds(documents(rendered["inline"]))
 
 
 def _served(kube: KubeRig, docs: list[dict[str, Any]]) -> tuple[str, set[str]]:
@@ -226,38 +228,133 @@ def test_pod_anti_affinity_presets() -> None:
     )
 
 
+Rule = tuple[str, str, tuple[str, ...], str]
+
+
+def _rules(role: dict[str, Any]) -> list[Rule]:
+    return [
+        (
+            r["apiGroups"][0],
+            r["resources"][0],
+            tuple(r.get("resourceNames", ())),
+            ",".join(r["verbs"]),
+        )
+        for r in role["rules"]
+    ]
+
+
+def _roles(docs: list[dict[str, Any]]) -> dict[tuple[str, str], list[Rule]]:
+    return {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): _rules(d)
+        for d in docs
+        if d["kind"] == "Role"
+    }
+
+
 def test_role_grants_only_applications_and_leases_when_asked(
     default_docs: list[dict[str, Any]],
 ) -> None:
-    def rules(docs: list[dict[str, Any]]) -> list[tuple[str, str, tuple[str, ...], str]]:
-        role = one(docs, "Role")
-        return [
-            (
-                r["apiGroups"][0],
-                r["resources"][0],
-                tuple(r.get("resourceNames", ())),
-                ",".join(r["verbs"]),
-            )
-            for r in role["rules"]
-        ]
-
-    assert one(default_docs, "Role")["metadata"]["namespace"] == "argocd"
-    assert rules(default_docs) == [
-        ("argoproj.io", "applications", (), "get,list,watch,create,patch,delete"),
-    ]
+    apps = [("argoproj.io", "applications", (), "get,list,watch,create,patch,delete")]
+    assert _roles(default_docs) == {("argocd", "preview-bot"): apps}
     leader = documents(
         render(("--set", "leaderElection.enabled=true", "--set", "argocd.namespace=gitops"))
     )
-    assert one(leader, "Role")["metadata"]["namespace"] == "gitops"
-    assert rules(leader)[1:] == [
-        ("coordination.k8s.io", "leases", (), "create"),
-        ("coordination.k8s.io", "leases", ("preview-bot",), "get,update"),
+    # Leader election adds one Role, for the Lease in its namespace (the release's), and
+    # changes nothing else.
+    assert _roles(leader) == {
+        ("gitops", "preview-bot"): apps,
+        ("preview-bot", "preview-bot-leader-election"): [
+            ("coordination.k8s.io", "leases", (), "create"),
+            ("coordination.k8s.io", "leases", ("preview-bot",), "get,update"),
+        ],
+    }
+    elsewhere = documents(
+        render(
+            (
+                "--set",
+                "leaderElection.enabled=true",
+                "--set",
+                "leaderElection.namespace=locks",
+                "--set",
+                "leaderElection.leaseName=bot-lock",
+            )
+        )
+    )
+    assert _roles(elsewhere)[("locks", "preview-bot-leader-election")][1][2] == ("bot-lock",)
+    bindings = {d["metadata"]["namespace"]: d for d in leader if d["kind"] == "RoleBinding"}
+    assert set(bindings) == {"gitops", "preview-bot"}
+    for binding in bindings.values():
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "preview-bot", "namespace": "preview-bot"}
+        ]
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = pod_spec(docs)["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_leader_election_values_do_what_they_say(tmp_path: Path) -> None:
+    off = _env(documents(render()))
+    assert off["PREVIEW_BOT_LEADER_ELECTION"] == "false"
+    assert not {k for k in off if k.startswith("PREVIEW_BOT_LEASE_")}
+    # The downward API, always: the pod's name is its identity in the election.
+    assert off["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert off["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    on = documents(
+        render(
+            (
+                "--set",
+                "leaderElection.enabled=true",
+                "--set",
+                "leaderElection.leaseSeconds=30",
+                "--set",
+                "replicaCount=3",
+            )
+        )
+    )
+    settings = bot_settings(on, tmp_path)
+    assert settings.leader_election is True
+    assert (settings.lease_name, settings.lease_namespace, settings.lease_seconds) == (
+        "preview-bot",
+        "preview-bot",
+        30.0,
+    )
+    (lease_role,) = [
+        d for d in on if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")
     ]
-    binding = one(leader, "RoleBinding")
-    assert binding["metadata"]["namespace"] == "gitops"
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "preview-bot", "namespace": "preview-bot"}
-    ]
+    assert lease_role["metadata"]["namespace"] == settings.lease_namespace
+    assert settings.lease_name in lease_role["rules"][1]["resourceNames"]
+    # The settings file cannot turn it on behind the Role's back: it is not a settings key.
+    done = helm(
+        "template",
+        "x",
+        str(CHART),
+        *REQUIRED,
+        "--set",
+        "settings.leader_election=true",
+        check=False,
+    )
+    assert done.returncode != 0 and "leader_election" in done.stderr
+
+
+def test_several_replicas_need_leader_election_and_roll_all_at_once() -> None:
+    done = helm("template", "x", str(CHART), *REQUIRED, "--set", "replicaCount=2", check=False)
+    assert done.returncode != 0 and "needs leaderElection.enabled=true" in done.stderr
+    pair = ("--set", "leaderElection.enabled=true", "--set", "podDisruptionBudget.enabled=true")
+    done = helm("template", "x", str(CHART), *REQUIRED, *pair, check=False)
+    assert done.returncode != 0 and "never let its node drain" in done.stderr
+    # Followers are never ready: a rollout waiting for ready new pods would never end.
+    leader = one(
+        documents(render(("--set", "leaderElection.enabled=true", "--set", "replicaCount=2"))),
+        "Deployment",
+    )
+    assert leader["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "100%"},
+    }
+    assert "strategy" not in one(documents(render()), "Deployment")["spec"]
 
 
 def test_ingress_exposes_only_the_webhook(rendered: dict[str, str]) -> None:
@@ -448,7 +545,8 @@ def test_extra_env_cannot_override_what_the_chart_manages() -> None:
         .split('define "preview-bot.managedEnv" -}}', 1)[1]
         .split("{{- end }}", 1)[0]
     )
-    known = {spec.env for spec in SPECS} | {CONFIG_ENV}
+    # The bot's settings, its config file, and the downward API's pod name and namespace.
+    known = {spec.env for spec in SPECS} | {CONFIG_ENV, "POD_NAME", "POD_NAMESPACE"}
     assert set(names) <= known and "PREVIEW_BOT_NAMESPACE_TEMPLATE" in names
     for name in names:
         flags = ("--set", f"extraEnv[0].name={name}", "--set", "extraEnv[0].value=x")

@@ -1,10 +1,11 @@
 """The chart's Role is enough for the bot and no more, proven on a real API server.
 
-The chart's ServiceAccount, Role and RoleBinding are applied to the test API server; then the
+The chart's ServiceAccount, Roles and RoleBindings are applied to the test API server; then the
 bot's own Argo CD adapter (bot/kube.py) runs every operation it has with a real token of that
 ServiceAccount. Every request is recorded and turned into the RBAC verb the server checked:
 each must be allowed, and the verbs used must be exactly the verbs granted. Requests outside
-the Role (a PUT, Secrets, another namespace) must be refused.
+the Roles (a PUT, Secrets, another namespace, another Lease) must be refused. Leader election's
+Lease is allowed with leaderElection.enabled only: a release without it gets no Lease at all.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from tests.deploy.conftest import ensure_namespace, kubectl
 from tests.rig.kube import KubeRig
 
 RELEASE_NS = "preview-bot-rbac"
+# A second release, leader election off (its own namespace, so the two never share a binding).
+RELEASE_NS_OFF = "preview-bot-rbac-off"
 LEASE = "preview-bot"
+RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding")
 
 
 @dataclass(frozen=True)
@@ -100,15 +104,34 @@ class Recorder:
             self.calls.append(Call(verb, resource, namespace, status))
 
 
+def _rbac_docs(namespace: str, *values: str) -> list[dict[str, Any]]:
+    text = render(values, release="preview-bot", namespace=namespace)
+    return [d for d in documents(text) if d["kind"] in RBAC_KINDS]
+
+
 @pytest.fixture(scope="module")
 def role_docs() -> list[dict[str, Any]]:
     """What the chart renders for a release in its own namespace, with leader election on."""
-    text = render(
-        ("--set", "leaderElection.enabled=true", "--set", f"leaderElection.leaseName={LEASE}"),
-        release="preview-bot",
-        namespace=RELEASE_NS,
+    return _rbac_docs(
+        RELEASE_NS,
+        "--set",
+        "leaderElection.enabled=true",
+        "--set",
+        f"leaderElection.leaseName={LEASE}",
     )
-    return [d for d in documents(text) if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+
+
+async def _token_of(
+    kube: KubeRig, docs: list[dict[str, Any]], namespace: str, applied: list[str]
+) -> dict[str, Any]:
+    """Apply the chart's RBAC for real; a kubeconfig with a real token of its ServiceAccount."""
+    ensure_namespace(kube, namespace)
+    text = yaml.safe_dump_all(docs)
+    done = kubectl(kube, "apply", "--server-side", "-f", "-", stdin=text)
+    assert done.returncode == 0, done.stderr
+    applied.append(text)
+    sa = one(docs, "ServiceAccount")["metadata"]["name"]
+    return await kube.make_service_account_kubeconfig(namespace, sa)
 
 
 @pytest.fixture
@@ -116,33 +139,40 @@ async def as_bot(
     kube: KubeRig, role_docs: list[dict[str, Any]], applied: list[str], argocd_ns: str
 ) -> AsyncIterator[ApiClient]:
     """An ApiClient holding a real token of the chart's ServiceAccount, its RBAC applied."""
-    ensure_namespace(kube, RELEASE_NS)
-    text = yaml.safe_dump_all(role_docs)
-    done = kubectl(kube, "apply", "--server-side", "-f", "-", stdin=text)
-    assert done.returncode == 0, done.stderr
-    applied.append(text)
-    sa = one(role_docs, "ServiceAccount")["metadata"]["name"]
-    kubeconfig = await kube.make_service_account_kubeconfig(RELEASE_NS, sa)
+    kubeconfig = await _token_of(kube, role_docs, RELEASE_NS, applied)
     async with await config.new_client_from_config_dict(kubeconfig) as api:
-        await _wait_for_rbac(api, argocd_ns)
+        await _wait_for_rbac(api, _access("argoproj.io", "applications", "list", argocd_ns))
+        await _wait_for_rbac(api, _access("coordination.k8s.io", "leases", "create", RELEASE_NS))
         yield api
 
 
-async def _wait_for_rbac(api: ApiClient, namespace: str) -> None:
-    # The RBAC authorizer reads Roles from an informer cache: a fresh binding may lag briefly.
-    review = client.V1SelfSubjectAccessReview(
-        spec=client.V1SelfSubjectAccessReviewSpec(
-            resource_attributes=client.V1ResourceAttributes(
-                group="argoproj.io", resource="applications", verb="list", namespace=namespace
-            )
-        )
+def _access(group: str, resource: str, verb: str, namespace: str) -> client.V1ResourceAttributes:
+    return client.V1ResourceAttributes(
+        group=group, resource=resource, verb=verb, namespace=namespace
     )
+
+
+async def _allowed(api: ApiClient, attributes: client.V1ResourceAttributes) -> bool:
+    review = client.V1SelfSubjectAccessReview(
+        spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes)
+    )
+    answer = await client.AuthorizationV1Api(api).create_self_subject_access_review(review)
+    return bool(answer.status.allowed)
+
+
+async def _wait_for_rbac(api: ApiClient, attributes: client.V1ResourceAttributes) -> None:
+    # The RBAC authorizer reads Roles from an informer cache: a fresh binding may lag briefly.
     for _ in range(100):
-        answer = await client.AuthorizationV1Api(api).create_self_subject_access_review(review)
-        if answer.status.allowed:
+        if await _allowed(api, attributes):
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("the chart's RoleBinding never took effect")
+    raise AssertionError(f"the chart's RoleBinding never took effect for {attributes}")
+
+
+def _apps_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Role for Applications (the other one is for the Lease)."""
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "preview-bot"]
+    return role
 
 
 def _application(number: int = 42) -> dict[str, Any]:
@@ -205,38 +235,80 @@ async def test_role_allows_every_operation_and_grants_nothing_unused(
     assert refused == []
     used = {c.verb for c in recorder.calls if c.resource == "argoproj.io/applications"}
     assert {c.namespace for c in recorder.calls} == {argocd_ns}
-    (apps_rule,) = [
-        r for r in one(role_docs, "Role")["rules"] if r["resources"] == ["applications"]
-    ]
+    (apps_rule,) = [r for r in _apps_role(role_docs)["rules"] if r["resources"] == ["applications"]]
     assert used == set(apps_rule["verbs"])
 
 
-async def test_leases_allow_what_leader_election_does(
-    as_bot: ApiClient, kube: KubeRig, argocd_ns: str
-) -> None:
+async def test_leases_allow_what_leader_election_does(as_bot: ApiClient, kube: KubeRig) -> None:
     """kubernetes-asyncio's LeaseLock: get (404 at first), create, get, update."""
     recorder = Recorder(as_bot)
-    lock = LeaseLock(LEASE, argocd_ns, "pod-a", as_bot)
-    found, _ = await lock.get(LEASE, argocd_ns)
+    lock = LeaseLock(LEASE, RELEASE_NS, "pod-a", as_bot)
+    found, _ = await lock.get(LEASE, RELEASE_NS)
     assert found is False
     # The library's own time format: str() of a naive UTC datetime, as LeaderElection writes it.
     now = str(datetime.now(UTC).replace(tzinfo=None))
     record = LeaderElectionRecord("pod-a", "15", now, now)
-    assert await lock.create(LEASE, argocd_ns, record)
-    found, _ = await lock.get(LEASE, argocd_ns)
+    assert await lock.create(LEASE, RELEASE_NS, record)
+    found, _ = await lock.get(LEASE, RELEASE_NS)
     assert found is True
-    assert await lock.update(LEASE, argocd_ns, record)
+    assert await lock.update(LEASE, RELEASE_NS, record)
     assert {c.verb for c in recorder.calls} == {"get", "create", "update"}
+    assert {c.namespace for c in recorder.calls} == {RELEASE_NS}
     assert [c.status for c in recorder.calls if c.status == 403] == []
     async with await kube.api_client() as admin:
-        await client.CoordinationV1Api(admin).delete_namespaced_lease(LEASE, argocd_ns)
+        await client.CoordinationV1Api(admin).delete_namespaced_lease(LEASE, RELEASE_NS)
+
+
+async def test_a_create_cannot_be_limited_to_the_leases_name(
+    as_bot: ApiClient, kube: KubeRig
+) -> None:
+    """Why any Lease can be created in the Lease's namespace: RBAC checks a create before the
+    object has a name it could match. Reading or renewing that other Lease stays refused."""
+    leases = client.CoordinationV1Api(as_bot)
+    other = client.V1Lease(metadata=client.V1ObjectMeta(name="not-the-bots"))
+    await leases.create_namespaced_lease(RELEASE_NS, other)
+    try:
+        assert await _status(lambda: leases.read_namespaced_lease("not-the-bots", RELEASE_NS)) == (
+            403
+        )
+        assert (
+            await _status(
+                lambda: leases.replace_namespaced_lease("not-the-bots", RELEASE_NS, other)
+            )
+            == 403
+        )
+    finally:
+        async with await kube.api_client() as admin:
+            await client.CoordinationV1Api(admin).delete_namespaced_lease(
+                "not-the-bots", RELEASE_NS
+            )
+
+
+async def test_without_leader_election_no_lease_is_allowed(
+    kube: KubeRig, applied: list[str], argocd_ns: str
+) -> None:
+    docs = _rbac_docs(RELEASE_NS_OFF)
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "Role", "RoleBinding"]
+    kubeconfig = await _token_of(kube, docs, RELEASE_NS_OFF, applied)
+    async with await config.new_client_from_config_dict(kubeconfig) as api:
+        # The token works (its Applications Role has taken effect) ...
+        await _wait_for_rbac(api, _access("argoproj.io", "applications", "list", argocd_ns))
+        # ... and no Lease operation is allowed anywhere it could matter.
+        for namespace in (RELEASE_NS_OFF, argocd_ns):
+            for verb in ("get", "create", "update", "list", "watch", "patch", "delete"):
+                lease = _access("coordination.k8s.io", "leases", verb, namespace)
+                assert not await _allowed(api, lease), (verb, namespace)
+        leases = client.CoordinationV1Api(api)
+        record = client.V1Lease(metadata=client.V1ObjectMeta(name=LEASE))
+        assert await _status(lambda: leases.read_namespaced_lease(LEASE, RELEASE_NS_OFF)) == 403
+        assert await _status(lambda: leases.create_namespaced_lease(RELEASE_NS_OFF, record)) == 403
 
 
 async def test_apply_of_a_new_application_needs_create(
     as_bot: ApiClient, kube: KubeRig, role_docs: list[dict[str, Any]], argocd_ns: str
 ) -> None:
     """Why `create` is granted although the bot never POSTs: apply creates through PATCH."""
-    role = one(role_docs, "Role")
+    role = _apps_role(role_docs)
     without_create = [
         {**rule, "verbs": [v for v in rule["verbs"] if v != "create"]}
         for rule in role["rules"]
@@ -310,9 +382,18 @@ async def test_everything_outside_the_role_is_forbidden(
                 spec=client.V1PodSpec(containers=[client.V1Container(name="x", image="x")]),
             ),
         ),
-        "read another Lease": lambda: leases.read_namespaced_lease("other", argocd_ns),
-        "delete its Lease": lambda: leases.delete_namespaced_lease(LEASE, argocd_ns),
-        "list Leases": lambda: leases.list_namespaced_lease(argocd_ns),
+        "read another Lease": lambda: leases.read_namespaced_lease("other", RELEASE_NS),
+        "delete its Lease": lambda: leases.delete_namespaced_lease(LEASE, RELEASE_NS),
+        "patch its Lease": lambda: leases.patch_namespaced_lease(
+            LEASE, RELEASE_NS, {"spec": {"holderIdentity": "x"}}, **MERGE
+        ),
+        "list Leases": lambda: leases.list_namespaced_lease(RELEASE_NS),
+        "read its Lease in the Argo CD namespace": lambda: leases.read_namespaced_lease(
+            LEASE, argocd_ns
+        ),
+        "create a Lease in the Argo CD namespace": lambda: leases.create_namespaced_lease(
+            argocd_ns, client.V1Lease(metadata=client.V1ObjectMeta(name=LEASE))
+        ),
     }
     statuses = {what: await _status(call) for what, call in forbidden.items()}
     assert statuses == dict.fromkeys(forbidden, 403)

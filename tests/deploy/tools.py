@@ -48,6 +48,10 @@ VALUES_KEYS: dict[str, tuple[str, ...]] = {
     "github_private_key": ("github.privateKey",),
     "github_webhook_secret": ("github.webhookSecret",),
     "argocd_namespace": ("argocd.applicationNamespace", "argocd.namespace"),
+    "leader_election": ("leaderElection.enabled",),
+    "lease_name": ("leaderElection.leaseName",),
+    "lease_namespace": ("leaderElection.namespace",),
+    "lease_seconds": ("leaderElection.leaseSeconds",),
     "kubeconfig": (),
 }
 

@@ -160,6 +160,12 @@ something else than what the bot does), so they are refused there.
 - PREVIEW_BOT_NAMESPACE_TEMPLATE
 - PREVIEW_BOT_DESTINATION_SERVER
 - GITHUB_API_URL
+- PREVIEW_BOT_LEADER_ELECTION
+- PREVIEW_BOT_LEASE_NAME
+- PREVIEW_BOT_LEASE_NAMESPACE
+- PREVIEW_BOT_LEASE_SECONDS
+- POD_NAME
+- POD_NAMESPACE
 {{- end }}
 
 {{- define "preview-bot.checkExtraEnv" -}}
@@ -168,5 +174,24 @@ something else than what the bot does), so they are refused there.
 {{- if has .name $managed }}
 {{- fail (printf "extraEnv sets %s, which the chart manages: set its value in the chart's values instead (docs/operations.md, Settings)" .name) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The Lease's namespace: the one set, else the release's (where the pods run). */}}
+{{- define "preview-bot.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace }}
+{{- end }}
+
+{{/*
+Combinations that cannot work, refused before anything is installed. Several pods without
+leader election would each sync, resync and comment on their own; with it only the leader is
+ready, so a PodDisruptionBudget could never let the leader's node drain.
+*/}}
+{{- define "preview-bot.checkReplicas" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail (printf "replicaCount %d needs leaderElection.enabled=true: without it every pod would sync, resync and comment on its own" (int .Values.replicaCount)) }}
+{{- end }}
+{{- if and .Values.leaderElection.enabled .Values.podDisruptionBudget.enabled }}
+{{- fail "podDisruptionBudget.enabled with leaderElection.enabled: only the leader is ready, so the budget would never let its node drain. Turn the budget off; a follower takes over within leaderElection.leaseSeconds (at once after a clean stop)" }}
 {{- end }}
 {{- end }}
