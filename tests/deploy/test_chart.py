@@ -12,7 +12,16 @@ import jsonschema
 import pytest
 import yaml
 
-from bot.config import CONFIG_ENV, SPECS, SPECS_BY_NAME, Kind, Spec, load_settings, parse_value
+from bot.config import (
+    CONFIG_ENV,
+    SPECS,
+    SPECS_BY_NAME,
+    Kind,
+    Settings,
+    Spec,
+    load_settings,
+    parse_value,
+)
 from tests.deploy.chart import (
     BIN,
     CHART,
@@ -564,3 +573,44 @@ def test_labels_stay_text_whatever_the_release_is_called() -> None:
     assert labels and all(isinstance(value, str) for value in labels)
     selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
     assert selector["app.kubernetes.io/instance"] == "no"
+
+
+def _shutdown(docs: list[dict[str, Any]]) -> tuple[int, list[str] | None, str]:
+    """(terminationGracePeriodSeconds, the preStop command or None, the bot's grace)."""
+    pod = pod_spec(docs)
+    (container,) = pod["containers"]
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    grace = {e["name"]: e.get("value") for e in container["env"]}
+    return (
+        pod["terminationGracePeriodSeconds"],
+        pre_stop,
+        grace["PREVIEW_BOT_SHUTDOWN_GRACE_SECONDS"],
+    )
+
+
+def test_shutdown_fits_inside_the_termination_grace_period(tmp_path: Path) -> None:
+    docs = documents(render())
+    # 5 s preStop sleep, then the bot's 20 s for running syncs, then a 5 s margin.
+    assert _shutdown(docs) == (30, ["sleep", "5"], "20")
+    defaults = Settings(github_app_id=1, github_private_key="", github_webhook_secret="")
+    assert bot_settings(docs, tmp_path).shutdown_grace_seconds == defaults.shutdown_grace_seconds
+    quick = documents(
+        render(("--set-json", "shutdown.graceSeconds=2.5", "--set", "shutdown.preStopSeconds=0"))
+    )
+    assert _shutdown(quick) == (8, None, "2.5")  # 0 + 3 (2.5 rounded up) + 5
+    assert _shutdown(documents(render(("--set", "terminationGracePeriodSeconds=60"))))[0] == 60
+    short = ("--set", "terminationGracePeriodSeconds=29")
+    done = helm("template", "x", str(CHART), *REQUIRED, *short, check=False)
+    assert done.returncode != 0 and "kill the bot mid-shutdown" in done.stderr
+
+
+def test_pre_stop_runs_a_program_the_image_has() -> None:
+    # `sleep` comes with coreutils, which Debian-based python:*-slim images have (a distroless
+    # base would not): the runtime stage must stay on one.
+    text = (ROOT / "Dockerfile").read_text()
+    default = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.MULTILINE)
+    assert default is not None and re.fullmatch(
+        r"python:3\.\d+-slim(@sha256:[0-9a-f]{64})?", default[1]
+    )
+    _, stages = parse(text)
+    assert stages[-1].base == "${PYTHON_IMAGE}"

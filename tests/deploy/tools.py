@@ -52,6 +52,7 @@ VALUES_KEYS: dict[str, tuple[str, ...]] = {
     "lease_name": ("leaderElection.leaseName",),
     "lease_namespace": ("leaderElection.namespace",),
     "lease_seconds": ("leaderElection.leaseSeconds",),
+    "shutdown_grace_seconds": ("shutdown.graceSeconds",),
     "kubeconfig": (),
 }
 

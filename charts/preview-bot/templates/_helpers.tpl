@@ -164,6 +164,7 @@ something else than what the bot does), so they are refused there.
 - PREVIEW_BOT_LEASE_NAME
 - PREVIEW_BOT_LEASE_NAMESPACE
 - PREVIEW_BOT_LEASE_SECONDS
+- PREVIEW_BOT_SHUTDOWN_GRACE_SECONDS
 - POD_NAME
 - POD_NAMESPACE
 {{- end }}
@@ -193,5 +194,23 @@ ready, so a PodDisruptionBudget could never let the leader's node drain.
 {{- end }}
 {{- if and .Values.leaderElection.enabled .Values.podDisruptionBudget.enabled }}
 {{- fail "podDisruptionBudget.enabled with leaderElection.enabled: only the leader is ready, so the budget would never let its node drain. Turn the budget off; a follower takes over within leaderElection.leaseSeconds (at once after a clean stop)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+How long the kubelet waits for a stopping pod, preStop included: the preStop sleep (endpoints
+drop the pod), then the bot's own grace for running syncs after SIGTERM, then a margin to
+cancel, release the Lease and exit. Anything shorter kills the bot mid-shutdown.
+*/}}
+{{- define "preview-bot.terminationGracePeriod" -}}
+{{- $s := .Values.shutdown }}
+{{- $needed := add (int $s.preStopSeconds) (int (ceil $s.graceSeconds)) (int $s.marginSeconds) }}
+{{- $given := .Values.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" $given }}
+{{- $needed }}
+{{- else if lt (int $given) (int $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds %d is below shutdown.preStopSeconds + shutdown.graceSeconds + shutdown.marginSeconds = %d: the kubelet would kill the bot mid-shutdown. Leave it empty (computed) or raise it" (int $given) (int $needed)) }}
+{{- else }}
+{{- int $given }}
 {{- end }}
 {{- end }}
