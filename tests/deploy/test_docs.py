@@ -49,5 +49,14 @@ def test_guide_covers_what_operators_ask() -> None:
         '{"metadata":{"finalizers":null}}',
         "/metrics",
         "kubectl -n preview-bot logs",
+        # The chart's fences and modes, which other sections link to.
+        "### What the chart fences",
+        "application.namespaces",
+        "argocd-cmd-params-cm",
+        "sourceNamespaces",
+        "leaderElection.enabled",
+        "holderIdentity",
+        "terminationGracePeriodSeconds",
+        "settings.repositories is required",
     ):
         assert needle in text, needle
