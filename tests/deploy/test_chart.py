@@ -93,6 +93,8 @@ def test_value_sets_render_what_they_enable(rendered: dict[str, str]) -> None:
     # existingSecret: the chart makes none; every optional template is on.
     assert "Secret" not in kinds(production)
     assert {"Ingress", "ServiceMonitor"} <= set(kinds(production))
+    # Leader election on: a second Role and RoleBinding, for the Lease.
+    assert kinds(production).count("Role") == kinds(production).count("RoleBinding") == 2
     assert "PodDisruptionBudget" in kinds(documents(rendered["inline"]))
 
 
