@@ -20,6 +20,7 @@ PRODUCTION_VALUES = ROOT / "examples" / "values-production.yaml"
 # settings.repositories, which has no default: the first values file of every render and lint.
 REQUIRED_VALUES = Path(__file__).with_name("required-values.yaml")
 REQUIRED = ("-f", str(REQUIRED_VALUES))
+REQUIRED_SETTINGS: dict[str, str] = yaml.safe_load(REQUIRED_VALUES.read_text())["settings"]
 BIN = Path(sys.executable).parent  # the venv's bin: kubectl, kubernetes-validate, hadolint
 
 # Non-default values that render every optional template and the chart-made Secret.
