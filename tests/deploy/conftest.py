@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy.chart import BIN, VALUE_SETS, documents, render
 from tests.rig.kube import KubeRig
@@ -39,6 +41,29 @@ def kubectl(
         text=True,
         check=False,
     )
+
+
+# The test API server (kube-apiserver 1.20.2 built with Go 1.19, ../shared/envtest) validates an
+# empty string in a custom resource as null and refuses it (kubernetes#99804: every 1.20 built
+# with Go 1.16 or later; release builds used Go 1.15, and 1.21 fixed it). Argo CD spells the core
+# API group "", so for a dry run there an AppProject's empty groups get this stand-in; every
+# other field is sent as rendered, and the JSON schema still checks the field's type.
+CORE_GROUP_STAND_IN = "core-group-stand-in"
+
+
+def for_the_test_server(docs: list[dict[str, Any]]) -> str:
+    """The documents as YAML, with AppProjects' empty groups replaced (see above)."""
+    out = []
+    for doc in docs:
+        if doc.get("kind") == "AppProject":
+            doc = copy.deepcopy(doc)
+            for key, entries in doc["spec"].items():
+                if key.endswith(("Whitelist", "Blacklist")):
+                    for entry in entries:
+                        if entry.get("group") == "":
+                            entry["group"] = CORE_GROUP_STAND_IN
+        out.append(doc)
+    return yaml.safe_dump_all(out)
 
 
 def ensure_namespace(kube: KubeRig, name: str) -> None:

@@ -12,20 +12,34 @@ import jsonschema
 import pytest
 import yaml
 
-from bot.config import SPECS, Kind, Spec, load_settings, parse_value
+from bot.config import (
+    CONFIG_ENV,
+    SPECS,
+    SPECS_BY_NAME,
+    Kind,
+    Settings,
+    Spec,
+    load_settings,
+    parse_value,
+)
 from tests.deploy.chart import (
     BIN,
     CHART,
     INLINE_VALUES,
+    PEM,
     PRODUCTION_VALUES,
+    REQUIRED,
     VALUE_SETS,
+    bot_settings,
+    container_view,
     documents,
     helm,
     kinds,
     one,
+    pod_spec,
     render,
 )
-from tests.deploy.conftest import ensure_namespace, kubectl
+from tests.deploy.conftest import ensure_namespace, for_the_test_server, kubectl
 from tests.deploy.dockerfile import parse
 from tests.deploy.tools import ROOT, VALUES_KEYS, settings_schema, value_schema
 from tests.rig.kube import KubeRig
@@ -35,7 +49,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_helm_lint_strict(name: str) -> None:
-    done = helm("lint", "--strict", str(CHART), *VALUE_SETS[name])
+    done = helm("lint", "--strict", str(CHART), *REQUIRED, *VALUE_SETS[name])
     assert "0 chart(s) failed" in done.stdout
     assert "[ERROR]" not in done.stdout and "[WARNING]" not in done.stdout, done.stdout
 
@@ -59,14 +73,16 @@ def test_rendered_output_passes_kubernetes_validate_strict(
         assert done.returncode == 0, out
         # Only CRD kinds are left unchecked (kubernetes-validate has no schema for them).
         warned = re.findall(r"WARN .*?kind (\w+)", out)
-        assert set(warned) <= {"ServiceMonitor"}, out
+        assert set(warned) <= {"ServiceMonitor", "AppProject"}, out
         assert out.count(" passed for resource ") == count - len(warned), out
 
 
 def test_value_sets_render_what_they_enable(rendered: dict[str, str]) -> None:
     assert kinds(documents(rendered["default"])) == [
+        "AppProject",
         "ConfigMap",
         "Deployment",
+        "NetworkPolicy",
         "Role",
         "RoleBinding",
         "Secret",
@@ -76,7 +92,10 @@ def test_value_sets_render_what_they_enable(rendered: dict[str, str]) -> None:
     production = documents(rendered["production"])
     # existingSecret: the chart makes none; every optional template is on.
     assert "Secret" not in kinds(production)
-    assert {"Ingress", "ServiceMonitor", "PodDisruptionBudget"} <= set(kinds(production))
+    assert {"Ingress", "ServiceMonitor"} <= set(kinds(production))
+    # Leader election on: a second Role and RoleBinding, for the Lease.
+    assert kinds(production).count("Role") == kinds(production).count("RoleBinding") == 2
+    assert "PodDisruptionBudget" in kinds(documents(rendered["inline"]))
 
 
 def _served(kube: KubeRig, docs: list[dict[str, Any]]) -> tuple[str, set[str]]:
@@ -84,7 +103,7 @@ def _served(kube: KubeRig, docs: list[dict[str, Any]]) -> tuple[str, set[str]]:
     versions = set(kubectl(kube, "api-versions").stdout.split())
     keep = [doc for doc in docs if doc["apiVersion"] in versions]
     skipped = {doc["kind"] for doc in docs if doc["apiVersion"] not in versions}
-    return yaml.safe_dump_all(keep), skipped
+    return for_the_test_server(keep), skipped
 
 
 def _dry_run(kube: KubeRig, text: str) -> list[str]:
@@ -106,9 +125,13 @@ def test_default_output_applies_with_server_side_dry_run(
     kube: KubeRig, rendered: dict[str, str]
 ) -> None:
     ensure_namespace(kube, "preview-bot")
-    lines = _dry_run(kube, rendered["default"])
-    assert len(lines) == len(documents(rendered["default"]))
+    docs = documents(rendered["default"])
+    lines = _dry_run(kube, for_the_test_server(docs))
+    assert len(lines) == len(docs)
     assert all(line.endswith("serverside-applied (server dry run)") for line in lines), lines
+    assert "appproject.argoproj.io/previews serverside-applied (server dry run)" in lines
+    policy = "networkpolicy.networking.k8s.io/preview-bot serverside-applied (server dry run)"
+    assert policy in lines
 
 
 def test_production_output_applies_with_server_side_dry_run(
@@ -136,6 +159,7 @@ def test_notes_tell_the_webhook_url(kube: KubeRig) -> None:
             "preview-bot",
             "--kubeconfig",
             str(kube.kubeconfig_path),
+            *REQUIRED,
             *values,
             "--set",
             "serviceMonitor.enabled=false",
@@ -148,15 +172,13 @@ def test_notes_tell_the_webhook_url(kube: KubeRig) -> None:
     assert "No Ingress was created" in without
     assert "WARNING: github.appId, github.privateKey and github.webhookSecret" in without
     assert "https://bot.example.org/webhook" in notes(*INLINE_VALUES)
-
-
-def _pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
-    return spec
+    fence = "AppProject previews (namespace argocd) admits only\n  https://github.com/data-literate/DEX\n"
+    assert fence in without
+    assert "WARNING: project.create=false" in notes("--set", "project.create=false")
 
 
 def test_pod_is_locked_down(default_docs: list[dict[str, Any]]) -> None:
-    pod = _pod(default_docs)
+    pod = pod_spec(default_docs)
     (container,) = pod["containers"]
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
@@ -183,7 +205,7 @@ def test_pod_matches_the_image(default_docs: list[dict[str, Any]]) -> None:
     _, stages = parse((ROOT / "Dockerfile").read_text())
     final = {ins.keyword: ins.args for ins in stages[-1].instructions}
     uid, _, gid = final["USER"].partition(":")
-    pod = _pod(default_docs)
+    pod = pod_spec(default_docs)
     assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
         int(uid),
         int(gid),
@@ -202,7 +224,7 @@ def test_pod_matches_the_image(default_docs: list[dict[str, Any]]) -> None:
 
 def test_pod_anti_affinity_presets() -> None:
     def affinity(*values: str) -> Any:
-        return _pod(documents(render(values))).get("affinity")
+        return pod_spec(documents(render(values))).get("affinity")
 
     assert affinity() is None
     soft = affinity("--set", "podAntiAffinity=soft")["podAntiAffinity"]
@@ -210,43 +232,140 @@ def test_pod_anti_affinity_presets() -> None:
     hard = affinity("--set", "podAntiAffinity=hard")["podAntiAffinity"]
     assert list(hard) == ["requiredDuringSchedulingIgnoredDuringExecution"]
     assert (
-        helm("template", "x", str(CHART), "--set", "podAntiAffinity=always", check=False).returncode
+        helm(
+            "template", "x", str(CHART), *REQUIRED, "--set", "podAntiAffinity=always", check=False
+        ).returncode
         != 0
     )
+
+
+Rule = tuple[str, str, tuple[str, ...], str]
+
+
+def _rules(role: dict[str, Any]) -> list[Rule]:
+    return [
+        (
+            r["apiGroups"][0],
+            r["resources"][0],
+            tuple(r.get("resourceNames", ())),
+            ",".join(r["verbs"]),
+        )
+        for r in role["rules"]
+    ]
+
+
+def _roles(docs: list[dict[str, Any]]) -> dict[tuple[str, str], list[Rule]]:
+    return {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): _rules(d)
+        for d in docs
+        if d["kind"] == "Role"
+    }
 
 
 def test_role_grants_only_applications_and_leases_when_asked(
     default_docs: list[dict[str, Any]],
 ) -> None:
-    def rules(docs: list[dict[str, Any]]) -> list[tuple[str, str, tuple[str, ...], str]]:
-        role = one(docs, "Role")
-        return [
-            (
-                r["apiGroups"][0],
-                r["resources"][0],
-                tuple(r.get("resourceNames", ())),
-                ",".join(r["verbs"]),
-            )
-            for r in role["rules"]
-        ]
-
-    assert one(default_docs, "Role")["metadata"]["namespace"] == "argocd"
-    assert rules(default_docs) == [
-        ("argoproj.io", "applications", (), "get,list,watch,create,patch,delete"),
-    ]
+    apps = [("argoproj.io", "applications", (), "get,list,watch,create,patch,delete")]
+    assert _roles(default_docs) == {("argocd", "preview-bot"): apps}
     leader = documents(
         render(("--set", "leaderElection.enabled=true", "--set", "argocd.namespace=gitops"))
     )
-    assert one(leader, "Role")["metadata"]["namespace"] == "gitops"
-    assert rules(leader)[1:] == [
-        ("coordination.k8s.io", "leases", (), "create"),
-        ("coordination.k8s.io", "leases", ("preview-bot",), "get,update"),
+    # Leader election adds one Role, for the Lease in its namespace (the release's), and
+    # changes nothing else.
+    assert _roles(leader) == {
+        ("gitops", "preview-bot"): apps,
+        ("preview-bot", "preview-bot-leader-election"): [
+            ("coordination.k8s.io", "leases", (), "create"),
+            ("coordination.k8s.io", "leases", ("preview-bot",), "get,update"),
+        ],
+    }
+    elsewhere = documents(
+        render(
+            (
+                "--set",
+                "leaderElection.enabled=true",
+                "--set",
+                "leaderElection.namespace=locks",
+                "--set",
+                "leaderElection.leaseName=bot-lock",
+            )
+        )
+    )
+    assert _roles(elsewhere)[("locks", "preview-bot-leader-election")][1][2] == ("bot-lock",)
+    bindings = {d["metadata"]["namespace"]: d for d in leader if d["kind"] == "RoleBinding"}
+    assert set(bindings) == {"gitops", "preview-bot"}
+    for binding in bindings.values():
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "preview-bot", "namespace": "preview-bot"}
+        ]
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = pod_spec(docs)["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_leader_election_values_do_what_they_say(tmp_path: Path) -> None:
+    off = _env(documents(render()))
+    assert off["PREVIEW_BOT_LEADER_ELECTION"] == "false"
+    assert not {k for k in off if k.startswith("PREVIEW_BOT_LEASE_")}
+    # The downward API, always: the pod's name is its identity in the election.
+    assert off["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert off["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    on = documents(
+        render(
+            (
+                "--set",
+                "leaderElection.enabled=true",
+                "--set",
+                "leaderElection.leaseSeconds=30",
+                "--set",
+                "replicaCount=3",
+            )
+        )
+    )
+    settings = bot_settings(on, tmp_path)
+    assert settings.leader_election is True
+    assert (settings.lease_name, settings.lease_namespace, settings.lease_seconds) == (
+        "preview-bot",
+        "preview-bot",
+        30.0,
+    )
+    (lease_role,) = [
+        d for d in on if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")
     ]
-    binding = one(leader, "RoleBinding")
-    assert binding["metadata"]["namespace"] == "gitops"
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "preview-bot", "namespace": "preview-bot"}
-    ]
+    assert lease_role["metadata"]["namespace"] == settings.lease_namespace
+    assert settings.lease_name in lease_role["rules"][1]["resourceNames"]
+    # The settings file cannot turn it on behind the Role's back: it is not a settings key.
+    done = helm(
+        "template",
+        "x",
+        str(CHART),
+        *REQUIRED,
+        "--set",
+        "settings.leader_election=true",
+        check=False,
+    )
+    assert done.returncode != 0 and "leader_election" in done.stderr
+
+
+def test_several_replicas_need_leader_election_and_roll_all_at_once() -> None:
+    done = helm("template", "x", str(CHART), *REQUIRED, "--set", "replicaCount=2", check=False)
+    assert done.returncode != 0 and "needs leaderElection.enabled=true" in done.stderr
+    pair = ("--set", "leaderElection.enabled=true", "--set", "podDisruptionBudget.enabled=true")
+    done = helm("template", "x", str(CHART), *REQUIRED, *pair, check=False)
+    assert done.returncode != 0 and "never let its node drain" in done.stderr
+    # Followers are never ready: a rollout waiting for ready new pods would never end.
+    leader = one(
+        documents(render(("--set", "leaderElection.enabled=true", "--set", "replicaCount=2"))),
+        "Deployment",
+    )
+    assert leader["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "100%"},
+    }
+    assert "strategy" not in one(documents(render()), "Deployment")["spec"]
 
 
 def test_ingress_exposes_only_the_webhook(rendered: dict[str, str]) -> None:
@@ -259,52 +378,12 @@ def test_ingress_exposes_only_the_webhook(rendered: dict[str, str]) -> None:
     ]
 
 
-def _container_view(
-    docs: list[dict[str, Any]], secret: dict[str, str], where: Path
-) -> tuple[dict[str, str], Path]:
-    """The container's environment with its mounts laid out under `where`.
-
-    Container paths in env values are rewritten to the folder holding that mount's files.
-    """
-    pod = _pod(docs)
-    (container,) = pod["containers"]
-    config = one(docs, "ConfigMap")["data"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts: dict[str, Path] = {}
-    for mount in container["volumeMounts"]:
-        volume = volumes[mount["name"]]
-        folder = where / mount["name"]
-        folder.mkdir()
-        if "configMap" in volume:
-            for key, text in config.items():
-                (folder / key).write_text(text)
-        elif "secret" in volume:
-            for item in volume["secret"]["items"]:
-                (folder / item["path"]).write_text(secret[item["key"]])
-        mounts[mount["mountPath"]] = folder
-    env: dict[str, str] = {}
-    for var in container["env"]:
-        if "valueFrom" in var:
-            env[var["name"]] = secret[var["valueFrom"]["secretKeyRef"]["key"]]
-            continue
-        value = var["value"]
-        for path, folder in mounts.items():
-            if value.startswith(path + "/"):
-                value = str(folder / value[len(path) + 1 :])
-                break
-        env[var["name"]] = value
-    return env, where
-
-
-PEM = "-----BEGIN RSA PRIVATE KEY-----\nMII\n-----END RSA PRIVATE KEY-----\n"
-
-
 def test_inline_values_reach_the_bot_through_secret_and_config_file(
     rendered: dict[str, str], tmp_path: Path
 ) -> None:
     docs = documents(rendered["inline"])
     secret = one(docs, "Secret")["stringData"]
-    env, _ = _container_view(docs, secret, tmp_path)
+    env, _ = container_view(docs, secret, tmp_path)
     settings = load_settings(environ=env)
     assert settings.github_app_id == 1234567
     assert settings.github_private_key == PEM
@@ -316,9 +395,11 @@ def test_inline_values_reach_the_bot_through_secret_and_config_file(
 def test_production_values_reach_the_bot(rendered: dict[str, str], tmp_path: Path) -> None:
     docs = documents(rendered["production"])
     existing = {"GITHUB_APP_ID": "42", "GITHUB_PRIVATE_KEY": PEM, "GITHUB_WEBHOOK_SECRET": "x"}
-    env, _ = _container_view(docs, existing, tmp_path)
+    env, _ = container_view(docs, existing, tmp_path)
     settings = load_settings(environ=env)
-    expected = yaml.safe_load(PRODUCTION_VALUES.read_text())["settings"]
+    written = yaml.safe_load(PRODUCTION_VALUES.read_text())["settings"]
+    # As the bot reads each value (a YAML list becomes a tuple).
+    expected = {k: parse_value(SPECS_BY_NAME[k], v) for k, v in written.items()}
     assert {k: getattr(settings, k) for k in expected} == expected
     assert settings.github_app_id == 42
 
@@ -342,13 +423,30 @@ def test_app_id_written_as_a_yaml_number_stays_an_integer(tmp_path: Path) -> Non
     ],
 )
 def test_schema_rejects_misplaced_or_bad_values(flag: str, message: str) -> None:
-    done = helm("template", "x", str(CHART), "--set", flag, check=False)
+    done = helm("template", "x", str(CHART), *REQUIRED, "--set", flag, check=False)
     assert done.returncode != 0
     assert message in done.stderr
 
 
+def test_a_count_setting_takes_zero_and_more() -> None:
+    """max_previews (Kind.COUNT): 0 means no cap, so the schema must take it, as the bot does."""
+    for good in ("0", "3"):
+        settings = one(documents(render(("--set", f"settings.max_previews={good}"))), "ConfigMap")
+        assert yaml.safe_load(settings["data"]["config.yaml"])["max_previews"] == int(good)
+    done = helm(
+        "template", "x", str(CHART), *REQUIRED, "--set", "settings.max_previews=-1", check=False
+    )
+    assert done.returncode != 0 and "max_previews" in done.stderr
+
+
 # The JSON type a setting's value has in values.yaml, by kind; any other kind is a string.
-JSON_TYPES = {Kind.INT: "integer", Kind.FLOAT: "number", Kind.BOOL: "boolean", Kind.LIST: "array"}
+JSON_TYPES = {
+    Kind.INT: "integer",
+    Kind.COUNT: "integer",
+    Kind.FLOAT: "number",
+    Kind.BOOL: "boolean",
+    Kind.LIST: "array",
+}
 
 
 def test_schema_settings_are_the_bots_settings() -> None:
@@ -366,7 +464,7 @@ def test_schema_settings_are_the_bots_settings() -> None:
             assert JSON_TYPES.get(spec.kind, "string") in types
             assert ("null" in types) == spec.optional, spec.name
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    for key in filter(None, VALUES_KEYS.values()):
+    for key in (key for keys in VALUES_KEYS.values() for key in keys):
         group, field = key.split(".")
         assert field in values[group], key
 
@@ -448,3 +546,73 @@ def test_every_value_is_documented() -> None:
             undocumented.append(".".join([*(k for _, k, _ in stack), match["key"]]))
         stack.append((indent, match["key"], documented))
     assert undocumented == []
+
+
+def test_extra_env_cannot_override_what_the_chart_manages() -> None:
+    # The chart's list, read from the template that defines it.
+    names = yaml.safe_load(
+        (CHART / "templates" / "_helpers.tpl")
+        .read_text()
+        .split('define "preview-bot.managedEnv" -}}', 1)[1]
+        .split("{{- end }}", 1)[0]
+    )
+    # The bot's settings, its config file, and the downward API's pod name and namespace.
+    known = {spec.env for spec in SPECS} | {CONFIG_ENV, "POD_NAME", "POD_NAMESPACE"}
+    assert set(names) <= known and "PREVIEW_BOT_NAMESPACE_TEMPLATE" in names
+    for name in names:
+        flags = ("--set", f"extraEnv[0].name={name}", "--set", "extraEnv[0].value=x")
+        done = helm("template", "x", str(CHART), *REQUIRED, *flags, check=False)
+        assert done.returncode != 0 and f"extraEnv sets {name}" in done.stderr
+    proxy = render(("--set", "extraEnv[0].name=HTTPS_PROXY", "--set", "extraEnv[0].value=x"))
+    (container,) = pod_spec(documents(proxy))["containers"]
+    assert {"name": "HTTPS_PROXY", "value": "x"} in container["env"]
+
+
+def test_labels_stay_text_whatever_the_release_is_called() -> None:
+    # YAML 1.1 reads an unquoted no, on or y as a boolean: Kubernetes then refuses the object.
+    docs = documents(render(release="no"))
+    labels = [value for doc in docs for value in doc["metadata"].get("labels", {}).values()]
+    assert labels and all(isinstance(value, str) for value in labels)
+    selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/instance"] == "no"
+
+
+def _shutdown(docs: list[dict[str, Any]]) -> tuple[int, list[str] | None, str]:
+    """(terminationGracePeriodSeconds, the preStop command or None, the bot's grace)."""
+    pod = pod_spec(docs)
+    (container,) = pod["containers"]
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    grace = {e["name"]: e.get("value") for e in container["env"]}
+    return (
+        pod["terminationGracePeriodSeconds"],
+        pre_stop,
+        grace["PREVIEW_BOT_SHUTDOWN_GRACE_SECONDS"],
+    )
+
+
+def test_shutdown_fits_inside_the_termination_grace_period(tmp_path: Path) -> None:
+    docs = documents(render())
+    # 5 s preStop sleep, then the bot's 20 s for running syncs, then a 5 s margin.
+    assert _shutdown(docs) == (30, ["sleep", "5"], "20")
+    defaults = Settings(github_app_id=1, github_private_key="", github_webhook_secret="")
+    assert bot_settings(docs, tmp_path).shutdown_grace_seconds == defaults.shutdown_grace_seconds
+    quick = documents(
+        render(("--set-json", "shutdown.graceSeconds=2.5", "--set", "shutdown.preStopSeconds=0"))
+    )
+    assert _shutdown(quick) == (8, None, "2.5")  # 0 + 3 (2.5 rounded up) + 5
+    assert _shutdown(documents(render(("--set", "terminationGracePeriodSeconds=60"))))[0] == 60
+    short = ("--set", "terminationGracePeriodSeconds=29")
+    done = helm("template", "x", str(CHART), *REQUIRED, *short, check=False)
+    assert done.returncode != 0 and "kill the bot mid-shutdown" in done.stderr
+
+
+def test_pre_stop_runs_a_program_the_image_has() -> None:
+    # `sleep` comes with coreutils, which Debian-based python:*-slim images have (a distroless
+    # base would not): the runtime stage must stay on one.
+    text = (ROOT / "Dockerfile").read_text()
+    default = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.MULTILINE)
+    assert default is not None and re.fullmatch(
+        r"python:3\.\d+-slim(@sha256:[0-9a-f]{64})?", default[1]
+    )
+    _, stages = parse(text)
+    assert stages[-1].base == "${PYTHON_IMAGE}"

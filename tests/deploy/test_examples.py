@@ -1,23 +1,19 @@
-"""The examples: the previews' AppProject is valid for Argo CD and fences the bot's Applications."""
+"""The examples: the previews' AppProject is the chart's, valid, and fences the bot in."""
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from typing import Any
 
 import pytest
 import yaml
 
-from bot.config import Settings
-from bot.model import PullRequest
-from bot.render import render_application
-from tests.deploy.conftest import kubectl
+from tests.deploy.argocd_rules import admits
+from tests.deploy.chart import documents, one, render
+from tests.deploy.conftest import for_the_test_server, kubectl
 from tests.deploy.tools import ROOT
 from tests.rig.kube import KubeRig
 
 PROJECT = ROOT / "examples" / "appproject-previews.yaml"
-DEX = "https://github.com/data-literate/DEX"
-IN_CLUSTER = "https://kubernetes.default.svc"
 
 
 @pytest.fixture(scope="module")
@@ -26,59 +22,43 @@ def project() -> dict[str, Any]:
     return data
 
 
-def test_appproject_is_accepted_by_argo_cds_crd(kube: KubeRig) -> None:
-    done = kubectl(kube, "apply", "--server-side", "--dry-run=server", "-f", str(PROJECT))
+def test_appproject_is_accepted_by_argo_cds_crd(kube: KubeRig, project: dict[str, Any]) -> None:
+    done = kubectl(
+        kube,
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=for_the_test_server([project]),
+    )
     assert done.returncode == 0, done.stderr
     assert "appproject.argoproj.io/previews serverside-applied" in done.stdout
 
 
-def test_appproject_allows_only_previews_from_dex(project: dict[str, Any]) -> None:
-    spec = project["spec"]
-    assert spec["sourceRepos"] == [DEX]
-    assert spec["destinations"] == [{"server": IN_CLUSTER, "namespace": "dex-pr-*"}]
-    # CreateNamespace=true needs Namespaces; nothing else cluster-wide.
-    assert spec["clusterResourceWhitelist"] == [{"group": "*", "kind": "Namespace"}]
-
-
-def _allowed(project: dict[str, Any], app: dict[str, Any]) -> bool:
-    """Argo CD's check: the source repository and the destination match the project."""
-    spec = project["spec"]
-    source, dest = app["spec"]["source"], app["spec"]["destination"]
-    repo_ok = any(fnmatchcase(source["repoURL"], pattern) for pattern in spec["sourceRepos"])
-    dest_ok = any(
-        fnmatchcase(dest["server"], d["server"]) and fnmatchcase(dest["namespace"], d["namespace"])
-        for d in spec["destinations"]
+def test_appproject_is_the_one_the_chart_makes(project: dict[str, Any]) -> None:
+    """The chart's defaults with settings.repositories: data-literate/DEX (tests' REQUIRED)."""
+    chart = one(documents(render()), "AppProject")
+    for which in (chart, project):
+        which["spec"].pop("description")
+    assert project["spec"] == chart["spec"]
+    assert (project["metadata"]["name"], project["metadata"]["namespace"]) == (
+        chart["metadata"]["name"],
+        chart["metadata"]["namespace"],
     )
-    return repo_ok and dest_ok and app["spec"]["project"] == project["metadata"]["name"]
 
 
-def _app(repo: str = "data-literate/DEX", **settings: Any) -> dict[str, Any]:
-    config = Settings(
-        github_app_id=1,
-        github_private_key="",
-        github_webhook_secret="",
-        argocd_project="previews",
-        **settings,
-    )
-    pr = PullRequest(
-        repo=repo,
-        number=42,
-        state="open",
-        merged=False,
-        labels=frozenset({"preview"}),
-        head_sha="a" * 40,
-        head_repo=repo,
-        default_branch="main",
-        html_url=f"https://github.com/{repo}/pull/42",
-        repo_html_url=f"https://github.com/{repo}",
-    )
-    return render_application(config, pr, "main", installation_id=7)
+def test_appproject_admits_the_previews_of_dex_only(project: dict[str, Any]) -> None:
+    def app(repo: str, namespace: str = "dex-pr-42") -> dict[str, Any]:
+        return {
+            "metadata": {"namespace": "argocd"},
+            "spec": {
+                "project": "previews",
+                "source": {"repoURL": f"https://github.com/{repo}"},
+                "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
+            },
+        }
 
-
-def test_the_bots_applications_fit_the_project_and_others_do_not(
-    project: dict[str, Any],
-) -> None:
-    assert _allowed(project, _app())
-    assert not _allowed(project, _app(namespace_template="kube-system-{number}"))
-    assert not _allowed(project, _app(repo="someone/else"))
-    assert not _allowed(project, _app(destination_server="https://prod.example.com"))
+    assert admits(project, app("data-literate/DEX"))
+    assert not admits(project, app("someone/else"))
+    assert not admits(project, app("data-literate/DEX", namespace="kube-system"))

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bot.webhooks import delivery_headers
-from tests.deploy.chart import BIN
+from tests.deploy.chart import BIN, REQUIRED_SETTINGS
 from tests.deploy.conftest import FIGURES, du
 from tests.deploy.dockerfile import Builder, IgnoreRules, Image
 from tests.deploy.tools import PROJECT, ROOT, read_lock
@@ -144,6 +144,8 @@ def serving(
         "GITHUB_PRIVATE_KEY_FILE": str(tmp_path / "key.pem"),
         "GITHUB_WEBHOOK_SECRET_FILE": str(tmp_path / "webhook-secret"),
         "GITHUB_API_URL": f"http://127.0.0.1:{free_port()}",
+        # Required by serve; the value every chart test renders with.
+        "PREVIEW_BOT_REPOSITORIES": REQUIRED_SETTINGS["repositories"],
         "KUBECONFIG": str(kube.kubeconfig_path),
         "TMPDIR": str(tmp_path),
     }

@@ -1,11 +1,12 @@
 """The chart's Role is enough for the bot and no more, proven on a real API server.
 
-The chart's ServiceAccount, Role and RoleBinding are applied to the test API server; then the
+The chart's ServiceAccount, Roles and RoleBindings are applied to the test API server; then the
 bot's own Argo CD adapter (bot/kube.py) runs every operation it has, and its elector
 (bot/leader.py) campaigns, renews and releases, with a real token of that ServiceAccount.
 Every request is recorded and turned into the RBAC verb the server checked: each must be
-allowed, and the verbs used must be exactly the verbs granted. Requests outside the Role (a
-PUT of an Application, Secrets, another namespace, other Leases) must be refused.
+allowed, and the verbs used must be exactly the verbs granted. Requests outside the Roles (a
+PUT of an Application, Secrets, another namespace, another Lease) must be refused. The Lease
+is allowed with leaderElection.enabled only: a release without it gets no Lease at all.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from bot.config import Settings
+from bot.errors import PermanentError
 from bot.kube import APPLICATIONS, ArgoCD
 from bot.kubeapi import LEASES, ApiError, KubeApi, Resource, kubeconfig_config
 from bot.leader import Elector, LeaseRef
@@ -31,7 +33,9 @@ from tests.deploy.conftest import ensure_namespace, kubectl
 from tests.rig.kube import KubeRig
 
 RELEASE_NS = "preview-bot-rbac"
+RELEASE_NS_OFF = "preview-bot-rbac-off"
 LEASE = "preview-bot"
+RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding")
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
@@ -95,15 +99,44 @@ class Recorder:
             self.calls.append(Call(verb, resource, namespace, params.response.status))
 
 
+def _rbac_docs(namespace: str, *values: str) -> list[dict[str, Any]]:
+    text = render(values, release="preview-bot", namespace=namespace)
+    return [d for d in documents(text) if d["kind"] in RBAC_KINDS]
+
+
 @pytest.fixture(scope="module")
 def role_docs() -> list[dict[str, Any]]:
     """What the chart renders for a release in its own namespace, with leader election on."""
-    text = render(
-        ("--set", "leaderElection.enabled=true", "--set", f"leaderElection.leaseName={LEASE}"),
-        release="preview-bot",
-        namespace=RELEASE_NS,
+    return _rbac_docs(
+        RELEASE_NS,
+        "--set",
+        "leaderElection.enabled=true",
+        "--set",
+        f"leaderElection.leaseName={LEASE}",
     )
-    return [d for d in documents(text) if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+
+
+def _role(docs: list[dict[str, Any]], resource: str) -> dict[str, Any]:
+    """The Role whose rules are about `resource` (applications, or leases)."""
+    (role,) = [
+        d
+        for d in docs
+        if d["kind"] == "Role" and any(r["resources"] == [resource] for r in d["rules"])
+    ]
+    return role
+
+
+async def _token_of(
+    kube: KubeRig, docs: list[dict[str, Any]], namespace: str, applied: list[str]
+) -> dict[str, Any]:
+    """Apply the chart's RBAC for real; a kubeconfig with a real token of its ServiceAccount."""
+    ensure_namespace(kube, namespace)
+    text = yaml.safe_dump_all(docs)
+    done = kubectl(kube, "apply", "--server-side", "-f", "-", stdin=text)
+    assert done.returncode == 0, done.stderr
+    applied.append(text)
+    sa = one(docs, "ServiceAccount")["metadata"]["name"]
+    return await kube.make_service_account_kubeconfig(namespace, sa)
 
 
 @pytest.fixture
@@ -111,17 +144,12 @@ async def bot_kubeconfig(
     kube: KubeRig, role_docs: list[dict[str, Any]], applied: list[str], argocd_ns: str
 ) -> dict[str, Any]:
     """A kubeconfig holding a real token of the chart's ServiceAccount, its RBAC applied."""
-    ensure_namespace(kube, RELEASE_NS)
-    text = yaml.safe_dump_all(role_docs)
-    done = kubectl(kube, "apply", "--server-side", "-f", "-", stdin=text)
-    assert done.returncode == 0, done.stderr
-    applied.append(text)
-    sa = one(role_docs, "ServiceAccount")["metadata"]["name"]
-    kubeconfig = await kube.make_service_account_kubeconfig(RELEASE_NS, sa)
+    kubeconfig = await _token_of(kube, role_docs, RELEASE_NS, applied)
     async with kube.kubeapi(kubeconfig) as api:
         # The RBAC authorizer reads Roles from an informer cache: a fresh binding may lag.
-        if not await _until_allowed(api, "list", argocd_ns, allowed=True):
-            raise AssertionError("the chart's RoleBinding never took effect")
+        for check in (APPS, "list", argocd_ns), (LEASE_ACCESS, "create", RELEASE_NS):
+            if not await _until_allowed(api, *check, allowed=True):
+                raise AssertionError(f"the chart's RoleBinding never took effect for {check}")
     return kubeconfig
 
 
@@ -138,23 +166,34 @@ async def as_bot(bot_kubeconfig: dict[str, Any], recorder: Recorder) -> AsyncIte
         yield api
 
 
-async def _until_allowed(api: KubeApi, verb: str, namespace: str, *, allowed: bool) -> bool:
-    """Ask the server (SelfSubjectAccessReview) until `verb` on Applications is (not) allowed."""
+APPS = ("argoproj.io", "applications")
+LEASE_ACCESS = ("coordination.k8s.io", "leases")
+
+
+async def _allowed(api: KubeApi, what: tuple[str, str], verb: str, namespace: str) -> bool:
+    """The server's answer (SelfSubjectAccessReview): may this token `verb` `what` there?"""
     review = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SelfSubjectAccessReview",
         "spec": {
             "resourceAttributes": {
-                "group": "argoproj.io",
-                "resource": "applications",
+                "group": what[0],
+                "resource": what[1],
                 "verb": verb,
                 "namespace": namespace,
             }
         },
     }
+    answer = await api.create(ACCESS_REVIEWS, review)
+    return bool(answer["status"].get("allowed"))
+
+
+async def _until_allowed(
+    api: KubeApi, what: tuple[str, str], verb: str, namespace: str, *, allowed: bool
+) -> bool:
+    """Ask until `verb` on `what` is (not) allowed: the authorizer's cache may lag a change."""
     for _ in range(100):
-        answer = await api.create(ACCESS_REVIEWS, review)
-        if bool(answer["status"].get("allowed")) == allowed:
+        if await _allowed(api, what, verb, namespace) == allowed:
             return True
         await asyncio.sleep(0.05)
     return False
@@ -220,7 +259,7 @@ async def test_role_allows_every_operation_and_grants_nothing_unused(
     used = {c.verb for c in recorder.calls if c.resource == "argoproj.io/applications"}
     assert {c.namespace for c in recorder.calls} == {argocd_ns}
     (apps_rule,) = [
-        r for r in one(role_docs, "Role")["rules"] if r["resources"] == ["applications"]
+        r for r in _role(role_docs, "applications")["rules"] if r["resources"] == ["applications"]
     ]
     assert used == set(apps_rule["verbs"])
 
@@ -233,7 +272,7 @@ async def test_leases_allow_what_leader_election_does(
     argocd_ns: str,
 ) -> None:
     """bot.leader's Elector: get (404 at first), create, update (renewals), update (release)."""
-    elector = Elector(as_bot, LeaseRef(argocd_ns, LEASE), "pod-a", lease_seconds=3.0)
+    elector = Elector(as_bot, LeaseRef(RELEASE_NS, LEASE), "pod-a", lease_seconds=3.0)
     leading = asyncio.Event()
 
     async def started() -> None:
@@ -251,30 +290,61 @@ async def test_leases_allow_what_leader_election_does(
             await asyncio.sleep(0.05)
     finally:
         await elector.release()
-    lease = await admin_api.get(LEASES.path(argocd_ns, LEASE))
-    await admin_api.delete(LEASES.path(argocd_ns, LEASE))
+    lease = await admin_api.get(LEASES.path(RELEASE_NS, LEASE))
+    await admin_api.delete(LEASES.path(RELEASE_NS, LEASE))
 
     assert campaign.done()
     assert lease["spec"]["holderIdentity"] == ""  # released
     assert [c for c in recorder.calls if c.status == 403] == []
     assert {(c.resource, c.namespace) for c in recorder.calls} == {
-        ("coordination.k8s.io/leases", argocd_ns)
+        ("coordination.k8s.io/leases", RELEASE_NS)
     }
     used = {c.verb for c in recorder.calls}
     granted = {
         verb
-        for rule in one(role_docs, "Role")["rules"]
+        for rule in _role(role_docs, "leases")["rules"]
         if rule["resources"] == ["leases"]
         for verb in rule["verbs"]
     }
     assert used == granted == {"get", "create", "update"}
 
 
+async def test_a_create_cannot_be_limited_to_the_leases_name(
+    as_bot: KubeApi, admin_api: KubeApi
+) -> None:
+    """Why any Lease can be created in the Lease's namespace: RBAC checks a create before the
+    object has a name it could match. Reading or renewing that other Lease stays refused."""
+    other = {"metadata": {"name": "not-the-bots"}, "spec": {}}
+    await as_bot.create(LEASES.path(RELEASE_NS), other)
+    try:
+        path = LEASES.path(RELEASE_NS, "not-the-bots")
+        assert await _status(as_bot, "GET", path) == 403
+        assert await _status(as_bot, "PUT", path, other) == 403
+    finally:
+        await admin_api.delete(LEASES.path(RELEASE_NS, "not-the-bots"))
+
+
+async def test_without_leader_election_no_lease_is_allowed(
+    kube: KubeRig, applied: list[str], argocd_ns: str
+) -> None:
+    docs = _rbac_docs(RELEASE_NS_OFF)
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "Role", "RoleBinding"]
+    kubeconfig = await _token_of(kube, docs, RELEASE_NS_OFF, applied)
+    async with kube.kubeapi(kubeconfig) as api:
+        # The token works (its Applications Role has taken effect) ...
+        assert await _until_allowed(api, APPS, "list", argocd_ns, allowed=True)
+        # ... and no Lease operation is allowed anywhere it could matter.
+        for namespace in (RELEASE_NS_OFF, argocd_ns):
+            for verb in ("get", "create", "update", "list", "watch", "patch", "delete"):
+                assert not await _allowed(api, LEASE_ACCESS, verb, namespace), (verb, namespace)
+        assert await _status(api, "GET", LEASES.path(RELEASE_NS_OFF, LEASE)) == 403
+
+
 async def test_apply_of_a_new_application_needs_create(
     as_bot: KubeApi, admin_api: KubeApi, role_docs: list[dict[str, Any]], argocd_ns: str
 ) -> None:
     """Why `create` is granted although the bot never POSTs: apply creates through PATCH."""
-    role = one(role_docs, "Role")
+    role = _role(role_docs, "applications")
     without_create = [
         {**rule, "verbs": [v for v in rule["verbs"] if v != "create"]}
         for rule in role["rules"]
@@ -285,10 +355,10 @@ async def test_apply_of_a_new_application_needs_create(
         roles.path(argocd_ns, role["metadata"]["name"]), {"rules": without_create}
     )
     # Until the authorizer's cache has the narrower Role.
-    assert await _until_allowed(as_bot, "create", argocd_ns, allowed=False)
-    with pytest.raises(ApiError) as refused:
+    assert await _until_allowed(as_bot, APPS, "create", argocd_ns, allowed=False)
+    with pytest.raises(PermanentError) as refused:
         await ArgoCD(as_bot, argocd_ns).apply(_application())
-    assert refused.value.status == 403
+    assert refused.value.status == 403  # said once on the PR: the Role lacks a verb
 
 
 async def _status(api: KubeApi, method: str, path: str, body: Any = None) -> int:
@@ -319,9 +389,16 @@ async def test_everything_outside_the_role_is_forbidden(
         "read Secrets in the Argo CD namespace": ("GET", secrets.path(argocd_ns), None),
         "read Secrets in its own namespace": ("GET", secrets.path(RELEASE_NS), None),
         "create Pods": ("POST", pods.path(RELEASE_NS), pod),
-        "read another Lease": ("GET", LEASES.path(argocd_ns, "other"), None),
-        "delete its Lease": ("DELETE", LEASES.path(argocd_ns, LEASE), None),
-        "list Leases": ("GET", LEASES.path(argocd_ns), None),
+        "read another Lease": ("GET", LEASES.path(RELEASE_NS, "other"), None),
+        "delete its Lease": ("DELETE", LEASES.path(RELEASE_NS, LEASE), None),
+        "patch its Lease": ("PATCH", LEASES.path(RELEASE_NS, LEASE), {"spec": {}}),
+        "list Leases": ("GET", LEASES.path(RELEASE_NS), None),
+        "read its Lease in the Argo CD namespace": ("GET", LEASES.path(argocd_ns, LEASE), None),
+        "create a Lease in the Argo CD namespace": (
+            "POST",
+            LEASES.path(argocd_ns),
+            {"metadata": {"name": LEASE}},
+        ),
     }
     statuses = {what: await _status(as_bot, *call) for what, call in forbidden.items()}
     assert statuses == dict.fromkeys(forbidden, 403)

@@ -40,14 +40,20 @@ GUIDE = ROOT / "docs" / "operations.md"
 TABLE_START = "<!-- settings table: `python -m tests.deploy.tools settings` rewrites it -->"
 TABLE_END = "<!-- end of settings table -->"
 
-# Where each setting of bot.config.SPECS is set in the chart's values. Settings not listed
-# here are keys of `.Values.settings`; None means the chart does not set it (in-cluster).
-VALUES_KEYS: dict[str, str | None] = {
-    "github_app_id": "github.appId",
-    "github_private_key": "github.privateKey",
-    "github_webhook_secret": "github.webhookSecret",
-    "argocd_namespace": "argocd.namespace",
-    "kubeconfig": None,
+# Where each setting of bot.config.SPECS is set in the chart's values: the first key that is
+# set wins. Settings not listed here are keys of `.Values.settings`; () means the chart does
+# not set it (in-cluster).
+VALUES_KEYS: dict[str, tuple[str, ...]] = {
+    "github_app_id": ("github.appId",),
+    "github_private_key": ("github.privateKey",),
+    "github_webhook_secret": ("github.webhookSecret",),
+    "argocd_namespace": ("argocd.applicationNamespace", "argocd.namespace"),
+    "leader_election": ("leaderElection.enabled",),
+    "lease_name": ("leaderElection.leaseName",),
+    "lease_namespace": ("leaderElection.namespace",),
+    "lease_seconds": ("leaderElection.leaseSeconds",),
+    "shutdown_grace_seconds": ("shutdown.graceSeconds",),
+    "kubeconfig": (),
 }
 
 # (npm package, version, zip inside the tarball, member of the zip, sha256 of that member)
@@ -161,6 +167,8 @@ def value_schema(spec: Spec) -> dict[str, Any]:
     match spec.kind:
         case Kind.INT:
             schema = {"type": "integer", "minimum": 1}
+        case Kind.COUNT:
+            schema = {"type": "integer", "minimum": 0}
         case Kind.FLOAT:
             # The bot's own check: seconds, 0 < value <= 3600.
             schema = {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}
@@ -193,8 +201,8 @@ def _types(schema: dict[str, Any]) -> list[str]:
     return types if isinstance(types, list) else [types]
 
 
-def values_key(name: str) -> str | None:
-    return VALUES_KEYS.get(name, f"settings.{name}")
+def values_keys(name: str) -> tuple[str, ...]:
+    return VALUES_KEYS.get(name, (f"settings.{name}",))
 
 
 def default_cell(spec: Any) -> str:
@@ -225,8 +233,8 @@ def settings_table() -> list[str]:
     ]
     for spec in SPECS:
         env = f"`{spec.env}`" + (f" or `{spec.file_env}`" if spec.file_env else "")
-        key = values_key(spec.name)
-        where = f"`{key}`" if key else "not set by the chart (in-cluster)"
+        keys = values_keys(spec.name)
+        where = ", else ".join(f"`{key}`" for key in keys) or "not set by the chart (in-cluster)"
         help_text = spec.help.replace("|", "\\|")
         rows.append(f"| `{spec.name}` | {env} | {where} | {default_cell(spec)} | {help_text} |")
     return rows
