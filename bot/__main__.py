@@ -121,6 +121,14 @@ def _load(args: argparse.Namespace, require_github: bool = True) -> Settings:
         for line in exc.problems:
             print(f"preview-bot: setting {line}", file=sys.stderr)
         raise SystemExit(EXIT_SETTINGS) from exc
+    if require_github:
+        from bot.github_auth import load_key  # cryptography: only for commands with the App
+
+        try:
+            load_key(settings.github_private_key)
+        except ValueError as exc:
+            print(f"preview-bot: setting GITHUB_PRIVATE_KEY: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_SETTINGS) from exc
     # Names checked with the longest values GitHub allows, so no PR is ever refused by
     # Kubernetes for a name the templates make.
     names_problems = worst_case_names(settings)

@@ -45,6 +45,11 @@ INLINE_VALUES = (
     "podDisruptionBudget.maxUnavailable=1",
     "--set",
     "settings.repositories={data-literate/DEX,data-literate/*}",
+    # Two repositories in scope: names must tell them apart (the bot checks it at start).
+    "--set-json",
+    'settings.app_name_template="{repo}-pr-{number}"',
+    "--set-json",
+    'settings.namespace_template="{repo}-pr-{number}"',
     "--set",
     "settings.trigger_label=deploy-me",
     "--set",

@@ -269,12 +269,6 @@ def test_manifest_subscribes_to_exactly_the_handled_events(manifest: dict[str, A
     assert handled >= ALWAYS_DELIVERED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_run/check_suite need `checks: read` and status `statuses: read`: they come "
-    "with the readiness stage's REST calls (ROUTES), which derive default_permissions; strict, "
-    "so this marker must go once they land",
-)
 def test_each_subscribed_event_has_the_permission_it_needs(manifest: dict[str, Any]) -> None:
     granted = manifest["default_permissions"]
     for event in manifest["default_events"]:

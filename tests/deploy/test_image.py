@@ -13,6 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -24,7 +30,12 @@ from tests.deploy.tools import PROJECT, ROOT, read_lock
 from tests.rig.kube import KubeRig
 from tests.rig.net import free_port
 
-PEM = "-----BEGIN RSA PRIVATE KEY-----\nMII\n-----END RSA PRIVATE KEY-----\n"
+# A real key: serve parses it at start (a broken one stops it with exit code 2).
+PEM = (
+    rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    .private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption())
+    .decode()
+)
 WEBHOOK_SECRET = "image-test-secret"
 
 
@@ -153,8 +164,8 @@ def serving(
         image.argv(*image.cmd, "--host", "127.0.0.1", "--port", str(port)),
         env=env,
         cwd=image.workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,  # the logs: shown if it does not come up
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -166,8 +177,8 @@ def serving(
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            stderr = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"preview-bot serve did not come up:\n{stderr[-3000:]}")
+            output = proc.stdout.read().decode() if proc.stdout else ""
+            pytest.fail(f"preview-bot serve did not come up:\n{output[-3000:]}")
         time.sleep(0.1)
     try:
         yield base, proc
@@ -201,8 +212,8 @@ def test_serve_runs_from_a_tree_it_never_writes(
     # uvicorn shuts down gracefully, then re-raises the signal it caught: -SIGTERM is a clean
     # stop (Kubernetes only waits for the exit), a traceback is not.
     assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
-    assert proc.stderr is not None
-    assert "Traceback" not in proc.stderr.read().decode()
+    assert proc.stdout is not None  # the logs, stderr included
+    assert "Traceback" not in proc.stdout.read().decode()
     after = _snapshot(image.root)
     assert after == before
 

@@ -10,6 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 
 from bot.config import (
     MASK,
@@ -25,7 +31,12 @@ from bot.config import (
     setting,
 )
 
-KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"
+# A real key: `serve` and `check-config` parse it at start.
+KEY = (
+    rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    .private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption())
+    .decode()
+)
 GOOD = {
     "GITHUB_APP_ID": "12345",
     "GITHUB_PRIVATE_KEY": KEY,
@@ -334,3 +345,12 @@ def test_a_scope_of_many_repositories_needs_names_that_tell_them_apart() -> None
         }
     )
     assert ok.repositories == ("data-literate/*", "acme/shop")
+
+
+def test_a_key_that_cannot_be_read_stops_serve_with_a_clear_line() -> None:
+    broken = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"
+    done = run_cli("check-config", env={**GOOD, "GITHUB_PRIVATE_KEY": broken})
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "preview-bot: setting GITHUB_PRIVATE_KEY: the GitHub App private key cannot be read"
+    )
