@@ -116,7 +116,8 @@ class Bot:
         self.intake.health.supervisor = self.supervisor
         self.intake.on_sha = self.on_sha
         self.intake.on_resync = self.request_resync
-        self.intake.health.leading = lambda: self.leading
+        # A follower (an elector, and not the lease) is not ready; a single replica always is.
+        self.intake.health.leading = lambda: self.leading or self._elector is None
 
     def start(
         self,

@@ -13,12 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-)
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -27,15 +21,11 @@ from tests.deploy.chart import BIN, REQUIRED_SETTINGS
 from tests.deploy.conftest import FIGURES, du
 from tests.deploy.dockerfile import Builder, IgnoreRules, Image
 from tests.deploy.tools import PROJECT, ROOT, read_lock
+from tests.rig.keys import app_key_pem
 from tests.rig.kube import KubeRig
 from tests.rig.net import free_port
 
-# A real key: serve parses it at start (a broken one stops it with exit code 2).
-PEM = (
-    rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    .private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption())
-    .decode()
-)
+PEM = app_key_pem()  # a real key: serve and check-config parse it at start
 WEBHOOK_SECRET = "image-test-secret"
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from bot.errors import ClusterUnavailable
+from bot.errors import ClusterUnavailable, PermanentError
 from bot.kube import APPLICATIONS, ArgoCD
 from bot.kubeapi import (
     ApiError,
@@ -352,7 +352,7 @@ async def test_adapter_turns_429_5xx_and_unreachable_into_cluster_unavailable(
         assert limited.value.retry_after == 7.0
         with pytest.raises(ClusterUnavailable, match="injected 503"):
             await argocd.apply(application("dex-pr-1"))
-        with pytest.raises(ApiError) as refused:  # not the cluster's fault: no retry
+        with pytest.raises(PermanentError) as refused:  # not the cluster's fault: said once
             await argocd.list_managed()
         assert refused.value.status == 403
     async with KubeApi(ClusterConfig(f"http://127.0.0.1:{free_port()}", False)) as api:

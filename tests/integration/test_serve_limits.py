@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 
 from bot.webhooks import delivery_headers
+from tests.rig.keys import app_key_pem
 from tests.rig.net import free_port
 
 SECRET = "serve-limits-secret"
-PEM = "-----BEGIN RSA PRIVATE KEY-----\nMII\n-----END RSA PRIVATE KEY-----\n"
+PEM = app_key_pem()  # a real key: serve parses it at start
 MIB = 1024 * 1024
 UPLOADS = 20
 UPLOAD_BYTES = 5 * MIB
@@ -86,7 +87,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         GITHUB_WEBHOOK_SECRET=SECRET,
         GITHUB_API_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens: never the internet
         KUBECONFIG=str(tmp_path / "no-such-kubeconfig"),
-        PREVIEW_BOT_REPOSITORIES="*",
+        PREVIEW_BOT_REPOSITORIES="data-literate/dex",
         PREVIEW_BOT_LOG_LEVEL="INFO",
     )
     port = free_port()

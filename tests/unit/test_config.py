@@ -10,12 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-)
 
 from bot.config import (
     MASK,
@@ -30,13 +24,9 @@ from bot.config import (
     parse_value,
     setting,
 )
+from tests.rig.keys import app_key_pem
 
-# A real key: `serve` and `check-config` parse it at start.
-KEY = (
-    rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    .private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption())
-    .decode()
-)
+KEY = app_key_pem()  # a real key: serve and check-config parse it at start
 GOOD = {
     "GITHUB_APP_ID": "12345",
     "GITHUB_PRIVATE_KEY": KEY,
