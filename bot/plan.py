@@ -325,7 +325,9 @@ def plan_failure(obs: Observed, settings: Settings, now: datetime, reason: str) 
         State.FAILED, detail + "\n\nIt tries again after the next push or `/preview redeploy`."
     )
     plan = b.finish(State.FAILED, "permanent failure")
-    if obs.app is None or not obs.app.owned_by(obs.pr.repo):
+    # The record goes on our Application when there is one, and always into the process's
+    # memory and the comment; never onto an Application that is not ours.
+    if obs.app is not None and not obs.app.owned_by(obs.pr.repo):
         return replace(
             plan, actions=tuple(a for a in plan.actions if not isinstance(a, RecordState))
         )

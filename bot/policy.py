@@ -142,7 +142,8 @@ def _fork(obs: Observed, settings: Settings, _n: datetime, verbs: frozenset[Verb
 
 
 def _label(obs: Observed, settings: Settings, _n: datetime, verbs: frozenset[Verb]) -> Gate:
-    if Verb.DEPLOY in verbs or approver_of(obs, None):
+    # A writer's `/preview` or `/preview approve` is a writer asking, whoever added the label.
+    if verbs & {Verb.DEPLOY, Verb.APPROVE} or approver_of(obs, None):
         return GO
     label = settings.trigger_label
     if obs.label is None:

@@ -330,10 +330,14 @@ class Syncer:
     async def _report(self, observed: Observed, exc: PermanentError) -> None:
         """Put a permanent failure on the PR, once; never mask the original error."""
         current = self._last.get(WorkKey(observed.pr.repo, observed.pr.number), observed.record)
-        plan = plan_failure(
-            replace(observed, record=current), self.settings, self.clock(), str(exc)
-        )
         try:
+            # The failed sync may have created the Application: the record goes onto it, so
+            # the failure is remembered across restarts and replicas.
+            app = await self.cluster.get(
+                names(self.settings, observed.pr.repo, observed.pr.number).app
+            )
+            observed = replace(observed, app=app, record=current)
+            plan = plan_failure(observed, self.settings, self.clock(), str(exc))
             await self.execute(observed, plan, Outcome(plan))
         except Exception as report_exc:  # the comment itself may be what GitHub refuses
             log.warning("could not report the failure on the PR: %s", report_exc)

@@ -40,7 +40,8 @@ class FileCluster:
     HEADER = (
         "# An Argo CD Application as preview-bot's local mode wrote it (no cluster in use).\n"
         "# To play Argo CD, add `status: {sync: {status: Synced}, health: {status: Healthy}}`\n"
-        "# and save: the bot's watch sees it and the PR comment turns to ready.\n"
+        "# and save: the bot's watch sees it and the PR comment turns to ready. (A status\n"
+        "# without `sync.revision` is taken to be about the pinned targetRevision.)\n"
     )
 
     def __init__(self, directory: Path, namespace: str) -> None:
@@ -74,7 +75,7 @@ class FileCluster:
 
     async def get(self, name: str) -> ObservedApp | None:
         obj = self._read(self._path(name))
-        return None if obj is None else app_from_object(obj)
+        return None if obj is None else _observed(obj)
 
     async def apply(self, manifest: dict[str, Any]) -> None:
         async with self._lock:
@@ -162,7 +163,7 @@ class FileCluster:
 
     async def list_managed(self) -> list[ObservedApp]:
         """Like ArgoCD.list_managed: every Application file that parses."""
-        return [app_from_object(obj) for _, obj in self._scan().values() if obj is not None]
+        return [_observed(obj) for _, obj in self._scan().values() if obj is not None]
 
     async def watch(
         self, on_event: OnEvent, alive: OnAlive | None = None, poll: float = WATCH_POLL_SECONDS
@@ -179,11 +180,21 @@ class FileCluster:
                     log.warning("%s is not a YAML mapping; ignored until fixed", self._path(name))
                 else:
                     kind = "SYNCED" if first else ("MODIFIED" if name in seen else "ADDED")
-                    await on_event(kind, app_from_object(obj))
+                    await on_event(kind, _observed(obj))
             for name, (_, obj) in seen.items():
                 if name not in current and obj is not None:
-                    await on_event("DELETED", app_from_object(obj))
+                    await on_event("DELETED", _observed(obj))
             seen, first = current, False
             if alive is not None:
                 alive()
             await asyncio.sleep(poll)
+
+
+def _observed(obj: dict[str, Any]) -> ObservedApp:
+    """The Application as the bot sees it. A hand-written status rarely names the revision
+    Argo CD synced; it is taken to be the pinned one (the only one local mode ever applies)."""
+    sync = (obj.get("status") or {}).get("sync")
+    if isinstance(sync, dict) and sync.get("status") and not sync.get("revision"):
+        pinned = ((obj.get("spec") or {}).get("source") or {}).get("targetRevision")
+        obj = {**obj, "status": {**obj["status"], "sync": {**sync, "revision": pinned}}}
+    return app_from_object(obj)

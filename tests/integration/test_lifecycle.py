@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.comment import parse_comment_state
 from bot.kube import APPLICATIONS
 from bot.model import A_HEAD_SHA, FINALIZER
 from tests.rig.harness import NAME, OWNER, Harness
@@ -31,11 +32,10 @@ def images(objs: list[dict[str, object]]) -> list[str]:
 
 
 def comment_state(h: Harness, number: int) -> str:
-    (comment,) = h.comments(number)
-    for state in ("teardown pending", "deploying", "ready", "failed", "destroyed"):
-        if f"| **State** | {state} |" in comment.body:
-            return state
-    return "?"
+    """The state the PR's one comment shows (its hidden marker, which the bot reads too)."""
+    (comment,) = [c for c in h.comments(number) if c.via_app]
+    state, _ = parse_comment_state(comment.body)
+    return state or "?"
 
 
 async def label(h: Harness, number: int, **pull: object) -> str:
@@ -58,21 +58,27 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
     deploy_requests = fake.count()
     objs = h.build(42, tmp_path / "co1")
     assert images(objs) == [TAG + sha1[:8]]
-    assert {o["metadata"]["namespace"] for o in objs} == {"dex-pr-42"}
+    # Its own Namespace is part of the preview (so Argo CD prunes it), the rest lives in it.
+    (namespace,) = [o for o in objs if o["kind"] == "Namespace"]
+    assert namespace["metadata"]["name"] == "dex-pr-42"
+    assert {o["metadata"]["namespace"] for o in objs if o is not namespace} == {"dex-pr-42"}
     log = h.commits()
-    assert len(log) == commits_before + 1
-    assert log[0]["message"].endswith("[skip ci]")
+    # The repository's very first preview also adds the shared Namespace component (2 files).
+    assert len(log) == commits_before + 3
+    assert all(c["message"].endswith("[skip ci]") for c in log[:3])
+    commits_before += 2
     app = await h.app(42)
     assert app is not None
     assert app["metadata"]["finalizers"] == [FINALIZER]
     assert app["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "preview-bot"
     assert app["spec"]["source"]["path"] == "infra/argocd/previews/pr-42"
-    assert app["spec"]["source"]["targetRevision"] == "main"
+    # Pinned to the commit that wrote the overlay: Argo CD's synced revision says what runs.
+    assert app["spec"]["source"]["targetRevision"] == log[0]["sha"]
     assert app["spec"]["destination"] == {
         "server": "https://kubernetes.default.svc",
         "namespace": "dex-pr-42",
     }
-    assert app["spec"]["syncPolicy"]["syncOptions"] == ["CreateNamespace=true"]
+    assert "syncOptions" not in app["spec"]["syncPolicy"]  # no CreateNamespace: it never deletes
     assert comment_state(h, 42) == "deploying"
     body = h.comments(42)[0].body
     assert "https://dex-pr-42.preview.example.com" in body
@@ -135,8 +141,8 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
     tokens += fake.token_requests
     assert tokens == 1  # one installation token for the whole story
 
-    # ---- a second PR's deploy: the base check is now a conditional request answered 304,
-    # which costs no rate limit
+    # ---- a second PR's deploy: the tree read is conditional (a 304, free, when main has not
+    # moved since; here it has, the teardown committed)
     fake.reset_counts()
     await label(h, 43)
     second = fake.count()
@@ -147,7 +153,10 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
         f"next deploy {second} ({second_304} of them 304, free), redeploy "
         f"{redeploy_requests}, teardown {teardown_requests}"
     )
-    assert deploy_requests <= 6
+    # The first preview of a repository: pull, tree, the labeler's permission, the overlay,
+    # deployment, status, comment (7), plus the shared Namespace component written once (2).
+    assert deploy_requests <= 9
+    # Any later one: the permission is cached (5 min) and the component exists.
     assert second - second_304 <= 6
     assert redeploy_requests <= 6
     assert teardown_requests <= 5
@@ -279,16 +288,23 @@ async def test_reopened_with_the_label_deploys_again(harness: Harness) -> None:
     assert comment_state(h, 15) == "deploying"
 
 
-async def test_fork_pr_is_refused_in_one_comment(harness: Harness) -> None:
+async def test_fork_pr_waits_for_approval_in_one_comment(harness: Harness) -> None:
     h = harness
-    await label(h, 16, fork=True, user="stranger")
+    sha = await label(h, 16, fork=True, user="stranger")
     assert await h.app(16) is None
     assert h.overlay(16) is None
     (comment,) = h.comments(16)
-    assert "forks" in comment.body
+    assert comment_state(h, 16) == "waiting"
+    assert "comes from a fork" in comment.body and "/preview approve" in comment.body
     await h.deliver("labeled", 16)
     await h.settle()
     assert len(h.comments(16)) == 1
+    # A maintainer looked at it: that very commit deploys, in the same one comment.
+    await h.command(16, "/preview approve")
+    assert f"newTag: sha-{sha[:8]}" in (h.overlay(16) or "")
+    assert await h.app(16) is not None
+    assert len([c for c in h.comments(16) if c.via_app]) == 1
+    assert comment_state(h, 16) == "deploying"
 
 
 async def test_stuck_finalizer_says_pending_then_finishes(harness: Harness) -> None:
@@ -372,9 +388,7 @@ async def test_an_application_the_bot_does_not_manage_is_left_alone(harness: Har
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert h.overlay(21) is None
     (comment,) = h.comments(21)
-    assert "not managed by preview-bot" in comment.body or "managed by something other" in (
-        comment.body
-    )
+    assert "belongs to something other than preview-bot" in comment.body
     h.fake.close(OWNER, NAME, 21)
     await h.deliver("closed", 21)
     await h.settle()
@@ -389,7 +403,7 @@ async def test_a_permanent_github_refusal_is_said_once_on_the_pr(harness: Harnes
         "POST",
         r"/deployments$",
         422,
-        count=2,
+        count=1,
         body={
             "message": "Validation Failed",
             "errors": [],
@@ -402,14 +416,16 @@ async def test_a_permanent_github_refusal_is_said_once_on_the_pr(harness: Harnes
     assert "Preview failed" in comment.body
     assert "422" in comment.body
     first_update = comment.updated_at
-    await h.deliver("labeled", 22)  # the same refusal again: the comment is not rewritten
+    assert "after the next push or `/preview redeploy`" in comment.body
+    h.fake.reset_counts()
+    await h.deliver("labeled", 22)  # a repeat on the same head: no retry, nothing rewritten
     await h.settle()
     (comment,) = h.comments(22)
     assert comment.updated_at == first_update
-    await h.deliver("labeled", 22)  # GitHub accepts now: the preview deploys
-    await h.settle()
+    assert h.fake.count(method="POST") + h.fake.count(method="PATCH") == 0
+    await h.command(22, "/preview redeploy")  # someone asks again; GitHub accepts now
     assert len(h.deployments(22)) == 1
-    assert "Preview deploying" in h.comments(22)[0].body
+    assert comment_state(h, 22) == "deploying"
 
 
 async def test_resync_heals_a_lost_close_webhook(harness: Harness) -> None:
@@ -418,7 +434,9 @@ async def test_resync_heals_a_lost_close_webhook(harness: Harness) -> None:
     await label(h, 24)
     h.fake.close(OWNER, NAME, 23)  # GitHub's delivery of `closed` never arrives
     h.fake.reset_counts()
-    assert await h.bot.resync_once() == 2
+    report = await h.bot.resync_once()
+    # Only the PR whose world differs from the rule is queued: the closed one.
+    assert (report.repositories, report.queued) == (1, 1)
     await h.settle()
     await h.standin.wait_gone("dex-pr-23")
     await h.settle()

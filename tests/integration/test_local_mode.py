@@ -186,10 +186,12 @@ def serve_local(tmp: Path, **env: str) -> Iterator[LocalServer]:
 
 
 def _expected_spec(server: LocalServer) -> dict[str, Any]:
-    """The spec production would apply for the PR the server learned from its deliveries."""
+    """The spec production would apply for the PR the server learned from its deliveries,
+    pinned to the overlay commit (main's head, just after a deploy)."""
     pr = pull_from_api(json.loads((server.dir / "prs" / "pr-7.json").read_text()))
     settings = Settings(github_app_id=1, github_private_key="k", github_webhook_secret="s")
     spec: dict[str, Any] = render_application(settings, pr, "main", 1)["spec"]
+    spec["source"]["targetRevision"] = server.git("rev-parse", "main").strip()
     return spec
 
 
@@ -223,7 +225,9 @@ def test_label_push_close_walkthrough_with_files(tmp_path: Path) -> None:
         deployment = next(o for o in objs if o["kind"] == "Deployment")
         image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image == f"ghcr.io/data-literate/dex:{tag}"
-        assert {o["metadata"]["namespace"] for o in objs} == {APP}
+        (namespace,) = [o for o in objs if o["kind"] == "Namespace"]
+        assert namespace["metadata"]["name"] == APP
+        assert {o["metadata"]["namespace"] for o in objs if o is not namespace} == {APP}
 
         def app_at(sha: str) -> dict[str, Any] | None:
             if not app_file.exists():
@@ -272,12 +276,17 @@ def test_label_push_close_walkthrough_with_files(tmp_path: Path) -> None:
             "infra/argocd/base/service.yaml",
             "infra/argocd/overlays/preview/ingress.yaml",
             "infra/argocd/overlays/preview/kustomization.yaml",
+            # shared by every preview of the repository, so it stays
+            "infra/argocd/previews/_namespace/kustomization.yaml",
+            "infra/argocd/previews/_namespace/namespace.yaml",
         ]
         subjects = server.git("log", "--format=%s", "main").splitlines()
         assert subjects == [
             "chore(preview): remove dex-pr-7 for PR #7 [skip ci]",
             f"chore(preview): deploy dex-pr-7 at {new_tag} for PR #7 [skip ci]",
             f"chore(preview): deploy dex-pr-7 at {tag} for PR #7 [skip ci]",
+            "chore(preview): add the shared preview Namespace component [skip ci]",
+            "chore(preview): add the shared preview Namespace component [skip ci]",
             "Initial commit: DEX-style infra tree (base + overlays/preview)",
         ]
         assert server.comment_history() == [

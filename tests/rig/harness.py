@@ -72,6 +72,13 @@ class Harness:
         payload = self.fake.event_payload(event, action, OWNER, NAME, number, **extra)
         return await self.post(payload, event=event, delivery=delivery)
 
+    async def command(self, number: int, body: str, user: str = "octocat") -> httpx.Response:
+        """`user` writes a comment on the PR and GitHub announces it (issue_comment created)."""
+        resp = await self.deliver("created", number, event="issue_comment", body=body, user=user)
+        assert resp.status_code in (200, 202), resp.text
+        await self.settle()
+        return resp
+
     async def post(
         self, payload: dict[str, Any], *, event: str = "pull_request", delivery: str | None = None
     ) -> httpx.Response:
