@@ -277,11 +277,13 @@ class ObservedApp:
     status: AppStatus = AppStatus()
 
     def owned_by(self, repo: str) -> bool:
-        """The ownership rule: the bot's label, and no other repository's annotation.
+        """The ownership rule: the bot's label and this repository's annotation, both.
 
-        Two repositories with the same name template would otherwise fight over dex-pr-42.
+        Two repositories with the same name template would otherwise fight over dex-pr-42, and
+        a labelled Application without the annotation is someone else's (the label alone is
+        easy to copy). GitHub's names are case-insensitive.
         """
-        return self.managed and self.repo in (None, repo)
+        return self.managed and self.repo is not None and self.repo.lower() == repo.lower()
 
     def work(self, delivery: str) -> Work | None:
         """The PR this Application belongs to, when the bot's annotations say it in full."""
