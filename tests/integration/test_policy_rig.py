@@ -388,11 +388,18 @@ async def test_a_draft_waits_for_review_and_keeps_its_preview_when_back_to_draft
     assert state_of(h, 39) == "waiting"
     assert "This PR is a draft: its preview deploys when it is marked ready" in ours(h, 39).body
 
+    # A writer's `/preview` does not override the rule: taken, and the draft still waits.
+    await h.command(39, "/preview")
+    asked = await h.snapshot(39)
+    assert waiting.changed(asked) == {"comments", "reactions"}
+    assert reactions(h, last_comment(h, 39)) == ["eyes", "+1"]
+    assert state_of(h, 39) == "waiting"
+
     h.fake.ready_for_review(OWNER, NAME, 39)
     await h.deliver("ready_for_review", 39)
     await h.settle()
     ready = await h.snapshot(39)
-    assert waiting.changed(ready) == DEPLOYED
+    assert asked.changed(ready) == DEPLOYED
     assert await running_sha(h, 39) == pr.head_sha
 
     h.fake.convert_to_draft(OWNER, NAME, 39)
