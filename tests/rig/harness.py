@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx2 as httpx
+import pytest
 import pytest_asyncio
 
-from bot.config import Settings
+from bot.config import SPECS, Settings, parse_value
 from bot.github import GitHub
 from bot.kube import ArgoCD
+from bot.model import A_HEAD_SHA
 from bot.service import Bot
 from bot.webhooks import delivery_headers
 from tests.rig.argocd import ArgoCDStandIn
@@ -36,6 +38,23 @@ def skeleton_files() -> dict[str, str]:
         for p in sorted(SKELETON.rglob("*"))
         if p.is_file() and "infra" in p.relative_to(SKELETON).parts
     }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a PR's world looks like to a user, to tell what a step changed (`changed`)."""
+
+    commits: tuple[str, ...]  # main's history, newest first
+    app: str | None  # the Application's spec and head (None: none), not its bookkeeping
+    comments: tuple[tuple[int, str], ...]  # (id, author) of every comment on the PR
+    bot_comment: str | None  # the bot's comment as it reads
+    deployments: tuple[tuple[int, str, str | None], ...]  # (id, sha, latest state)
+    labels: tuple[str, ...]
+    reactions: tuple[tuple[int, str, str], ...]  # (comment id, who, content)
+
+    def changed(self, after: Snapshot) -> set[str]:
+        """The names of the parts that differ in `after`."""
+        return {f.name for f in fields(self) if getattr(self, f.name) != getattr(after, f.name)}
 
 
 class Harness:
@@ -108,6 +127,29 @@ class Harness:
     def deployments(self, number: int) -> list[Any]:
         return self.fake.deployments(OWNER, NAME, f"dex-pr-{number}")
 
+    async def snapshot(self, number: int) -> Snapshot:
+        app = await self.app(number)
+        if app is not None:
+            head = app["metadata"].get("annotations", {}).get(A_HEAD_SHA)
+            app_text: str | None = json.dumps([app["spec"], head], sort_keys=True)
+        else:
+            app_text = None
+        comments = self.comments(number)
+        ours = [c.body for c in comments if c.via_app]
+        return Snapshot(
+            commits=tuple(c["sha"] for c in self.commits()),
+            app=app_text,
+            comments=tuple((c.id, c.user.login) for c in comments),
+            bot_comment=ours[0] if ours else None,
+            deployments=tuple((d.id, d.sha, d.latest_state) for d in self.deployments(number)),
+            labels=tuple(sorted(self.fake.pull(OWNER, NAME, number).labels)),
+            reactions=tuple(
+                (c.id, who, what)
+                for c in comments
+                for who, what in self.fake.reactions(OWNER, NAME, c.id)
+            ),
+        )
+
     def build(self, number: int, dest: Path) -> list[dict[str, Any]]:
         """Check the repository out at main and build the PR's overlay with real kustomize."""
         if dest.exists():
@@ -116,9 +158,27 @@ class Harness:
         return build_and_validate(dest / Path(self.overlay_path(number)).parent)
 
 
+def harness_env(**env: str) -> pytest.MarkDecorator:
+    """Run a test's `harness` with settings given as the environment would give them, e.g.
+    `@harness_env(PREVIEW_BOT_DRAFTS="true")` (parsed by the same code as the real thing)."""
+    label = ",".join(f"{k}={v}" for k, v in env.items())
+    return pytest.mark.parametrize("harness", [env], indirect=True, ids=[label])
+
+
+def _env_changes(env: dict[str, str]) -> dict[str, Any]:
+    by_env = {spec.env: spec for spec in SPECS}
+    unknown = sorted(set(env) - set(by_env))
+    if unknown:
+        raise ValueError(f"harness_env: no setting is read from {', '.join(unknown)}")
+    return {by_env[k].name: parse_value(by_env[k], v) for k, v in env.items()}
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIterator[Harness]:
-    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards."""
+async def harness(
+    request: pytest.FixtureRequest, github: FakeGitHub, kube: KubeRig, argocd_ns: str
+) -> AsyncIterator[Harness]:
+    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards.
+    Settings differ from the defaults below only where a test asks (`harness_env`)."""
     github.create_repo(OWNER, NAME, files=skeleton_files())
     # PR authors of the rig are the repository's maintainers: their label counts.
     github.set_permission(OWNER, NAME, "octocat", "write")
@@ -134,6 +194,7 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
         teardown_grace_seconds=1.5,
         resync_seconds=3600,  # tests call resync_once() themselves
     )
+    settings = replace(settings, **_env_changes(getattr(request, "param", {})))
     api_client = await kube.api_client()  # the stand-in's
     bot = Bot(settings)
     bot.resync_at_start = False  # tests call resync_once() when they mean it
