@@ -138,10 +138,12 @@ _DECODERS: dict[str, Any] = {
     "deployment_id": _int_or_unknown,
     "check_run_id": _int_or_unknown,
     "activity_at": _int_or_unknown,
+    "expired_at": _int_or_unknown,
     "seen_at": _int_or_unknown,
     "deployed_at": _int_or_unknown,
     "ready_seconds": _int_or_unknown,
     "keep": _bool_or_unknown,
+    "kept_by_label": _bool_or_unknown,
 }
 
 
@@ -169,6 +171,10 @@ class Record:
     approved_sha: Known[str] = UNKNOWN  # a fork PR's head commit a writer approved
     activity_at: Known[int] = UNKNOWN  # the last push, label or command (the TTL's clock)
     keep: Known[bool] = UNKNOWN  # `/preview keep`: exempt from the TTL
+    # When the TTL tore the preview down. The bot removes the label itself then, so the syncs
+    # that finish the teardown still say expiry, not "the label was removed".
+    expired_at: Known[int] = UNKNOWN
+    kept_by_label: Known[bool] = UNKNOWN  # the last sync saw the keep label (None: it did not)
     seen_at: Known[int] = UNKNOWN  # when the bot first saw seen_sha wanted (time to ready)
     deployed_at: Known[int] = UNKNOWN  # when that head was deployed (the ready timeout's clock)
     ready_seconds: Known[int] = UNKNOWN  # time to ready of deployed_sha

@@ -23,7 +23,7 @@ from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.metrics import Metrics
 from bot.model import ObservedApp, PullRequest, State, Work, WorkKey, known_value
 from bot.plan import wants_preview
-from bot.policy import ttl_of
+from bot.policy import keep_ended, ttl_of
 from bot.ports import ClusterPort, GitHubPort, RepoInfo
 from bot.queue import KeyedQueue
 from bot.render import NAMESPACE_COMPONENT, names, previews_root
@@ -110,7 +110,7 @@ def _stale(app: ObservedApp, pr: PullRequest, settings: Settings, now: datetime)
         return True
     record = app.record
     ttl = ttl_of(record, pr, settings, now)
-    if ttl.warn or ttl.expired:
+    if ttl.warn or ttl.expired or keep_ended(record, pr, settings):
         return True
     deployed = known_value(record.deployed_at)
     deploying = record.comment_state == State.DEPLOYING.value

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from cachetools import LRUCache
@@ -93,9 +94,16 @@ class Bot:
     the new leader's first resync picks up whatever was sent during a handover.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # What the syncs and the resync take for now (TTL, timeouts); tests move it by hand.
+        self.clock = clock
         self.queue = KeyedQueue(settings.queue_size)
         self.intake = Intake(settings, self.queue, self.metrics)
         self.supervisor = Supervisor()
@@ -128,7 +136,7 @@ class Bot:
         elector: Elector | None = None,
     ) -> None:
         """Start acting (at once, or when `elector` makes this replica the leader)."""
-        self.syncer = Syncer(self.settings, github, cluster, self.metrics)
+        self.syncer = Syncer(self.settings, github, cluster, self.metrics, self.clock)
         self.syncer.images = images
         self.cluster = cluster
         self.resyncer = Resyncer(self.settings, github, cluster, self.queue, self.metrics)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +18,16 @@ import httpx2 as httpx
 import pytest
 import pytest_asyncio
 
+from bot.app import create_app
 from bot.config import SPECS, Settings, parse_value
 from bot.github import GitHub
 from bot.kube import ArgoCD
 from bot.model import A_HEAD_SHA
+from bot.resync import ResyncReport
 from bot.service import Bot
 from bot.webhooks import delivery_headers
 from tests.rig.argocd import ArgoCDStandIn
+from tests.rig.clock import FakeClock
 from tests.rig.github.server import FakeGitHub
 from tests.rig.kube import KubeRig
 from tests.rig.kustomize import build_and_validate
@@ -58,25 +64,81 @@ class Snapshot:
 
 
 class Harness:
-    """A running bot wired to the rig, plus helpers to act as GitHub and as a user."""
+    """A running bot wired to the rig, plus helpers to act as GitHub and as a user.
+
+    With a `clock`, the bot's syncs, its resync and its GitHub adapter, and the GitHub fake
+    (its label, comment and token times) all read that one FakeClock, so a test crosses days
+    with `advance` instead of sleeping. `restart` replaces the bot by a fresh one (a new
+    process: no memory of the old one) on the same GitHub fake, cluster and Argo CD stand-in.
+    """
 
     def __init__(
         self,
         fake: FakeGitHub,
-        settings: Settings,
-        bot: Bot,
-        github: GitHub,
-        argocd: ArgoCD,
+        kube: KubeRig,
         standin: ArgoCDStandIn,
-        http: httpx.AsyncClient,
+        settings: Settings,
+        clock: FakeClock | None = None,
     ) -> None:
         self.fake = fake
-        self.settings = settings
-        self.bot = bot
-        self.github = github
-        self.argocd = argocd
+        self.kube = kube
         self.standin = standin
-        self.http = http
+        self.settings = settings
+        self.clock = clock
+        self._running: AsyncExitStack | None = None
+        # Set by start(): the bot and its adapters.
+        self.bot: Bot
+        self.github: GitHub
+        self.argocd: ArgoCD
+        self.http: httpx.AsyncClient
+
+    def now(self) -> datetime:
+        """What the bot takes for now."""
+        return datetime.fromtimestamp(self.clock.now() if self.clock else time.time(), UTC)
+
+    async def start(self) -> None:
+        """Start a bot on the current settings (the harness fixture has started one)."""
+        if self._running is not None:
+            raise RuntimeError("a bot is running: stop() or restart()")
+        stack = AsyncExitStack()
+        bot = Bot(self.settings) if self.clock is None else Bot(self.settings, clock=self.now)
+        bot.resync_at_start = False  # tests call resync_once() when they mean it
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        api = await stack.enter_async_context(self.kube.kubeapi())
+        gh = GitHub(session, self.settings, bot.metrics, clock=self.clock)
+        argocd = ArgoCD(api, self.standin.namespace)
+        bot.start(gh, argocd)
+        stack.push_async_callback(bot.stop)
+        transport = httpx.ASGITransport(app=create_app(bot.intake))
+        http = httpx.AsyncClient(transport=transport, base_url="http://bot")
+        await stack.enter_async_context(http)
+        self.bot, self.github, self.argocd, self.http = bot, gh, argocd, http
+        self._running = stack
+
+    async def stop(self) -> None:
+        """Stop the bot and close its clients (the stand-in and the fake stay)."""
+        if self._running is not None:
+            running, self._running = self._running, None
+            await running.aclose()  # the bot stops before its clients close
+
+    async def restart(self, **changes: Any) -> None:
+        """A fresh bot (a new process) on the same GitHub fake and cluster, with `changes` to
+        the settings: whatever it knows it reads from GitHub and the cluster."""
+        await self.stop()
+        self.settings = replace(self.settings, **changes)
+        await self.start()
+
+    def advance(self, seconds: float) -> None:
+        """Move the shared fake clock (only on a harness made with one)."""
+        if self.clock is None:
+            raise RuntimeError("this harness runs on the real clock: use `timed_harness`")
+        self.clock.advance(seconds)
+
+    async def resync(self) -> ResyncReport:
+        """One resync, as the periodic loop would run it, and the syncs it queues."""
+        report = await self.bot.resync_once()
+        await self.settle()
+        return report
 
     async def deliver(
         self,
@@ -173,15 +235,19 @@ def _env_changes(env: dict[str, str]) -> dict[str, Any]:
     return {by_env[k].name: parse_value(by_env[k], v) for k, v in env.items()}
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def harness(
-    request: pytest.FixtureRequest, github: FakeGitHub, kube: KubeRig, argocd_ns: str
+@asynccontextmanager
+async def _harness(
+    github: FakeGitHub,
+    kube: KubeRig,
+    argocd_ns: str,
+    clock: FakeClock | None,
+    env: dict[str, str],
 ) -> AsyncIterator[Harness]:
-    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards.
-    Settings differ from the defaults below only where a test asks (`harness_env`)."""
     github.create_repo(OWNER, NAME, files=skeleton_files())
     # PR authors of the rig are the repository's maintainers: their label counts.
     github.set_permission(OWNER, NAME, "octocat", "write")
+    if clock is not None:
+        github.clock = clock.now  # the fixture `github` puts the real clock back
     settings = Settings(
         github_app_id=github.app_id,
         github_private_key=github.private_key_pem,
@@ -194,27 +260,38 @@ async def harness(
         teardown_grace_seconds=1.5,
         resync_seconds=3600,  # tests call resync_once() themselves
     )
-    settings = replace(settings, **_env_changes(getattr(request, "param", {})))
+    settings = replace(settings, **_env_changes(env))
     api_client = await kube.api_client()  # the stand-in's
-    bot = Bot(settings)
-    bot.resync_at_start = False  # tests call resync_once() when they mean it
-    async with (
-        aiohttp.ClientSession() as session,
-        kube.kubeapi() as api,
-        ArgoCDStandIn(api_client, argocd_ns) as argo,
-    ):
-        gh = GitHub(session, settings, bot.metrics)
-        argocd = ArgoCD(api, argocd_ns)
-        bot.start(gh, argocd)
-        from bot.app import create_app
-
-        transport = httpx.ASGITransport(app=create_app(bot.intake))
-        async with httpx.AsyncClient(transport=transport, base_url="http://bot") as http:
+    try:
+        async with ArgoCDStandIn(api_client, argocd_ns) as argo:
+            h = Harness(github, kube, argo, settings, clock)
+            await h.start()
             try:
-                yield Harness(github, settings, bot, gh, argocd, argo, http)
+                yield h
             finally:
-                await bot.stop()
-    await api_client.close()
+                await h.stop()
+    finally:
+        await api_client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def harness(
+    request: pytest.FixtureRequest, github: FakeGitHub, kube: KubeRig, argocd_ns: str
+) -> AsyncIterator[Harness]:
+    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards.
+    Settings differ from the defaults only where a test asks (`harness_env`)."""
+    async with _harness(github, kube, argocd_ns, None, getattr(request, "param", {})) as h:
+        yield h
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def timed_harness(
+    github: FakeGitHub, kube: KubeRig, argocd_ns: str
+) -> AsyncIterator[Harness]:
+    """The harness on a FakeClock shared by the bot and the GitHub fake: `h.advance(7 * DAY)`
+    crosses a week in no time."""
+    async with _harness(github, kube, argocd_ns, FakeClock(), {}) as h:
+        yield h
 
 
 def with_settings(h: Harness, **changes: Any) -> Settings:

@@ -11,6 +11,7 @@ import pytest
 
 from bot.comment import escape
 from bot.model import (
+    UNKNOWN,
     AddReaction,
     ApplyApplication,
     AppStatus,
@@ -202,6 +203,24 @@ def test_ttl_warns_with_the_exact_time_then_expires_and_removes_the_label() -> N
     assert "DeleteApplication" in kinds(expired)
 
 
+def test_an_expiry_teardown_still_says_expiry_once_the_bot_removed_the_label() -> None:
+    later = NOW + timedelta(days=7, minutes=1)
+    expired = plan_sync(observed(app=ready_app()), SETTINGS, later)
+    record = executed(expired)
+    assert record.expired_at == int(later.timestamp())
+    # Argo CD has pruned the Application; the PR has lost its label (the bot removed it).
+    unlabeled = pr(labels=frozenset())
+    gone = plan_sync(observed(unlabeled, record=record), SETTINGS, later)
+    assert gone.state is State.DESTROYED
+    assert "Torn down because it had no activity for 7d. Re-add the `preview` label" in body(gone)
+    # Labeled again: deployed afresh, and no longer an expired preview.
+    back = plan_sync(observed(record=record), SETTINGS, later + timedelta(hours=1))
+    assert "PutOverlay" in kinds(back) and executed(back).expired_at is None
+    # A user's own unlabel of a preview that never expired says just that.
+    removed = plan_sync(observed(unlabeled, app=ready_app()), SETTINGS, later)
+    assert "DeleteApplication" in kinds(removed) and executed(removed).expired_at is UNKNOWN
+
+
 def test_activity_resets_the_clock_and_keep_exempts() -> None:
     app = ready_app()
     later = NOW + timedelta(days=6, hours=12)
@@ -214,6 +233,21 @@ def test_activity_resets_the_clock_and_keep_exempts() -> None:
     assert "DeleteApplication" not in kinds(
         plan_sync(observed(labeled_keep, app=app), SETTINGS, far)
     )
+
+
+def test_removing_the_keep_label_restarts_the_clock_instead_of_tearing_down() -> None:
+    labeled_keep = pr(labels=frozenset({"preview", "preview:keep"}))
+    app = ready_app()
+    kept = plan_sync(observed(labeled_keep, app=app), SETTINGS, NOW + timedelta(hours=1))
+    record = executed(kept)
+    assert record.kept_by_label is True and "📌 Kept" in body(kept)
+    # A month later the keep label goes: a new week from then, with its warning ahead.
+    later = NOW + timedelta(days=30)
+    ended = plan_sync(observed(app=replace(app, record=record)), SETTINGS, later)
+    assert "DeleteApplication" not in kinds(ended)
+    assert executed(ended).activity_at == int(later.timestamp())
+    assert executed(ended).kept_by_label is None
+    assert "⌛ Expires 2027-01-04 12:00 UTC" in body(ended)
 
 
 def test_the_cap_queues_by_label_time_and_deploys_when_a_slot_frees() -> None:
