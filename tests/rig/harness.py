@@ -3,9 +3,11 @@ Argo CD adapter to the test API server, and the Argo CD stand-in playing the con
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import pytest_asyncio
 from bot.config import Settings
 from bot.github import GitHub
 from bot.kube import ArgoCD
+from bot.ports import ImagePort
 from bot.service import Bot
 from bot.webhooks import delivery_headers
 from tests.rig.argocd import ArgoCDStandIn
@@ -86,8 +89,25 @@ class Harness:
         headers = delivery_headers(SECRET, event, body, delivery)
         return await self.http.post("/webhook", content=body, headers=headers)
 
-    async def settle(self, limit: float = 30.0) -> None:
-        await self.bot.idle(quiet=0.4, limit=limit)
+    async def settle(self, limit: float = 30.0, *, follow_ups: bool = True) -> None:
+        """Wait until the bot has nothing to do for a moment. With `follow_ups=False` a later
+        look the bot scheduled (a gate's backoff: the image may appear) is not work to wait
+        for, only syncs queued, running or retrying are."""
+        if follow_ups:
+            await self.bot.idle(quiet=0.4, limit=limit)
+            return
+        queue = self.bot.queue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        calm_since: float | None = None
+        while calm_since is None or loop.time() - calm_since < 0.4:
+            if len(queue) or queue.running or queue.held:
+                calm_since = None
+            elif calm_since is None:
+                calm_since = loop.time()
+            if loop.time() > deadline:
+                raise TimeoutError(f"bot still busy after {limit}s")
+            await asyncio.sleep(0.02)
 
     async def app(self, number: int) -> dict[str, Any] | None:
         """The whole Application object as the API server has it (None when gone)."""
@@ -116,9 +136,22 @@ class Harness:
         return build_and_validate(dest / Path(self.overlay_path(number)).parent)
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIterator[Harness]:
-    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards."""
+@contextlib.asynccontextmanager
+async def running_harness(
+    github: FakeGitHub,
+    kube: KubeRig,
+    argocd_ns: str,
+    *,
+    images: Callable[[aiohttp.ClientSession, Settings], ImagePort] | None = None,
+    kubeconfig: dict[str, Any] | None = None,
+    **changes: Any,
+) -> AsyncIterator[Harness]:
+    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards.
+
+    `changes` are settings for this bot, `images` makes its registry probe (from the bot's
+    session and settings), `kubeconfig` points the bot (not the stand-in) at another address
+    of the API server, such as a relay a test can cut.
+    """
     github.create_repo(OWNER, NAME, files=skeleton_files())
     # PR authors of the rig are the repository's maintainers: their label counts.
     github.set_permission(OWNER, NAME, "octocat", "write")
@@ -134,17 +167,19 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
         teardown_grace_seconds=1.5,
         resync_seconds=3600,  # tests call resync_once() themselves
     )
+    settings = replace(settings, **changes)
     api_client = await kube.api_client()  # the stand-in's
     bot = Bot(settings)
     bot.resync_at_start = False  # tests call resync_once() when they mean it
     async with (
+        api_client,
         aiohttp.ClientSession() as session,
-        kube.kubeapi() as api,
+        kube.kubeapi(kubeconfig) as api,
         ArgoCDStandIn(api_client, argocd_ns) as argo,
     ):
         gh = GitHub(session, settings, bot.metrics)
         argocd = ArgoCD(api, argocd_ns)
-        bot.start(gh, argocd)
+        bot.start(gh, argocd, images=images(session, settings) if images else None)
         from bot.app import create_app
 
         transport = httpx.ASGITransport(app=create_app(bot.intake))
@@ -153,7 +188,13 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
                 yield Harness(github, settings, bot, gh, argocd, argo, http)
             finally:
                 await bot.stop()
-    await api_client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIterator[Harness]:
+    """A fresh DEX repository in the fake and a running bot with the rig's settings."""
+    async with running_harness(github, kube, argocd_ns) as h:
+        yield h
 
 
 def with_settings(h: Harness, **changes: Any) -> Settings:
