@@ -263,9 +263,10 @@ class AppStatus:
     message: str | None = None
 
     @property
-    def verdict(self) -> tuple[str | None, str | None, str | None]:
-        """What Argo CD concluded (sync, health, operation phase): a change of it is news."""
-        return self.sync, self.health, self.operation_phase
+    def verdict(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """What Argo CD concluded (sync, health, operation phase) and about which revision: a
+        change of it is news (the same Healthy about the newly pinned revision means ready)."""
+        return self.sync, self.health, self.operation_phase, self.revision
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A change of Argo CD's verdict, or the start of a deletion, is news to a sync.
-Verdict = tuple[tuple[str | None, str | None, str | None], bool]
+Verdict = tuple[tuple[str | None, str | None, str | None, str | None], bool]
 
 
 class Watcher:
@@ -61,8 +61,8 @@ class Watcher:
     @staticmethod
     def _worth_a_sync(before: Verdict | None, now: AppStatus) -> bool:
         """Argo CD rewrites status often and the bot's own writes echo back as events: only a
-        change of Argo CD's verdict (sync, health, operation phase) calls for a sync. The start
-        of a deletion is the bot's own doing; its end (DELETED) always counts."""
+        change of Argo CD's verdict (sync, health, operation phase, revision) calls for a sync.
+        The start of a deletion is the bot's own doing; its end (DELETED) always counts."""
         if before is None:
             return any(v is not None for v in now.verdict)
         return before[0] != now.verdict

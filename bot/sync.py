@@ -412,6 +412,11 @@ class Syncer:
         self._last[WorkKey(run.obs.pr.repo, run.obs.pr.number)] = record
         if not run.app_gone:
             run.app_gone = not await self.cluster.annotate(action.name, record.to_annotations())
+        ready = known_value(record.ready_seconds)
+        # Observed once per head: when the time to ready is first recorded (after it is stored,
+        # so a retried sync does not count it twice).
+        if ready is not None and known_value(run.obs.record.ready_seconds) is None and self.metrics:
+            self.metrics.time_to_ready.observe(ready)
 
     async def _apply(self, run: _Execution, action: ApplyApplication) -> None:
         manifest = action.manifest

@@ -3,10 +3,11 @@ Argo CD adapter to the test API server, and the Argo CD stand-in playing the con
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from bot.config import SPECS, Settings, parse_value
 from bot.github import GitHub
 from bot.kube import ArgoCD
 from bot.model import A_HEAD_SHA
+from bot.ports import ImagePort
 from bot.resync import ResyncReport
 from bot.service import Bot
 from bot.webhooks import delivery_headers
@@ -31,6 +33,8 @@ from tests.rig.clock import FakeClock
 from tests.rig.github.server import FakeGitHub
 from tests.rig.kube import KubeRig
 from tests.rig.kustomize import build_and_validate
+
+ImagesFactory = Callable[[aiohttp.ClientSession, Settings], ImagePort]
 
 SKELETON = Path(__file__).resolve().parents[2] / "bot" / "skeleton"
 OWNER, NAME = "data-literate", "DEX"
@@ -79,8 +83,13 @@ class Harness:
         standin: ArgoCDStandIn,
         settings: Settings,
         clock: FakeClock | None = None,
+        *,
+        images: ImagesFactory | None = None,
+        kubeconfig: dict[str, Any] | None = None,
     ) -> None:
         self.fake = fake
+        self.images = images
+        self.kubeconfig = kubeconfig
         self.kube = kube
         self.standin = standin
         self.settings = settings
@@ -104,10 +113,11 @@ class Harness:
         bot = Bot(self.settings) if self.clock is None else Bot(self.settings, clock=self.now)
         bot.resync_at_start = False  # tests call resync_once() when they mean it
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        api = await stack.enter_async_context(self.kube.kubeapi())
+        api = await stack.enter_async_context(self.kube.kubeapi(self.kubeconfig))
         gh = GitHub(session, self.settings, bot.metrics, clock=self.clock)
         argocd = ArgoCD(api, self.standin.namespace)
-        bot.start(gh, argocd)
+        images = self.images(session, self.settings) if self.images else None
+        bot.start(gh, argocd, images=images)
         stack.push_async_callback(bot.stop)
         transport = httpx.ASGITransport(app=create_app(bot.intake))
         http = httpx.AsyncClient(transport=transport, base_url="http://bot")
@@ -167,8 +177,25 @@ class Harness:
         headers = delivery_headers(SECRET, event, body, delivery)
         return await self.http.post("/webhook", content=body, headers=headers)
 
-    async def settle(self, limit: float = 30.0) -> None:
-        await self.bot.idle(quiet=0.4, limit=limit)
+    async def settle(self, limit: float = 30.0, *, follow_ups: bool = True) -> None:
+        """Wait until the bot has nothing to do for a moment. With `follow_ups=False` a later
+        look the bot scheduled (a gate's backoff: the image may appear) is not work to wait
+        for, only syncs queued, running or retrying are."""
+        if follow_ups:
+            await self.bot.idle(quiet=0.4, limit=limit)
+            return
+        queue = self.bot.queue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        calm_since: float | None = None
+        while calm_since is None or loop.time() - calm_since < 0.4:
+            if len(queue) or queue.running or queue.held:
+                calm_since = None
+            elif calm_since is None:
+                calm_since = loop.time()
+            if loop.time() > deadline:
+                raise TimeoutError(f"bot still busy after {limit}s")
+            await asyncio.sleep(0.02)
 
     async def app(self, number: int) -> dict[str, Any] | None:
         """The whole Application object as the API server has it (None when gone)."""
@@ -236,13 +263,23 @@ def _env_changes(env: dict[str, str]) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def _harness(
+async def running_harness(
     github: FakeGitHub,
     kube: KubeRig,
     argocd_ns: str,
-    clock: FakeClock | None,
-    env: dict[str, str],
+    *,
+    clock: FakeClock | None = None,
+    images: ImagesFactory | None = None,
+    kubeconfig: dict[str, Any] | None = None,
+    **changes: Any,
 ) -> AsyncIterator[Harness]:
+    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards.
+
+    `changes` are settings for this bot, `clock` a FakeClock the bot and the fake share,
+    `images` makes its registry probe (from the bot's session and settings), `kubeconfig`
+    points the bot (not the stand-in) at another address of the API server, such as a relay
+    a test can cut.
+    """
     github.create_repo(OWNER, NAME, files=skeleton_files())
     # PR authors of the rig are the repository's maintainers: their label counts.
     github.set_permission(OWNER, NAME, "octocat", "write")
@@ -260,11 +297,11 @@ async def _harness(
         teardown_grace_seconds=1.5,
         resync_seconds=3600,  # tests call resync_once() themselves
     )
-    settings = replace(settings, **_env_changes(env))
+    settings = replace(settings, **changes)
     api_client = await kube.api_client()  # the stand-in's
     try:
         async with ArgoCDStandIn(api_client, argocd_ns) as argo:
-            h = Harness(github, kube, argo, settings, clock)
+            h = Harness(github, kube, argo, settings, clock, images=images, kubeconfig=kubeconfig)
             await h.start()
             try:
                 yield h
@@ -280,7 +317,8 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     """A fresh DEX repository in the fake and a running bot; everything stopped afterwards.
     Settings differ from the defaults only where a test asks (`harness_env`)."""
-    async with _harness(github, kube, argocd_ns, None, getattr(request, "param", {})) as h:
+    changes = _env_changes(getattr(request, "param", {}))
+    async with running_harness(github, kube, argocd_ns, **changes) as h:
         yield h
 
 
@@ -290,7 +328,7 @@ async def timed_harness(
 ) -> AsyncIterator[Harness]:
     """The harness on a FakeClock shared by the bot and the GitHub fake: `h.advance(7 * DAY)`
     crosses a week in no time."""
-    async with _harness(github, kube, argocd_ns, FakeClock(), {}) as h:
+    async with running_harness(github, kube, argocd_ns, clock=FakeClock()) as h:
         yield h
 
 

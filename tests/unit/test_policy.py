@@ -324,6 +324,25 @@ def test_argo_cd_messages_cannot_mention_link_or_break_the_table() -> None:
     assert escape(nasty) in text
 
 
+def test_a_succeeded_syncs_message_is_no_reason_for_bad_health() -> None:
+    synced = "successfully synced (all tasks run)"
+    status = AppStatus(
+        sync="Synced",
+        health="Degraded",
+        revision=COMMIT,
+        operation_phase="Succeeded",
+        message=synced,
+    )
+    plan = plan_sync(observed(app=deployed_app(status=status)), SETTINGS, NOW)
+    assert plan.state is State.FAILED
+    assert "Last error: Argo CD reports the preview degraded\n" in body(plan)
+    assert synced not in body(plan)
+    # The health's own message (no operation to speak of) is the reason, quoted.
+    said = replace(status, operation_phase=None, message="Back-off pulling image")
+    text = body(plan_sync(observed(app=deployed_app(status=said)), SETTINGS, NOW))
+    assert "Argo CD reports the preview degraded: Back-off pulling image" in text
+
+
 def test_ready_records_the_time_from_the_push() -> None:
     status = AppStatus(sync="Synced", health="Healthy", revision=COMMIT)
     later = NOW + timedelta(minutes=2, seconds=13)

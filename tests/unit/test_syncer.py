@@ -217,7 +217,10 @@ def _app_object(**status: str) -> dict[str, object]:
                 "preview-bot.io/installation": "5",
             },
         },
-        "status": {"health": {"status": status.get("health")}},
+        "status": {
+            "health": {"status": status.get("health")},
+            "sync": {"revision": status.get("revision")},
+        },
     }
 
 
@@ -233,6 +236,12 @@ async def test_watcher_queues_only_news() -> None:
     assert (work.key, work.installation_id, work.delivery) == (WORK.key, 5, "watch")
     await watcher.on_event("MODIFIED", app_from_object(_app_object(health="Progressing")))
     assert len(queue) == 0  # the bot's own annotation write echoing back
+    # The same health about another revision (the one a push pinned) is news.
+    await watcher.on_event(
+        "MODIFIED", app_from_object(_app_object(health="Progressing", revision="c2"))
+    )
+    assert len(queue) == 1
+    queue.done((await queue.get()).key)
     await watcher.on_event("DELETED", app_from_object(_app_object(health="Progressing")))
     assert len(queue) == 1
     unmanaged = _app_object(health="Healthy")
