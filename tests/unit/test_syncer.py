@@ -77,6 +77,7 @@ class World:
             "get_pull",
             "comments",
             "get_file_sha",
+            "branch_head",
             "list_files",
             "active_deployments",
             "permission",
@@ -301,6 +302,21 @@ async def test_a_create_whose_answer_was_lost_is_found_not_made_twice(
     (dep,) = world.repo.deployments.values()
     assert (await world.app()).record.deployment_id == dep.id
     print(f"\nretry after a lost {method}: {len(world.repo.calls)} GitHub calls")
+
+
+async def test_a_lost_overlay_answer_still_pins_the_commit_that_wrote_it(world: World) -> None:
+    world.repo.open_pull(42, SHA1)
+    await world.syncer.sync(WORK)
+    world.repo.change_pull(42, head_sha=SHA2)
+    world.repo.fail_after("put_file", TemporaryError("GitHub answered 502"))
+    with pytest.raises(TemporaryError):
+        await world.syncer.sync(WORK)
+    await world.syncer.sync(WORK)  # the retry finds the overlay written
+    wrote = world.repo.commits[-1]
+    assert len(world.repo.commits) == 2
+    assert (await world.app()).record.overlay_commit == wrote
+    source = world.cluster.objects["dex-pr-42"]["spec"]["source"]
+    assert source["targetRevision"] == wrote  # not the first overlay's commit
 
 
 async def test_a_repository_gets_the_namespace_component_once(world: World) -> None:
