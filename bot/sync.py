@@ -463,8 +463,11 @@ class Syncer:
                 old,
             )
             await run.repo.report_check(superseded)
-        if check_id is None and rec.intent == f"check_run:{action.sha}":
+        closing = action.state is State.DESTROYED  # a teardown closes a check run, never makes one
+        if check_id is None and (closing or rec.intent == f"check_run:{action.sha}"):
             check_id = await run.repo.find_check(action.sha, CHECK_NAME)
+            if check_id is None and closing:
+                return
         report = CheckReport(
             action.sha,
             status,
