@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -333,3 +334,21 @@ async def test_a_repository_gets_the_namespace_component_once(world: World) -> N
         "infra/argocd/previews/_namespace/namespace.yaml",
     ]
     assert bare.calls.count("put_file") == 4  # two shared files once, then one overlay each
+
+
+@pytest.mark.parametrize("reported", [True, False])
+async def test_a_teardown_that_lost_the_record_closes_the_check_run_never_makes_one(
+    world: World, reported: bool
+) -> None:
+    # A restart mid-teardown: the Application (and the record on it) is gone, the comment
+    # still says deploying; the head's check run exists only if it was reported.
+    checked = replace(SETTINGS, check_run=True)
+    world.repo.open_pull(42, SHA1)
+    await Syncer(checked, world.github, world.cluster, clock=lambda: NOW).sync(WORK)
+    if not reported:
+        world.repo.check_runs.clear()
+    world.cluster.objects.pop("dex-pr-42")
+    world.repo.change_pull(42, state="closed")
+    await Syncer(checked, world.github, world.cluster, clock=lambda: NOW).sync(WORK)
+    runs = list(world.repo.check_runs.values())
+    assert [(r.sha, r.status) for r in runs] == ([(SHA1, "completed")] if reported else [])
