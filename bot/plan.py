@@ -547,6 +547,10 @@ def _close_check(b: _Builder) -> None:
     sha = known_value(rec.check_run_sha)
     if b.settings.check_run and sha and known_value(rec.check_run_state) not in final:
         b.actions.append(ReportCheck(sha, State.DESTROYED, "Preview removed", "", None))
+    elif b.settings.check_run and sha != b.pr.head_sha:
+        # The record never heard of the head's check run (lost with the Application when a
+        # teardown was killed half-way): close it if it exists (execution looks it up).
+        b.actions.append(ReportCheck(b.pr.head_sha, State.DESTROYED, "Preview removed", "", None))
 
 
 def _forget(record: Record) -> Record:

@@ -468,8 +468,11 @@ class Syncer:
                 old,
             )
             await run.repo.report_check(superseded)
-        if check_id is None and rec.intent == f"check_run:{action.sha}":
+        closing = action.state is State.DESTROYED  # a teardown closes a check run, never makes one
+        if check_id is None and (closing or rec.intent == f"check_run:{action.sha}"):
             check_id = await run.repo.find_check(action.sha, CHECK_NAME)
+            if check_id is None and closing:
+                return
         report = CheckReport(
             action.sha,
             status,
@@ -508,9 +511,13 @@ class Syncer:
             except Conflict:
                 # The file moved under us (a hand edit, a lost record, a crash): read it and
                 # overwrite, unless it already holds exactly what we want.
-                current = await run.repo.get_file_sha(action.path, action.branch)
+                head = await run.repo.branch_head(action.branch)
+                current = await run.repo.get_file_sha(action.path, head or action.branch)
                 if current == action.blob_sha:
-                    run.produced = replace(run.produced, overlay_blob=current)
+                    # An earlier attempt wrote it and lost the answer: the branch's head holds
+                    # exactly this overlay, so the Application is pinned there, never to the
+                    # previous overlay's commit.
+                    run.produced = replace(run.produced, overlay_blob=current, overlay_commit=head)
                     return
                 if current is not None and sha is not None:
                     log.warning(

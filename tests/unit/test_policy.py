@@ -20,7 +20,9 @@ from bot.model import (
     Command,
     CommandSeen,
     LabelSeen,
+    ObservedComment,
     PutOverlay,
+    Record,
     RecordState,
     ReportCheck,
     RequestSync,
@@ -364,6 +366,21 @@ def test_the_check_run_follows_the_states_when_enabled() -> None:
     assert (
         final.state is State.READY and final.details_url == "https://dex-pr-42.preview.example.com"
     )
+
+
+def test_a_teardown_closes_the_heads_check_run_the_record_lost() -> None:
+    # Killed mid-teardown: the Application (and its record) is gone; the comment's hidden
+    # record knows only the previous head's check run, finished.
+    checked = replace(SETTINGS, check_run=True)
+    lost = Record(check_run_sha=SHA1, check_run_state=State.READY.value, comment_id=99)
+    seen = ObservedComment(99, State.DEPLOYING.value, "fp", lost)
+    closed = pr(head_sha=SHA2, state="closed")
+    plan = plan_sync(observed(closed, record=lost, comment=seen), checked, NOW)
+    (check,) = [a for a in plan.actions if isinstance(a, ReportCheck)]
+    assert (check.sha, check.state) == (SHA2, State.DESTROYED)
+    known = replace(lost, check_run_sha=SHA2, check_run_state=State.DESTROYED.value)
+    again = plan_sync(observed(closed, record=known, comment=seen), checked, NOW)
+    assert not [a for a in again.actions if isinstance(a, ReportCheck)]
 
 
 def test_a_permanent_failure_is_not_retried_until_the_pr_changes() -> None:
