@@ -3,6 +3,7 @@ Argo CD adapter to the test API server, and the Argo CD stand-in playing the con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -116,9 +117,12 @@ class Harness:
         return build_and_validate(dest / Path(self.overlay_path(number)).parent)
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIterator[Harness]:
-    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards."""
+@contextlib.asynccontextmanager
+async def running_harness(
+    github: FakeGitHub, kube: KubeRig, argocd_ns: str, **changes: Any
+) -> AsyncIterator[Harness]:
+    """A fresh DEX repository in the fake and a bot running on the rig with the harness's
+    settings plus `changes`; everything stopped on the way out."""
     github.create_repo(OWNER, NAME, files=skeleton_files())
     # PR authors of the rig are the repository's maintainers: their label counts.
     github.set_permission(OWNER, NAME, "octocat", "write")
@@ -134,6 +138,7 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
         teardown_grace_seconds=1.5,
         resync_seconds=3600,  # tests call resync_once() themselves
     )
+    settings = replace(settings, **changes)
     api_client = await kube.api_client()  # the stand-in's
     bot = Bot(settings)
     bot.resync_at_start = False  # tests call resync_once() when they mean it
@@ -154,6 +159,13 @@ async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIte
             finally:
                 await bot.stop()
     await api_client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def harness(github: FakeGitHub, kube: KubeRig, argocd_ns: str) -> AsyncIterator[Harness]:
+    """A fresh DEX repository in the fake and a running bot; everything stopped afterwards."""
+    async with running_harness(github, kube, argocd_ns) as h:
+        yield h
 
 
 def with_settings(h: Harness, **changes: Any) -> Settings:
