@@ -42,6 +42,7 @@ SETTINGS = Settings(
     github_app_id=1,
     github_private_key="k",
     github_webhook_secret="s",
+    repositories=(REPO,),  # required by serve; the watch queues only repositories in scope
     retry_seconds=0.01,
     teardown_grace_seconds=0.05,
 )
@@ -238,6 +239,25 @@ async def test_watcher_queues_only_news() -> None:
     unmanaged = _app_object(health="Healthy")
     unmanaged["metadata"]["labels"] = {}  # type: ignore[index]
     await watcher.on_event("MODIFIED", app_from_object(unmanaged))
+    assert len(queue) == 1
+
+
+async def test_watcher_leaves_applications_out_of_scope_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The label is anyone's to set: an Application naming a repository out of scope must never
+    # become work (a sync would patch it, or delete it when that repository's PR is closed).
+    queue = KeyedQueue(10)
+    watcher = Watcher(queue, ("someone-else/*",))
+    with caplog.at_level(logging.WARNING, logger="bot"):
+        for health in ("Progressing", "Healthy"):
+            await watcher.on_event("MODIFIED", app_from_object(_app_object(health=health)))
+        await watcher.on_event("DELETED", app_from_object(_app_object(health="Healthy")))
+    assert len(queue) == 0
+    assert len([r for r in caplog.records if "out of scope" in r.getMessage()]) == 1
+    await Watcher(queue, (REPO,)).on_event(
+        "MODIFIED", app_from_object(_app_object(health="Healthy"))
+    )
     assert len(queue) == 1
 
 
