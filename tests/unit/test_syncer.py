@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -220,6 +220,26 @@ def _app_object(**status: str) -> dict[str, object]:
         },
         "status": {"health": {"status": status.get("health")}},
     }
+
+
+async def test_a_name_taken_by_another_repository_is_said_once(world: World) -> None:
+    # Nothing of the PR's can be recorded on the other repository's Application: the comment's
+    # own hidden record must keep the next syncs (each resync) from rewriting it.
+    world.repo.open_pull(42, SHA1)
+    foreign = _app_object(health="Healthy")
+    foreign["metadata"]["annotations"]["preview-bot.io/repo"] = "someone/else"  # type: ignore[index]
+    world.cluster.objects["dex-pr-42"] = foreign
+    ticks = iter(range(100))
+    clock = lambda: NOW + timedelta(seconds=next(ticks))  # noqa: E731 (time moves: a new now)
+    world.syncer = Syncer(SETTINGS, world.github, world.cluster, clock=clock)
+    first = await world.syncer.sync(WORK)
+    assert first.executed == ["UpsertComment"]
+    said = world.comment()
+    assert "another repository" in said and "someone" not in said
+    for syncer in (world.syncer, Syncer(SETTINGS, world.github, world.cluster, clock=clock)):
+        assert (await syncer.sync(WORK)).executed == []  # the same process, and a restart
+    assert world.comment() == said
+    assert world.cluster.objects["dex-pr-42"] == foreign
 
 
 async def test_watcher_queues_only_news() -> None:
