@@ -25,6 +25,7 @@ from bot.model import AppStatus, ObservedApp, Work, WorkKey
 from bot.ports import ClusterPort, GitHubPort, ImagePort
 from bot.queue import KeyedQueue
 from bot.resync import Resyncer, ResyncReport
+from bot.scope import in_scope
 from bot.supervisor import Supervisor
 from bot.sync import Syncer
 from bot.webhooks import ResyncRequest, ShaHint
@@ -39,14 +40,31 @@ Verdict = tuple[tuple[str | None, str | None, str | None, str | None], bool]
 class Watcher:
     """Turns Application changes that matter (health, sync, phase, deletion) into work."""
 
-    def __init__(self, queue: KeyedQueue) -> None:
+    def __init__(self, queue: KeyedQueue, repositories: tuple[str, ...] | None = None) -> None:
         self.queue = queue
+        # The scope (None: every repository). The managed-by label is anyone's to set: an
+        # Application that names a repository out of scope is never queued, so never patched
+        # or deleted by a sync.
+        self.repositories = repositories
         # One entry per managed Application: bounded by the previews that exist.
         self._seen: dict[str, Verdict] = {}
+        self._foreign: set[str] = set()  # logged once each; cleared past FOREIGN_LOGGED
 
     async def on_event(self, kind: str, app: ObservedApp) -> None:
         work = app.work(delivery="watch")
         if work is None:
+            return
+        if self.repositories is not None and not in_scope(self.repositories, work.key.repo):
+            if app.name not in self._foreign:
+                if len(self._foreign) >= FOREIGN_LOGGED:
+                    self._foreign.clear()
+                self._foreign.add(app.name)
+                log.warning(
+                    "Application %s carries preview-bot's label for %s, which is out of scope: "
+                    "left alone",
+                    app.name,
+                    work.key.repo,
+                )
             return
         verdict = (app.status.verdict, app.terminating)
         before = self._seen.get(app.name)
@@ -80,6 +98,7 @@ class Elector(Protocol):
     async def release(self) -> None: ...
 
 
+FOREIGN_LOGGED = 1024  # names of out-of-scope Applications remembered (to log each once)
 WATCH_STALL_SECONDS = 600.0  # 2x the watch's server-side timeout: no event or bookmark by then
 PROBE_SECONDS = 30.0
 
@@ -163,7 +182,7 @@ class Bot:
         self.supervisor.spawn("resync", self._resync_loop)
         if self.watch:
             cluster = self._started(self.cluster)
-            watcher = Watcher(self.queue)
+            watcher = Watcher(self.queue, self.settings.repositories)
             self.supervisor.spawn(
                 "watch",
                 lambda: cluster.watch(watcher.on_event, lambda: self.supervisor.alive("watch")),

@@ -144,9 +144,11 @@ class Syncer:
         record = self._record_of(key, pr, app)
         branch = self.settings.deploy_branch or pr.default_branch
         comment = await self._find_comment(repo, pr, record)
-        if app is None and record.comment_id is UNKNOWN and comment and comment.record:
-            # No Application and nothing remembered (a restart): the comment's hidden record
-            # tells what the bot knew (a waiting or queued PR, a reported failure).
+        ours = app is not None and app.owned_by(pr.repo)
+        if not ours and record.comment_id is UNKNOWN and comment and comment.record:
+            # No Application of ours and nothing remembered (a restart, or a name taken by
+            # another repository's): the comment's hidden record tells what the bot knew (a
+            # waiting or queued PR, a reported failure, a collision already said).
             record = replace(
                 comment.record,
                 comment_id=comment.id,

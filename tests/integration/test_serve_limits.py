@@ -203,7 +203,21 @@ def test_slow_hostile_uploads_do_not_grow_memory_and_leave_no_metric_series(
     assert 500 not in statuses
     assert server.get("/healthz") == (200, "ok")
 
-    metrics = server.get("/metrics")[1]
+    # A signed-looking delivery whose client goes away halfway through its body, over a real
+    # socket (the security table tries the same in-process): no traceback, still serving.
+    body = b'{"zen": "gone"}' * 100
+    sock = _open_upload(server, "pull_request", "sha256=" + "0" * 64)
+    sock.sendall(f"{len(body):x}\r\n".encode() + body[: len(body) // 2])
+    sock.close()
+    assert server.get("/healthz") == (200, "ok")
+    gone = 'event="unverified",outcome="disconnected"'
+    deadline = time.monotonic() + 5  # the server learns of the close on its own schedule
+    while gone not in (metrics := server.get("/metrics")[1]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
     labels = set(re.findall(r'^preview_bot_deliveries_total\{event="([^"]*)"', metrics, re.M))
     assert labels <= {"unverified", "ping"}, labels
     assert not any(event in metrics for event in events)
+    assert gone in metrics, metrics
+    log = server.log.read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]

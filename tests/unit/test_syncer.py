@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -43,6 +43,7 @@ SETTINGS = Settings(
     github_app_id=1,
     github_private_key="k",
     github_webhook_secret="s",
+    repositories=(REPO,),  # required by serve; the watch queues only repositories in scope
     retry_seconds=0.01,
     teardown_grace_seconds=0.05,
 )
@@ -226,6 +227,26 @@ def _app_object(**status: str) -> dict[str, object]:
     }
 
 
+async def test_a_name_taken_by_another_repository_is_said_once(world: World) -> None:
+    # Nothing of the PR's can be recorded on the other repository's Application: the comment's
+    # own hidden record must keep the next syncs (each resync) from rewriting it.
+    world.repo.open_pull(42, SHA1)
+    foreign = _app_object(health="Healthy")
+    foreign["metadata"]["annotations"]["preview-bot.io/repo"] = "someone/else"  # type: ignore[index]
+    world.cluster.objects["dex-pr-42"] = foreign
+    ticks = iter(range(100))
+    clock = lambda: NOW + timedelta(seconds=next(ticks))  # noqa: E731 (time moves: a new now)
+    world.syncer = Syncer(SETTINGS, world.github, world.cluster, clock=clock)
+    first = await world.syncer.sync(WORK)
+    assert first.executed == ["UpsertComment"]
+    said = world.comment()
+    assert "another repository" in said and "someone" not in said
+    for syncer in (world.syncer, Syncer(SETTINGS, world.github, world.cluster, clock=clock)):
+        assert (await syncer.sync(WORK)).executed == []  # the same process, and a restart
+    assert world.comment() == said
+    assert world.cluster.objects["dex-pr-42"] == foreign
+
+
 async def test_watcher_queues_only_news() -> None:
     queue = KeyedQueue(10)
     watcher = Watcher(queue)
@@ -249,6 +270,25 @@ async def test_watcher_queues_only_news() -> None:
     unmanaged = _app_object(health="Healthy")
     unmanaged["metadata"]["labels"] = {}  # type: ignore[index]
     await watcher.on_event("MODIFIED", app_from_object(unmanaged))
+    assert len(queue) == 1
+
+
+async def test_watcher_leaves_applications_out_of_scope_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The label is anyone's to set: an Application naming a repository out of scope must never
+    # become work (a sync would patch it, or delete it when that repository's PR is closed).
+    queue = KeyedQueue(10)
+    watcher = Watcher(queue, ("someone-else/*",))
+    with caplog.at_level(logging.WARNING, logger="bot"):
+        for health in ("Progressing", "Healthy"):
+            await watcher.on_event("MODIFIED", app_from_object(_app_object(health=health)))
+        await watcher.on_event("DELETED", app_from_object(_app_object(health="Healthy")))
+    assert len(queue) == 0
+    assert len([r for r in caplog.records if "out of scope" in r.getMessage()]) == 1
+    await Watcher(queue, (REPO,)).on_event(
+        "MODIFIED", app_from_object(_app_object(health="Healthy"))
+    )
     assert len(queue) == 1
 
 
