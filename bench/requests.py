@@ -17,7 +17,6 @@ more).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 from collections import Counter
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from rig import LABEL, BotProcess, Rig, make_repository, rig  # noqa: E402
+from rig import LABEL, BotProcess, Rig, make_repository, rig, run  # noqa: E402
 
 OWNER, NAME = "data-literate", "DEX"
 
@@ -142,4 +141,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--prs", type=int, default=3, help="PRs after the repository's first")
     parser.add_argument("--routes", action="store_true", help="list each step's requests")
-    asyncio.run(main(parser.parse_args()))
+    run(main(parser.parse_args()))

@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,6 +251,19 @@ async def rig() -> AsyncIterator[Rig]:
     finally:
         await fake.stop()
         plane.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, with SIGTERM (and SIGINT, which a background job ignores) stopping the bot
+    process and the control plane cleanly."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    asyncio.run(main)
 
 
 def make_repository(fake: FakeGitHub, owner: str, name: str) -> None:
