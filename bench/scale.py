@@ -137,6 +137,8 @@ async def main(args: argparse.Namespace) -> None:
         routes = Counter(f"{q.method} {q.route} -> {q.status}" for q in fake.requests)
         for route, count in sorted(routes.items()):
             print(f"  {count:4d} x {route}")
+        if fake.unimplemented:  # a route the fake does not know (route None above)
+            print(f"  not implemented by the fake: {sorted(set(fake.unimplemented))}")
         rss_managed = bot.rss()
         print(
             f"memory: bot RSS {rss_managed:.0f} MiB with {total} managed previews "
