@@ -51,7 +51,10 @@ class Counted:
     """One step's requests."""
 
     def __init__(self, r: Rig) -> None:
-        requests = r.fake.requests
+        # Not the readiness probe's unauthenticated `GET /` of the API root (no route in the
+        # fake, which answers 404; it is not part of any step and costs no installation quota).
+        requests = [q for q in r.fake.requests if q.route is not None]
+        self.probes = len(r.fake.requests) - len(requests)
         self.tokens = sum(1 for q in requests if q.token_request)
         self.not_modified = sum(1 for q in requests if q.status == 304 and not q.token_request)
         self.total = len(requests) - self.tokens
@@ -131,10 +134,13 @@ async def main(args: argparse.Namespace) -> None:
                 + "; ".join(str(c) for c in counted)
             )
             if args.routes:
-                for route, count in sorted(counted[-1].routes.items()):
-                    print(f"{'':>33}{count} x {route}")
+                for c in counted:
+                    routes = ", ".join(f"{n} x {route}" for route, n in sorted(c.routes.items()))
+                    print(f"{'':>33}{routes}")
         tokens = sum(c.tokens for cs in steps.values() for c in cs)
-        print(f"token requests over the whole story: {tokens}")
+        probes = sum(c.probes for cs in steps.values() for c in cs)
+        print(f"readiness probes (GET /, not counted above) during the story: {probes}")
+        print(f"token requests over the whole story (the start-up resync took the token): {tokens}")
 
 
 if __name__ == "__main__":
