@@ -1,12 +1,20 @@
 """Intake speed: POST /webhook (verify, dedupe, classify, queue) against a bare 202 endpoint.
 
-Starts one uvicorn process per variant on 127.0.0.1, drives it with wrk (Debian's `wrk`;
-`apt-get install wrk`) using GitHub's official pull_request.labeled example, signed, and prints
-requests/s and latency percentiles, plus the ratio to the bare endpoint. Every request carries a
-fresh delivery id, so dedupe never short-cuts the work. The machine is shared and noisy: the run
-repeats each variant and reports medians.
+Starts one server process per variant on 127.0.0.1, drives it with wrk (Debian's `wrk`:
+`apt-get install -y wrk`) using GitHub's official pull_request.labeled example (27 KB), signed,
+and prints requests/s and latency percentiles, plus the ratio to the bare endpoint. Every request
+carries a fresh delivery id, so dedupe never short-cuts the work, and every one names the same
+PR. The machine is shared and noisy: the run alternates the variants, repeats them, and reports
+medians.
 
-    .venv/bin/python bench/intake.py [--seconds 5] [--rounds 3] [--connections 16]
+Variants: `bare` (Starlette answering 202 after reading the body) and, by default, `webhook`
+(the intake alone: no workers, no watch). With `--production`, `webhook` is replaced by the real
+`preview-bot serve` (`python -m bot serve`: workers, watch, resync, probe) with GitHub and the
+cluster unreachable (GITHUB_API_URL and a kubeconfig pointing at closed 127.0.0.1 ports) and a
+real RSA App key, logging JSON lines to a file as in a container. Its retries and connection
+attempts during the run are counted from that log.
+
+    .venv/bin/python bench/intake.py [--production] [--seconds 5] [--rounds 3] [--connections 16]
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from bot.webhooks import sign  # noqa: E402
 from tests.rig.artifacts import official_example  # noqa: E402
+from tests.rig.keys import app_key_pem  # noqa: E402
 
 SECRET = "bench-secret"
+REPOSITORY = "Codertocat/Hello-World"  # the official example's repository
 
 SERVER = textwrap.dedent(
     """
@@ -61,9 +71,16 @@ SERVER = textwrap.dedent(
     """
 )
 
-# wrk script: a new X-GitHub-Delivery per request, from a counter per thread.
+# wrk script: a new X-GitHub-Delivery per request. Each wrk thread has its own Lua state with
+# the same unseeded math.random, so ids are made unique by the thread's number from setup(),
+# not by random numbers (which repeated across threads: half the deliveries were duplicates).
 LUA = textwrap.dedent(
     """
+    local threads = 0
+    function setup(thread)
+      threads = threads + 1
+      thread:set("thread_id", threads)
+    end
     local counter = 0
     local body = io.open("{body}"):read("*a")
     request = function()
@@ -71,7 +88,7 @@ LUA = textwrap.dedent(
       local headers = {{}}
       headers["Content-Type"] = "application/json"
       headers["X-GitHub-Event"] = "pull_request"
-      headers["X-GitHub-Delivery"] = tostring(math.random(1, 1e9)) .. "-" .. counter
+      headers["X-GitHub-Delivery"] = "bench-" .. thread_id .. "-" .. counter
       headers["X-Hub-Signature-256"] = "{signature}"
       return wrk.format("POST", "/webhook", headers, body)
     end
@@ -85,14 +102,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 15.0) -> None:
+def wait_port(port: int, server: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.poll() is None:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start")
+    raise RuntimeError(f"server on port {port} did not start (exit code {server.poll()})")
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -118,22 +135,97 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run(variant: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, variant, str(port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process used so far (less noisy than throughput on a shared
+    machine: other processes slow it down but do not add to it)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on: connections to it are refused at once."""
+    return free_port()
+
+
+def unreachable_kubeconfig(path: Path) -> Path:
+    """A kubeconfig whose API server is a closed local port (the cluster is down)."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "down",
+                        "cluster": {
+                            "server": f"https://127.0.0.1:{closed_port()}",
+                            "insecure-skip-tls-verify": True,
+                        },
+                    }
+                ],
+                "users": [{"name": "bot", "user": {"token": "unused"}}],
+                "contexts": [{"name": "down", "context": {"cluster": "down", "user": "bot"}}],
+                "current-context": "down",
+            }
+        )
     )
+    return path
+
+
+def command_for(variant: str, port: int, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The server process of `variant` and its environment."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if variant != "production":
+        return [sys.executable, "-c", SERVER, variant, str(port)], env
+    key_file = tmp / "app-key.pem"
+    key_file.write_text(app_key_pem())
+    env.update(
+        {
+            "GITHUB_APP_ID": "1",
+            "GITHUB_PRIVATE_KEY_FILE": str(key_file),
+            "GITHUB_WEBHOOK_SECRET": SECRET,
+            "GITHUB_API_URL": f"http://127.0.0.1:{closed_port()}",
+            "KUBECONFIG": str(unreachable_kubeconfig(tmp / "kubeconfig")),
+            "PREVIEW_BOT_REPOSITORIES": REPOSITORY,
+        }
+    )
+    command = [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return command, env
+
+
+def log_counts(log: Path) -> dict[str, float]:
+    """What the production bot did besides answering: sync retries and their messages."""
+    retries = 0
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            msg = json.loads(line).get("msg", "")
+        except ValueError:
+            continue
+        if msg.startswith("retry "):
+            retries += 1
+    return {"retries": float(retries)}
+
+
+def run(variant: str, script: Path, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    port = free_port()
+    command, env = command_for(variant, port, tmp)
+    log = tmp / f"{variant}.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
     try:
-        wait_port(port)
+        try:
+            wait_port(port, server)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; its output:\n{log.read_text()[-3000:]}") from None
+        time.sleep(args.warmup)  # the production bot's first resync and probe fail meanwhile
         rss_before = rss_mib(server.pid)
-        out = subprocess.run(
+        cpu_before = cpu_seconds(server.pid)
+        done = subprocess.run(
             [
                 "wrk",
                 "-t2",
-                f"-c{connections}",
-                f"-d{seconds}s",
+                f"-c{args.connections}",
+                f"-d{args.seconds}s",
                 "--latency",
                 "-s",
                 str(script),
@@ -142,16 +234,22 @@ def run(variant: str, script: Path, seconds: int, connections: int) -> dict[str,
             capture_output=True,
             text=True,
             check=True,
-        ).stdout
-        result = parse_wrk(out)
-        requests = re.search(r"(\d+) requests in", out)
+        )
+        if server.poll() is not None:
+            raise RuntimeError(f"{variant} server exited:\n{log.read_text()[-3000:]}")
+        result = parse_wrk(done.stdout)
+        requests = re.search(r"(\d+) requests in", done.stdout)
         result["requests"] = float(requests.group(1)) if requests else 0.0
         result["rss_start_mib"] = rss_before
         result["rss_end_mib"] = rss_mib(server.pid)
-        return result
+        cpu = cpu_seconds(server.pid) - cpu_before
+        result["cpu_us"] = cpu / result["requests"] * 1e6 if result["requests"] else 0.0
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        server.wait(timeout=30)
+    if variant == "production":
+        result.update(log_counts(log))
+    return result
 
 
 def main() -> None:
@@ -159,42 +257,73 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="the real `preview-bot serve` (workers, watch; GitHub and cluster unreachable)",
+    )
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds between start and load")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        sys.exit("wrk not found: apt-get install wrk")
+        sys.exit("wrk not found: apt-get install -y wrk (Debian/Ubuntu), brew install wrk (macOS)")
 
     payload = official_example("pull_request", "labeled")
     payload["label"]["name"] = "preview"
     body = json.dumps(payload).encode()
-    with tempfile.TemporaryDirectory() as tmp:
-        body_file = Path(tmp) / "body.json"
+    other = "production" if args.production else "webhook"
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        body_file = tmp / "body.json"
         body_file.write_bytes(body)
-        script = Path(tmp) / "post.lua"
+        script = tmp / "post.lua"
         script.write_text(LUA.format(body=body_file, signature=sign(SECRET, body)))
-        results: dict[str, list[dict[str, float]]] = {"bare": [], "webhook": []}
+        results: dict[str, list[dict[str, float]]] = {"bare": [], other: []}
         for _ in range(args.rounds):
             for variant in results:
-                results[variant].append(run(variant, script, args.seconds, args.connections))
+                results[variant].append(run(variant, script, args, tmp))
+    report(results, other, body, args)
 
+
+def report(
+    results: dict[str, list[dict[str, float]]],
+    other: str,
+    body: bytes,
+    args: argparse.Namespace,
+) -> None:
     print(
-        f"body: official pull_request.labeled example, {len(body)} bytes; "
-        f"{args.connections} connections, {args.rounds} rounds of {args.seconds}s, medians"
+        f"body: official pull_request.labeled example, {len(body)} bytes, one PR, a new delivery "
+        f"id each; {args.connections} connections, {args.rounds} rounds of {args.seconds}s, "
+        f"medians; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     medians = {}
     for variant, runs in results.items():
         med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
         medians[variant] = med
         print(
-            f"{variant:>8}: {med['rps']:8.0f} req/s  p50 {med.get('p50_ms', 0):6.2f} ms  "
-            f"p99 {med.get('p99_ms', 0):6.2f} ms  non-2xx {med['errors']:.0f}"
+            f"{variant:>10}: {med['rps']:8.0f} req/s  p50 {med.get('p50_ms', 0):6.2f} ms  "
+            f"p99 {med.get('p99_ms', 0):6.2f} ms  non-2xx {med['errors']:.0f}  "
+            f"CPU {med['cpu_us']:5.0f} us/request"
         )
-    ratio = medians["webhook"]["rps"] / medians["bare"]["rps"]
-    print(f"webhook / bare throughput: {ratio:.2f}x")
-    hook = medians["webhook"]
+    ratios = [o["rps"] / b["rps"] for o, b in zip(results[other], results["bare"], strict=True)]
+    ratio = medians[other]["rps"] / medians["bare"]["rps"]
+    print(
+        f"{other} / bare throughput: {ratio:.2f}x "
+        f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+    # On a shared machine throughput depends on how much CPU the scheduler gives each process;
+    # CPU time per request does not, so its ratio is the steadier figure of the two.
+    cpu_ratio = medians["bare"]["cpu_us"] / medians[other]["cpu_us"]
+    print(f"{other} / bare CPU efficiency (bare CPU per request / {other}'s): {cpu_ratio:.2f}x")
+    hook = medians[other]
+    if other == "production":
+        print(
+            f"production sync retries logged during a run: {hook['retries']:.0f} "
+            f"(deliveries for the PR coalesce into the pending retry)"
+        )
     grown = hook["rss_end_mib"] - hook["rss_start_mib"]
     per = grown * 1024 * 1024 / hook["requests"] if hook["requests"] else 0.0
     print(
-        f"webhook server memory: {hook['rss_start_mib']:.0f} MiB at start, "
+        f"{other} server memory: {hook['rss_start_mib']:.0f} MiB at start, "
         f"{hook['rss_end_mib']:.0f} MiB after {hook['requests']:.0f} deliveries "
         f"(~{per:.0f} bytes per remembered delivery id; the dedupe cache holds at most "
         f"delivery_cache_size = 100,000 ids)"
