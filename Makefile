@@ -33,12 +33,12 @@ run: setup
 	$(VENV)/bin/preview-bot serve --local .preview-bot-local
 
 # Figures, not tests: the machine's load shows in them (medians over rounds). intake.py needs
-# wrk (apt-get install -y wrk); scale.py and requests.py start the rig (envtest, the GitHub fake).
+# wrk (apt-get install -y wrk); scale.py and request_counts.py start the rig (envtest, the GitHub fake).
 bench: setup
 	$(PY) -m tests.rig.artifacts
 	$(PY) bench/intake.py
 	$(PY) bench/intake.py --production
-	$(PY) bench/requests.py
+	$(PY) bench/request_counts.py
 	$(PY) bench/scale.py
 	$(PY) bench/github.py
 	$(PY) bench/decode.py

@@ -11,7 +11,7 @@ they are shown apart), and 304 answers (conditional reads that cost no rate limi
 Floors from issue 10: redeploy <= 6, teardown <= 5, a deploy <= 6 (a repository's first, one
 more).
 
-    .venv/bin/python bench/requests.py [--prs 3]
+    .venv/bin/python bench/request_counts.py [--prs 3]
 """
 
 from __future__ import annotations
