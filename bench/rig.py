@@ -1,4 +1,4 @@
-"""The rig for the end-to-end benchmarks (scale.py, request_counts.py): the real `preview-bot serve`.
+"""The rig for the end-to-end benchmarks (scale.py, request_counts.py): a real `preview-bot serve`.
 
 One real kube-apiserver + etcd (tests.rig.kube, Argo CD's CRDs installed), the GitHub fake over
 HTTP (tests.rig.github; its OpenAPI contract checks are off: they cost 2-20 ms per request and
