@@ -190,6 +190,28 @@ async def test_a_stalled_task_is_restarted(monkeypatch: pytest.MonkeyPatch) -> N
         await sup.stop()
 
 
+async def test_stopping_everything_while_a_stopping_task_stops_others() -> None:
+    """Killing a leader cancels every task at once; the election task's cancellation stops
+    the workers too (on_stopped_leading). Both stops finish, each task awaited once."""
+    sup = Supervisor()
+    stopped_inside = asyncio.Event()
+
+    async def election() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await sup.stop(["worker-0", "worker-1"])
+            stopped_inside.set()
+
+    for name in ("worker-0", "worker-1"):
+        sup.spawn(name, asyncio.Event().wait)
+    sup.spawn("leader-election", election)
+    await asyncio.sleep(0.01)
+    await sup.stop()
+    assert stopped_inside.is_set()
+    assert {state.state for state in sup.tasks.values()} == {"stopped"}
+
+
 async def test_followers_do_not_act_and_leaders_do() -> None:
     class Elector:
         def __init__(self) -> None:

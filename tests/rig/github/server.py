@@ -1568,6 +1568,8 @@ class FakeGitHub:
         cut = call is not None and call.injected in ("cut_next", "cut_after_apply")
         if cut:
             status = 0  # the client gets no answer at all
+        now = self.clock()
+        pause = None if cut else _announced_pause(status, out_headers, now)
         self.requests.append(
             Recorded(
                 method=method,
@@ -1580,9 +1582,10 @@ class FakeGitHub:
                 token_request=bool(route and route.token_request),
                 injected=call.injected if call is not None else None,
                 duration=time.perf_counter() - started,
-                at=(now := self.clock()),
+                at=now,
                 arrived=arrived,
-                pause_until=None if cut else _announced_pause(status, out_headers, now),
+                pause_until=pause[0] if pause else None,
+                pause_scope=pause[1] if pause else None,
             )
         )
         if cut:
@@ -1867,13 +1870,15 @@ class FakeGitHub:
             )
 
 
-def _announced_pause(status: int, headers: Mapping[str, str], now: float) -> float | None:
-    """The end of the rate-limit window an answer announces, if it announces one."""
+def _announced_pause(
+    status: int, headers: Mapping[str, str], now: float
+) -> tuple[float, str] | None:
+    """The rate-limit window an answer announces: (until, Recorded.pause_scope), or None."""
     lowered = {k.lower(): v for k, v in headers.items()}
     if status in (403, 429) and "retry-after" in lowered:
-        return now + float(lowered["retry-after"])
+        return now + float(lowered["retry-after"]), "app"
     if lowered.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in lowered:
-        return float(lowered["x-ratelimit-reset"])
+        return float(lowered["x-ratelimit-reset"]), "installation"
     return None
 
 

@@ -277,9 +277,11 @@ class Recorded:
     duration: float
     at: float  # when it was answered, by the fake's clock
     arrived: float = 0.0  # when it came in, by the fake's clock
-    # When the answer announced a rate-limit window (remaining 0: its x-ratelimit-reset; a
-    # 403/429 with retry-after: `at` + retry-after): GitHub wants no request before this.
+    # When the answer announced a rate-limit window, GitHub wants no request before this:
+    # remaining 0 holds the installation until x-ratelimit-reset ("installation"); a 403/429
+    # with retry-after (a secondary limit) holds the whole App for retry-after ("app").
     pause_until: float | None = None
+    pause_scope: str | None = None
 
 
 @dataclass
