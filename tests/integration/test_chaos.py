@@ -274,6 +274,7 @@ async def test_chaos_converges(
     faults: Counter[str] = Counter()
     figures: dict[str, float] = {}
     try:
+        began = time.monotonic()
         await fleet.start()
         await fleet.start()
         for n in range(1, PRS + 1):
@@ -284,14 +285,19 @@ async def test_chaos_converges(
             await postman.send(
                 "pull_request", fake.event_payload("pull_request", "opened", OWNER, NAME, n)
             )
+        figures["2 replicas up, PRs opened (s)"] = round(time.monotonic() - began, 1)
         fake.fail_randomly(GITHUB_5XX, seed, after_apply=0.3)
+        began = time.monotonic()
         await storm(world, fleet, kube, faults, figures)
+        figures["storm (s)"] = round(time.monotonic() - began, 1)
         await postman.flush()
         fake.stop_failing_randomly()
         cleared = time.monotonic()
         expected = world.expected()
         converged_after = await wait_converged(world, admin_api, argocd_ns, cleared)
+        began = time.monotonic()
         results = await invariants(world, admin_api, argocd_ns, tmp_path)
+        figures["final checks (s)"] = round(time.monotonic() - began, 1)
         requests = list(fake.requests)
     finally:
         await fleet.stop()

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from bot.errors import Conflict
 from bot.model import Work, WorkKey
 from bot.resync import RepoView, overlays_by_pr, plan_resync
 from bot.service import Bot
@@ -109,6 +110,20 @@ async def test_orphans_are_removed_in_one_commit() -> None:
     finally:
         await bot.stop()
     assert report.orphans_removed == 2 and len(repo.commits) == 1
+    assert OVERLAY.format(3) not in repo.branches["main"]
+
+
+async def test_orphan_removal_tries_again_when_a_commit_moved_the_branch() -> None:
+    repo = MemoryRepo(files={**BASE, OVERLAY.format(3): "a"})
+    repo.fail_next("delete_files", Conflict("not a fast forward"), Conflict("again"))
+    bot = Bot(replace(SETTINGS, repositories=(REPO,)))
+    bot.resync_at_start = False
+    bot.start(MemoryGitHub(repo), MemoryCluster())
+    try:
+        report = await bot.resync_once()
+    finally:
+        await bot.stop()
+    assert report.orphans_removed == 1 and repo.calls.count("delete_files") == 3
     assert OVERLAY.format(3) not in repo.branches["main"]
 
 
