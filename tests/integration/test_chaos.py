@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import httpx2 as httpx
 import pytest
+import yaml
 
 from bot.app import create_app
 from bot.config import Settings
@@ -41,15 +42,20 @@ from tests.rig.github.server import FakeGitHub
 from tests.rig.github.state import Recorded
 from tests.rig.harness import NAME, OWNER, SECRET, skeleton_files
 from tests.rig.kube import KubeRig
-from tests.rig.kustomize import build_and_validate
+from tests.rig.kustomize import build, validate
 
 pytestmark = pytest.mark.rig
 
 SEEDS = (1, 2, 3)
 PRS = 30
 FORKS = 3  # of the PRs, from forks: labeled or not, never a preview (fork_policy deny)
-STEPS = 70  # random PR actions per seed (see storm)
-RESYNC_SECONDS = 5
+# Random PR actions between the big faults: before the primary window, before the API server
+# stops, while it is down (two batches), after the leader is killed, after the secondary window.
+BATCHES = (10, 10, 5, 20, 10, 15)
+RESYNC_SECONDS = 6
+# Production resyncs every 300 s, the test every RESYNC_SECONDS: other policy periods of the
+# bot are compressed by the same factor (see Fleet.start).
+TIME_SCALE = 300 / RESYNC_SECONDS
 LEASE_SECONDS = 2.0
 DROP, LATE, DUPLICATE = 0.20, 0.15, 0.10  # shares of webhook deliveries
 GITHUB_5XX = 0.10
@@ -95,11 +101,11 @@ class Fleet:
         api = self.kube.kubeapi()
         elector = Elector(api, self.lease, name, LEASE_SECONDS)
         github = GitHub(session, self.settings, bot.metrics)
-        # The test runs time 60x faster than production (resync every 5 s, not 300 s): the
-        # slow-down after a secondary limit (writes 1 s apart for 300 s) is compressed alike,
-        # else it alone would outlast the convergence bound.
+        # The slow-down after a secondary limit (writes 1 s apart for 300 s) is compressed like
+        # the resync period, else it alone would outlast the convergence bound.
         throttle = github.transport.throttle
-        throttle.policy = replace(throttle.policy, slow_seconds=throttle.policy.slow_seconds / 60)
+        slow = throttle.policy.slow_seconds / TIME_SCALE
+        throttle.policy = replace(throttle.policy, slow_seconds=slow)
         bot.start(github, ArgoCD(api, self.settings.argocd_namespace), elector=elector)
         transport = httpx.ASGITransport(app=create_app(bot.intake))
         http = httpx.AsyncClient(transport=transport, base_url=f"http://{name}")
@@ -292,6 +298,9 @@ async def test_chaos_converges(
         figures["storm (s)"] = round(time.monotonic() - began, 1)
         await postman.flush()
         fake.stop_failing_randomly()
+        # The faults have cleared once the last rate-limit window announced has closed too.
+        windows = [r.pause_until for r in fake.requests if r.pause_until is not None]
+        await asyncio.sleep(max([0.0, *windows]) - fake.clock())
         cleared = time.monotonic()
         expected = world.expected()
         converged_after = await wait_converged(world, admin_api, argocd_ns, cleared)
@@ -310,7 +319,7 @@ async def test_chaos_converges(
     faults.update({k: v for k, v in postman.stats.items() if "dropped" in k or "late" in k})
     faults.update({k: v for k, v in postman.stats.items() if "duplicated" in k})
     statuses = Counter(f"{r.status // 100}xx" if r.status else "cut" for r in requests)
-    print(f"\n[chaos seed {seed}] {PRS} PRs ({len(forks)} from forks), {STEPS} actions")
+    print(f"\n[chaos seed {seed}] {PRS} PRs ({len(forks)} from forks), {sum(BATCHES)} actions")
     print(
         f"  time to converge after the faults cleared: {converged_after:.1f} s "
         f"(bound: 2 resync periods = {2 * RESYNC_SECONDS} s)"
@@ -340,17 +349,17 @@ async def storm(
             await world.act(rng.randint(1, PRS))
             await asyncio.sleep(rng.uniform(0.02, 0.15))
 
-    await actions(10)
+    await actions(BATCHES[0])
     # The installation's budget is spent until a reset a few seconds away.
     fake.set_rate_limit(fake.installation_for(OWNER, NAME).id, 0, reset_in=PRIMARY_RESET_IN)
     faults["primary rate-limit window"] += 1
-    await actions(10)
+    await actions(BATCHES[1])
     await asyncio.to_thread(kube.stop_apiserver)
     down_at = time.monotonic()
     faults["API server killed"] += 1
-    await actions(5)
+    await actions(BATCHES[2])
     restart = asyncio.create_task(asyncio.to_thread(kube.restart_apiserver))
-    await actions(20)
+    await actions(BATCHES[3])
     await restart
     back_at = time.monotonic()
     figures["API server down (s)"] = round(back_at - down_at, 1)
@@ -361,10 +370,10 @@ async def storm(
     faults["leader killed" if leader is not None else "replica killed (no leader)"] += 1
     await fleet.kill(leader or fleet.live[0])
     await fleet.start()  # its pod comes back as a fresh process
-    await actions(10)
+    await actions(BATCHES[4])
     fake.fail_secondary_rate_limit(None, r"^/repos/", retry_after=SECONDARY_RETRY_AFTER)
     faults["secondary rate-limit window"] += 1
-    await actions(15)
+    await actions(BATCHES[5])
 
 
 async def observe(world: World, api: KubeApi, namespace: str) -> dict[str, tuple[bool, str]]:
@@ -432,12 +441,15 @@ async def invariants(
     expected = sorted(world.expected())
     checkout = fake.checkout(OWNER, NAME, "main", tmp_path / "main")
     wrong: list[str] = []
-    for n in expected:
-        overlay = checkout / f"infra/argocd/previews/pr-{n}"
-        if not overlay.is_dir():
-            wrong.append(f"pr-{n}: no overlay")
-            continue
-        objs = build_and_validate(overlay)
+    overlays = {n: checkout / f"infra/argocd/previews/pr-{n}" for n in expected}
+    wrong += [f"pr-{n}: no overlay" for n, path in overlays.items() if not path.is_dir()]
+    built = [n for n, path in overlays.items() if path.is_dir()]
+    texts = await asyncio.gather(*(asyncio.to_thread(build, overlays[n]) for n in built))
+    if texts:
+        # One validation of every build: kubernetes-validate starts slowly.
+        await asyncio.to_thread(validate, "---\n".join(texts))
+    for n, text in zip(built, texts, strict=True):
+        objs = [doc for doc in yaml.safe_load_all(text) if doc]
         images = [
             c["image"]
             for o in objs
