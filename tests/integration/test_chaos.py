@@ -64,6 +64,7 @@ PRIMARY_RESET_IN, SECONDARY_RETRY_AFTER = 3, 2  # the rate-limit windows, second
 # could not have known. Requests that arrive this long after the answer was sent could.
 IN_FLIGHT = 0.5
 LABEL = "preview"
+_WEBHOOK_FAULTS = ("dropped", "late", "duplicated")
 TAG = "ghcr.io/data-literate/dex:sha-"
 
 
@@ -221,13 +222,13 @@ class World:
         if draw < 0.75:
             if labeled:
                 fake.remove_label(OWNER, NAME, number, LABEL)
-                return await self._announce("unlabeled", number, label={"name": LABEL})
+                return await self._announce("unlabeled", number)
             fake.add_label(OWNER, NAME, number, LABEL)
-            return await self._announce("labeled", number, label={"name": LABEL})
+            return await self._announce("labeled", number)
         fake.close(OWNER, NAME, number)
         return await self._announce("closed", number)
 
-    async def _announce(self, action: str, number: int, **extra: Any) -> str:
+    async def _announce(self, action: str, number: int) -> str:
         payload = self.fake.event_payload("pull_request", action, OWNER, NAME, number)
         await self.postman.send("pull_request", payload)
         return action
@@ -278,7 +279,7 @@ async def test_chaos_converges(
     forks = frozenset(rng.sample(range(1, PRS + 1), FORKS))
     world = World(fake, rng, postman, forks)
     faults: Counter[str] = Counter()
-    figures: dict[str, float] = {}
+    figures: dict[str, Any] = {}
     try:
         began = time.monotonic()
         await fleet.start()
@@ -303,7 +304,7 @@ async def test_chaos_converges(
         await asyncio.sleep(max([0.0, *windows]) - fake.clock())
         cleared = time.monotonic()
         expected = world.expected()
-        converged_after = await wait_converged(world, admin_api, argocd_ns, cleared)
+        converged_after = await wait_converged(world, admin_api, argocd_ns, cleared, figures)
         began = time.monotonic()
         results = await invariants(world, admin_api, argocd_ns, tmp_path)
         figures["final checks (s)"] = round(time.monotonic() - began, 1)
@@ -315,9 +316,12 @@ async def test_chaos_converges(
         with contextlib.suppress(Exception):
             await admin_api.delete(LEASES.path(lease.namespace, lease.name))
 
-    faults.update(r.injected for r in requests if r.injected)
-    faults.update({k: v for k, v in postman.stats.items() if "dropped" in k or "late" in k})
-    faults.update({k: v for k, v in postman.stats.items() if "duplicated" in k})
+    injected = Counter(r.injected for r in requests if r.injected)
+    faults["GitHub 5xx, not applied"] = injected["fail_randomly"]
+    faults["GitHub 5xx after applying"] = injected["fail_randomly_after_apply"]
+    faults["secondary-limit 403s"] = injected["fail_next"]
+    faults["primary-limit 403s"] = sum(r.pause_scope == "installation" for r in requests)
+    faults.update({k: v for k, v in postman.stats.items() if k.split()[-1] in _WEBHOOK_FAULTS})
     statuses = Counter(f"{r.status // 100}xx" if r.status else "cut" for r in requests)
     print(f"\n[chaos seed {seed}] {PRS} PRs ({len(forks)} from forks), {sum(BATCHES)} actions")
     print(
@@ -339,7 +343,7 @@ async def test_chaos_converges(
 
 
 async def storm(
-    world: World, fleet: Fleet, kube: KubeRig, faults: Counter[str], figures: dict[str, float]
+    world: World, fleet: Fleet, kube: KubeRig, faults: Counter[str], figures: dict[str, Any]
 ) -> None:
     """Random PR actions throughout, and the big faults one after another between them."""
     rng, fake = world.rng, world.fake
@@ -420,14 +424,17 @@ async def observe(world: World, api: KubeApi, namespace: str) -> dict[str, tuple
 
 
 async def wait_converged(
-    world: World, api: KubeApi, namespace: str, cleared: float
+    world: World, api: KubeApi, namespace: str, cleared: float, figures: dict[str, Any]
 ) -> float | None:
     """Seconds from the faults clearing until the stores agree, or None past the bound."""
     deadline = cleared + 2 * RESYNC_SECONDS
     while True:
         with contextlib.suppress(Exception):  # the API server may still be coming back
-            if all(ok for ok, _ in (await observe(world, api, namespace)).values()):
+            found = await observe(world, api, namespace)
+            if all(ok for ok, _ in found.values()):
                 return time.monotonic() - cleared
+            late = {name: detail for name, (ok, detail) in found.items() if not ok}
+            figures["last to converge"] = f"+{time.monotonic() - cleared:.1f}s {late}"
         if time.monotonic() > deadline:
             return None
         await asyncio.sleep(0.25)
