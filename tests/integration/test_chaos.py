@@ -56,7 +56,7 @@ RESYNC_SECONDS = 6
 # Production resyncs every 300 s, the test every RESYNC_SECONDS: other policy periods of the
 # bot are compressed by the same factor (see Fleet.start).
 TIME_SCALE = 300 / RESYNC_SECONDS
-LEASE_SECONDS = 2.0
+LEASE_SECONDS = 5.0  # short for a quick handover, long enough for a loaded machine to renew
 DROP, LATE, DUPLICATE = 0.20, 0.15, 0.10  # shares of webhook deliveries
 GITHUB_5XX = 0.10
 PRIMARY_RESET_IN, SECONDARY_RETRY_AFTER = 3, 2  # the rate-limit windows, seconds
