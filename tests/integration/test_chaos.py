@@ -49,9 +49,9 @@ pytestmark = pytest.mark.rig
 SEEDS = (1, 2, 3)
 PRS = 30
 FORKS = 3  # of the PRs, from forks: labeled or not, never a preview (fork_policy deny)
-# Random PR actions between the big faults: before the primary window, before the API server
-# stops, while it is down (two batches), after the leader is killed, after the secondary window.
-BATCHES = (10, 10, 5, 20, 10, 15)
+# Random PR actions between the big faults: before the primary window, before the secondary
+# one, before the API server stops, while it is down (two batches), after the leader is killed.
+BATCHES = (10, 10, 10, 5, 20, 15)
 RESYNC_SECONDS = 6
 # Production resyncs every 300 s, the test every RESYNC_SECONDS: other policy periods of the
 # bot are compressed by the same factor (see Fleet.start).
@@ -358,12 +358,15 @@ async def storm(
     fake.set_rate_limit(fake.installation_for(OWNER, NAME).id, 0, reset_in=PRIMARY_RESET_IN)
     faults["primary rate-limit window"] += 1
     await actions(BATCHES[1])
+    fake.fail_secondary_rate_limit(None, r"^/repos/", retry_after=SECONDARY_RETRY_AFTER)
+    faults["secondary rate-limit window"] += 1
+    await actions(BATCHES[2])
     await asyncio.to_thread(kube.stop_apiserver)
     down_at = time.monotonic()
     faults["API server killed"] += 1
-    await actions(BATCHES[2])
-    restart = asyncio.create_task(asyncio.to_thread(kube.restart_apiserver))
     await actions(BATCHES[3])
+    restart = asyncio.create_task(asyncio.to_thread(kube.restart_apiserver))
+    await actions(BATCHES[4])
     await restart
     back_at = time.monotonic()
     figures["API server down (s)"] = round(back_at - down_at, 1)
@@ -374,9 +377,6 @@ async def storm(
     faults["leader killed" if leader is not None else "replica killed (no leader)"] += 1
     await fleet.kill(leader or fleet.live[0])
     await fleet.start()  # its pod comes back as a fresh process
-    await actions(BATCHES[4])
-    fake.fail_secondary_rate_limit(None, r"^/repos/", retry_after=SECONDARY_RETRY_AFTER)
-    faults["secondary rate-limit window"] += 1
     await actions(BATCHES[5])
 
 
@@ -428,16 +428,15 @@ async def wait_converged(
 ) -> float | None:
     """Seconds from the faults clearing until the stores agree, or None past the bound."""
     deadline = cleared + 2 * RESYNC_SECONDS
-    while True:
+    while (looked := time.monotonic()) <= deadline:
         with contextlib.suppress(Exception):  # the API server may still be coming back
             found = await observe(world, api, namespace)
             if all(ok for ok, _ in found.values()):
-                return time.monotonic() - cleared
+                return looked - cleared
             late = {name: detail for name, (ok, detail) in found.items() if not ok}
-            figures["last to converge"] = f"+{time.monotonic() - cleared:.1f}s {late}"
-        if time.monotonic() > deadline:
-            return None
+            figures["last to converge"] = f"+{looked - cleared:.1f}s {late}"
         await asyncio.sleep(0.25)
+    return None
 
 
 async def invariants(
