@@ -673,6 +673,15 @@ class RepoClient:
             _pulls_page,
         )
 
+    async def branch_head(self, branch: str) -> str | None:
+        try:
+            ref = await self._call("GET", "/repos/{+repo}/git/ref/{+ref}", ref=f"heads/{branch}")
+        except PermanentError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return str(ref["object"]["sha"])
+
     async def delete_files(self, paths: list[str], branch: str, message: str) -> str | None:
         """Delete `paths` in one commit (git data API); Conflict when the branch moved."""
         ref = await self._call("GET", "/repos/{+repo}/git/ref/{+ref}", ref=f"heads/{branch}")

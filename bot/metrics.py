@@ -45,6 +45,12 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        self.time_to_ready = Histogram(
+            "preview_bot_time_to_ready_seconds",
+            "Time from the push (or label) of a head to Argo CD reporting its preview ready.",
+            buckets=(15, 30, 60, 120, 180, 300, 600, 900, 1800, 3600),
+            registry=self.registry,
+        )
         self.resync_deferred = Counter(
             "preview_bot_resync_deferred",
             "Installations whose resync waited because their rate-limit budget ran low.",

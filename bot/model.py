@@ -138,10 +138,12 @@ _DECODERS: dict[str, Any] = {
     "deployment_id": _int_or_unknown,
     "check_run_id": _int_or_unknown,
     "activity_at": _int_or_unknown,
+    "expired_at": _int_or_unknown,
     "seen_at": _int_or_unknown,
     "deployed_at": _int_or_unknown,
     "ready_seconds": _int_or_unknown,
     "keep": _bool_or_unknown,
+    "kept_by_label": _bool_or_unknown,
 }
 
 
@@ -169,6 +171,10 @@ class Record:
     approved_sha: Known[str] = UNKNOWN  # a fork PR's head commit a writer approved
     activity_at: Known[int] = UNKNOWN  # the last push, label or command (the TTL's clock)
     keep: Known[bool] = UNKNOWN  # `/preview keep`: exempt from the TTL
+    # When the TTL tore the preview down. The bot removes the label itself then, so the syncs
+    # that finish the teardown still say expiry, not "the label was removed".
+    expired_at: Known[int] = UNKNOWN
+    kept_by_label: Known[bool] = UNKNOWN  # the last sync saw the keep label (None: it did not)
     seen_at: Known[int] = UNKNOWN  # when the bot first saw seen_sha wanted (time to ready)
     deployed_at: Known[int] = UNKNOWN  # when that head was deployed (the ready timeout's clock)
     ready_seconds: Known[int] = UNKNOWN  # time to ready of deployed_sha
@@ -257,9 +263,10 @@ class AppStatus:
     message: str | None = None
 
     @property
-    def verdict(self) -> tuple[str | None, str | None, str | None]:
-        """What Argo CD concluded (sync, health, operation phase): a change of it is news."""
-        return self.sync, self.health, self.operation_phase
+    def verdict(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """What Argo CD concluded (sync, health, operation phase) and about which revision: a
+        change of it is news (the same Healthy about the newly pinned revision means ready)."""
+        return self.sync, self.health, self.operation_phase, self.revision
 
 
 @dataclass(frozen=True)
@@ -277,11 +284,13 @@ class ObservedApp:
     status: AppStatus = AppStatus()
 
     def owned_by(self, repo: str) -> bool:
-        """The ownership rule: the bot's label, and no other repository's annotation.
+        """The ownership rule: the bot's label and this repository's annotation, both.
 
-        Two repositories with the same name template would otherwise fight over dex-pr-42.
+        Two repositories with the same name template would otherwise fight over dex-pr-42, and
+        a labelled Application without the annotation is someone else's (the label alone is
+        easy to copy). GitHub's names are case-insensitive.
         """
-        return self.managed and self.repo in (None, repo)
+        return self.managed and self.repo is not None and self.repo.lower() == repo.lower()
 
     def work(self, delivery: str) -> Work | None:
         """The PR this Application belongs to, when the bot's annotations say it in full."""

@@ -52,6 +52,7 @@ from bot.policy import (
     approver_of,
     effective_labels,
     gate,
+    keep_ended,
     teardown_reason,
     ttl_of,
 )
@@ -215,7 +216,10 @@ def plan_sync(obs: Observed, settings: Settings, now: datetime) -> Plan:
     """The actions that make the world match the rule for this PR."""
     b = _Builder(obs, settings, now, judge_all(obs.commands), obs.record)
     pr = obs.pr
-    reason = teardown_reason(pr, effective_labels(pr, settings, b.verbs), settings)
+    labels = effective_labels(pr, settings, b.verbs)
+    reason = teardown_reason(pr, labels, settings)
+    if reason is not None and _unlabeled_by_expiry(obs, labels, settings):
+        reason = _expiry_reason(settings)
     early = _plan_refusals(b, wanted=reason is None)
     if early is not None:
         return early
@@ -256,6 +260,15 @@ def _expiry_reason(settings: Settings) -> str:
     )
 
 
+def _unlabeled_by_expiry(obs: Observed, labels: frozenset[str], settings: Settings) -> bool:
+    """The label is gone because the TTL's teardown removed it (nothing else stands in the way)."""
+    return (
+        known_value(obs.record.expired_at) is not None
+        and obs.pr.state == "open"
+        and not labels & set(settings.exclude_labels)
+    )
+
+
 def _note_activity(b: _Builder) -> None:
     """Approval, activity and first sight of the head, as the record keeps them."""
     obs, rec, now = b.obs, b.record, int(b.now.timestamp())
@@ -269,7 +282,7 @@ def _note_activity(b: _Builder) -> None:
     new_head = rec.seen_sha != obs.pr.head_sha
     label_at = obs.label.at if obs.label is not None and obs.label.at is not None else None
     activity = known_value(rec.activity_at)
-    if new_head or b.verbs & _ACTIVE or activity is None:
+    if new_head or b.verbs & _ACTIVE or activity is None or keep_ended(rec, obs.pr, b.settings):
         activity = now
     if label_at is not None and (activity is None or label_at > activity):
         activity = label_at
@@ -278,6 +291,11 @@ def _note_activity(b: _Builder) -> None:
         changes.update(seen_sha=obs.pr.head_sha, seen_at=now)
     if Verb.KEEP in b.verbs:
         changes["keep"] = True
+    label_kept = b.settings.keep_label in obs.pr.labels
+    if label_kept or rec.kept_by_label is True:
+        changes["kept_by_label"] = label_kept or None
+    if known_value(rec.expired_at) is not None:
+        changes["expired_at"] = None  # wanted again: no longer an expired preview
     b.record = replace(rec, **changes)  # type: ignore[arg-type]
 
 
@@ -509,6 +527,8 @@ def _plan_teardown(b: _Builder, reason: str, expired: bool = False) -> Plan:
         b.actions.append(DeactivateDeployments(n.app, known_value(obs.record.deployment_id)))
     _close_check(b)
     b.record = replace(_forget(b.record), overlay_blob=None, deployment_id=None)
+    if expired:
+        b.record = replace(b.record, expired_at=int(b.now.timestamp()))
     detail = f"Torn down because {reason}." if reason else ""
     if app is None:
         b.comment(State.DESTROYED, detail)
@@ -527,6 +547,10 @@ def _close_check(b: _Builder) -> None:
     sha = known_value(rec.check_run_sha)
     if b.settings.check_run and sha and known_value(rec.check_run_state) not in final:
         b.actions.append(ReportCheck(sha, State.DESTROYED, "Preview removed", "", None))
+    elif b.settings.check_run and sha != b.pr.head_sha:
+        # The record never heard of the head's check run (lost with the Application when a
+        # teardown was killed half-way): close it if it exists (execution looks it up).
+        b.actions.append(ReportCheck(b.pr.head_sha, State.DESTROYED, "Preview removed", "", None))
 
 
 def _forget(record: Record) -> Record:
@@ -538,6 +562,7 @@ def _forget(record: Record) -> Record:
         approved_sha=None,
         activity_at=None,
         keep=None,
+        kept_by_label=None,
         seen_sha=None,
         seen_at=None,
         deployed_at=None,

@@ -77,11 +77,19 @@ def ttl_of(record: Record, pr: PullRequest, settings: Settings, now: datetime) -
     """When the preview expires: `ttl_seconds` after its last activity, unless kept."""
     kept = record.keep is True or settings.keep_label in pr.labels
     activity = known_value(record.activity_at)
+    if keep_ended(record, pr, settings):
+        activity = int(now.timestamp())  # the clock starts again now, warning included
     if kept or not settings.ttl_seconds or activity is None:
         return Ttl(kept, None, False, False)
     expires = int(activity + settings.ttl_seconds)
     at = now.timestamp()
     return Ttl(False, expires, at >= expires - settings.ttl_warning_seconds, at >= expires)
+
+
+def keep_ended(record: Record, pr: PullRequest, settings: Settings) -> bool:
+    """The keep label went since the last sync: that counts as activity (no teardown for the
+    time the label covered, and a warning before the next one)."""
+    return record.kept_by_label is True and settings.keep_label not in pr.labels
 
 
 def approver_of(obs: Observed, deployer: str | None) -> str | None:

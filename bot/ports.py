@@ -108,6 +108,10 @@ class RepoPort(Protocol):
         """Delete files in one commit (its sha), None when none of them existed."""
         ...
 
+    async def branch_head(self, branch: str) -> str | None:
+        """The commit `branch` points at; None when there is no such branch."""
+        ...
+
 
 @dataclass(frozen=True)
 class RepoInfo:

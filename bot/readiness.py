@@ -65,20 +65,19 @@ def _verdict(app: ObservedApp, record: Record) -> Health | None:
     if pinned is not None and st.revision != pinned:
         return None  # a status about another revision (an older overlay) says nothing
     said = escape(st.message or "")
-    failures = (
-        (
-            st.operation_phase in ("Failed", "Error"),
-            f"the sync operation ended in {st.operation_phase}",
-        ),
-        (st.health == "Degraded", "Argo CD reports the preview degraded"),
-        (
-            st.sync == "Synced" and st.health in ("Missing", "Unknown"),
-            f"Argo CD reports its health {st.health}",
-        ),
-    )
-    for failed, fallback in failures:
-        if failed:
-            return Health(State.FAILED, said or fallback)
+    if st.operation_phase in ("Failed", "Error"):
+        return Health(State.FAILED, said or f"the sync operation ended in {st.operation_phase}")
+    if st.health == "Degraded":
+        bad = "Argo CD reports the preview degraded"
+    elif st.sync == "Synced" and st.health in ("Missing", "Unknown"):
+        bad = f"Argo CD reports its health {st.health}"
+    else:
+        bad = ""
+    if bad:
+        # The message of a sync that succeeded (or still runs) explains no bad health: only
+        # the health's own message is a reason worth quoting.
+        running = st.operation_phase in ("Succeeded", "Running", "Terminating")
+        return Health(State.FAILED, f"{bad}: {said}" if said and not running else bad)
     if st.sync == "Synced" and st.health == "Healthy":
         return Health(State.READY)
     return None

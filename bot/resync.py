@@ -23,9 +23,10 @@ from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.metrics import Metrics
 from bot.model import ObservedApp, PullRequest, State, Work, WorkKey, known_value
 from bot.plan import wants_preview
-from bot.policy import ttl_of
+from bot.policy import keep_ended, ttl_of
 from bot.ports import ClusterPort, GitHubPort, RepoInfo, RepoPort
 from bot.queue import KeyedQueue
+from bot.readiness import health_of
 from bot.render import NAMESPACE_COMPONENT, names, previews_root
 from bot.scope import in_scope
 
@@ -106,17 +107,17 @@ def plan_resync(view: RepoView, settings: Settings, now: datetime, busy: set[int
 
 def _stale(app: ObservedApp, pr: PullRequest, settings: Settings, now: datetime) -> bool:
     """A running preview that a sync must look at: an old head, an expiry or its warning due,
-    a ready timeout passed, a teardown stuck."""
+    a deploy Argo CD has given its verdict on (an event the watch lost) or whose ready timeout
+    passed, a teardown stuck."""
     if app.terminating or app.head_sha != pr.head_sha:
         return True
     record = app.record
     ttl = ttl_of(record, pr, settings, now)
-    if ttl.warn or ttl.expired:
+    if ttl.warn or ttl.expired or keep_ended(record, pr, settings):
         return True
-    deployed = known_value(record.deployed_at)
-    deploying = record.comment_state == State.DEPLOYING.value
-    timeout = settings.ready_timeout_seconds
-    return deploying and deployed is not None and now.timestamp() >= deployed + timeout
+    if record.comment_state != State.DEPLOYING.value:
+        return False
+    return health_of(app, record, pr.head_sha, settings, now).state is not State.DEPLOYING
 
 
 @dataclass

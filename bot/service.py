@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from cachetools import LRUCache
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A change of Argo CD's verdict, or the start of a deletion, is news to a sync.
-Verdict = tuple[tuple[str | None, str | None, str | None], bool]
+Verdict = tuple[tuple[str | None, str | None, str | None, str | None], bool]
 
 
 class Watcher:
@@ -60,8 +61,8 @@ class Watcher:
     @staticmethod
     def _worth_a_sync(before: Verdict | None, now: AppStatus) -> bool:
         """Argo CD rewrites status often and the bot's own writes echo back as events: only a
-        change of Argo CD's verdict (sync, health, operation phase) calls for a sync. The start
-        of a deletion is the bot's own doing; its end (DELETED) always counts."""
+        change of Argo CD's verdict (sync, health, operation phase, revision) calls for a sync.
+        The start of a deletion is the bot's own doing; its end (DELETED) always counts."""
         if before is None:
             return any(v is not None for v in now.verdict)
         return before[0] != now.verdict
@@ -93,9 +94,16 @@ class Bot:
     the new leader's first resync picks up whatever was sent during a handover.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # What the syncs and the resync take for now (TTL, timeouts); tests move it by hand.
+        self.clock = clock
         self.queue = KeyedQueue(settings.queue_size)
         self.intake = Intake(settings, self.queue, self.metrics)
         self.supervisor = Supervisor()
@@ -128,7 +136,7 @@ class Bot:
         elector: Elector | None = None,
     ) -> None:
         """Start acting (at once, or when `elector` makes this replica the leader)."""
-        self.syncer = Syncer(self.settings, github, cluster, self.metrics)
+        self.syncer = Syncer(self.settings, github, cluster, self.metrics, self.clock)
         self.syncer.images = images
         self.cluster = cluster
         self.resyncer = Resyncer(self.settings, github, cluster, self.queue, self.metrics)

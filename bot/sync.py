@@ -412,6 +412,11 @@ class Syncer:
         self._last[WorkKey(run.obs.pr.repo, run.obs.pr.number)] = record
         if not run.app_gone:
             run.app_gone = not await self.cluster.annotate(action.name, record.to_annotations())
+        ready = known_value(record.ready_seconds)
+        # Observed once per head: when the time to ready is first recorded (after it is stored,
+        # so a retried sync does not count it twice).
+        if ready is not None and known_value(run.obs.record.ready_seconds) is None and self.metrics:
+            self.metrics.time_to_ready.observe(ready)
 
     async def _apply(self, run: _Execution, action: ApplyApplication) -> None:
         manifest = action.manifest
@@ -463,8 +468,11 @@ class Syncer:
                 old,
             )
             await run.repo.report_check(superseded)
-        if check_id is None and rec.intent == f"check_run:{action.sha}":
+        closing = action.state is State.DESTROYED  # a teardown closes a check run, never makes one
+        if check_id is None and (closing or rec.intent == f"check_run:{action.sha}"):
             check_id = await run.repo.find_check(action.sha, CHECK_NAME)
+            if check_id is None and closing:
+                return
         report = CheckReport(
             action.sha,
             status,
@@ -503,9 +511,13 @@ class Syncer:
             except Conflict:
                 # The file moved under us (a hand edit, a lost record, a crash): read it and
                 # overwrite, unless it already holds exactly what we want.
-                current = await run.repo.get_file_sha(action.path, action.branch)
+                head = await run.repo.branch_head(action.branch)
+                current = await run.repo.get_file_sha(action.path, head or action.branch)
                 if current == action.blob_sha:
-                    run.produced = replace(run.produced, overlay_blob=current)
+                    # An earlier attempt wrote it and lost the answer: the branch's head holds
+                    # exactly this overlay, so the Application is pinned there, never to the
+                    # previous overlay's commit.
+                    run.produced = replace(run.produced, overlay_blob=current, overlay_commit=head)
                     return
                 if current is not None and sha is not None:
                     log.warning(

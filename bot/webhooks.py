@@ -123,6 +123,9 @@ class Rules:
     exclude_labels: frozenset[str] = frozenset()
     # Check run names or status contexts that must succeed; none: check events change nothing.
     required_checks: frozenset[str] = frozenset()
+    # The image gate: any finished check or status may mean CI pushed the image, so a head
+    # waiting for it is looked at again (only such heads: a dictionary lookup, see on_sha).
+    image_check: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Rules:
@@ -131,6 +134,7 @@ class Rules:
             settings.keep_label,
             frozenset(settings.exclude_labels),
             frozenset(settings.required_checks),
+            settings.image_check,
         )
 
     def watches_label(self, name: str | None) -> bool:
@@ -532,15 +536,25 @@ def _check(
     action = payload.action or ""
     if action not in CHECK_ACTIONS:
         return Classified(f"{event} {action or '(none)'}: only a completed check matters", action)
-    if not rules.required_checks:
+    if not rules.required_checks and not rules.image_check:
         return Classified("no required checks are configured", action)
     check = payload.check_run if isinstance(payload, CheckRunEvent) else payload.check_suite
     if check is None:
         raise BadDelivery(f"{event} payload lacks {event}")
-    if isinstance(payload, CheckRunEvent) and check.name not in rules.required_checks:
+    required = bool(rules.required_checks) and (
+        not isinstance(payload, CheckRunEvent) or check.name in rules.required_checks
+    )
+    if not required and not rules.image_check:
         return Classified("not a required check", action)
     repo = _repository(event, payload)
     installation = _installation(payload)
+    if not required:  # only the image gate may care: heads waiting for an image
+        return Classified(
+            "head SHA to resolve (image)",
+            action,
+            sha_hint=_hint(event, repo, check.head_sha, installation),
+            repo=repo,
+        )
     # GitHub lists the PRs whose head is this SHA in this repository (none for forks' PRs).
     numbers = dict.fromkeys(_number(event, pr.number) for pr in check.pull_requests or ())
     if numbers:
@@ -563,10 +577,11 @@ def _hint(event: str, repo: str, sha: str | None, installation: int) -> ShaHint:
 def _status(payload: StatusEvent, rules: Rules) -> Classified:
     if payload.state == "pending":
         return Classified("a pending status cannot make a head ready")
-    if not rules.required_checks:
-        return Classified("no required checks are configured")
-    if payload.context not in rules.required_checks:
-        return Classified("not a required status")
+    if not rules.image_check:
+        if not rules.required_checks:
+            return Classified("no required checks are configured")
+        if payload.context not in rules.required_checks:
+            return Classified("not a required status")
     repo = _repository("status", payload)
     hint = _hint("status", repo, payload.sha, _installation(payload))
     return Classified("head SHA to resolve", sha_hint=hint, repo=repo)

@@ -52,6 +52,7 @@ class MemoryRepo:
         self.comment_pr: dict[int, int] = {}
         self.branches: dict[str, dict[str, str]] = {"main": dict(files or {})}
         self.commits: list[str] = []
+        self.heads: dict[str, str] = {"main": f"{0:040x}"}  # branch -> its last commit
         self.deployments: dict[int, Deployment] = {}
         self.calls: list[str] = []
         self.permissions: dict[str, str] = {}  # login -> permission; default write
@@ -149,8 +150,13 @@ class MemoryRepo:
 
     async def get_file_sha(self, path: str, ref: str) -> str | None:
         self._call("get_file_sha")
-        text = self.branches.get(ref, {}).get(path)
+        text = self._tree(ref).get(path)
         return None if text is None else git_blob_sha(text)
+
+    def _tree(self, ref: str) -> dict[str, str]:
+        """The files of a branch, or of a branch's head commit (older commits are not kept)."""
+        branch = next((b for b, head in self.heads.items() if head == ref), ref)
+        return self.branches.get(branch, {})
 
     async def list_files(self, path: str, ref: str) -> list[str] | None:
         self._call("list_files")
@@ -166,6 +172,7 @@ class MemoryRepo:
             files[path] = content
         sha = f"{next(self._ids):040x}"
         self.commits.append(sha)
+        self.heads[branch] = sha
         return sha
 
     async def put_file(
@@ -271,7 +278,12 @@ class MemoryRepo:
             files.pop(path)
         sha = f"{next(self._ids):040x}"
         self.commits.append(sha)
+        self.heads[branch] = sha
         return sha
+
+    async def branch_head(self, branch: str) -> str | None:
+        self._call("branch_head")
+        return self.heads.get(branch) if branch in self.branches else None
 
 
 class MemoryGitHub:

@@ -41,7 +41,8 @@ class FileCluster:
         "# An Argo CD Application as preview-bot's local mode wrote it (no cluster in use).\n"
         "# To play Argo CD, add `status: {sync: {status: Synced}, health: {status: Healthy}}`\n"
         "# and save: the bot's watch sees it and the PR comment turns to ready. (A status\n"
-        "# without `sync.revision` is taken to be about the pinned targetRevision.)\n"
+        "# without `sync.revision` is taken to be about the pinned targetRevision; a new pin\n"
+        "# writes that revision in, so edit the status again for the new one.)\n"
     )
 
     def __init__(self, directory: Path, namespace: str) -> None:
@@ -96,7 +97,7 @@ class FileCluster:
                 if old.get("spec") != obj.get("spec"):
                     generation += 1
                 if "status" in old:
-                    obj["status"] = old["status"]
+                    obj["status"] = _about_its_revision(old)
             new_meta["generation"] = generation
             self._bump(new_meta, old)
             self._write(obj)
@@ -188,6 +189,18 @@ class FileCluster:
             if alive is not None:
                 alive()
             await asyncio.sleep(poll)
+
+
+def _about_its_revision(old: dict[str, Any]) -> Any:
+    """The status kept across an apply. A hand-written one without `sync.revision` was about
+    the revision pinned when it was written: it says so from now on, so it never speaks for a
+    newer pin (Argo CD has not looked at that one yet)."""
+    status = old["status"]
+    sync = status.get("sync") if isinstance(status, dict) else None
+    if not (isinstance(sync, dict) and sync.get("status") and not sync.get("revision")):
+        return status
+    pinned = ((old.get("spec") or {}).get("source") or {}).get("targetRevision")
+    return {**status, "sync": {**sync, "revision": pinned}} if pinned else status
 
 
 def _observed(obj: dict[str, Any]) -> ObservedApp:

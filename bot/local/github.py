@@ -351,6 +351,10 @@ class LocalGitHub:
         result: list[str] | None = await self._git(read)
         return result
 
+    async def branch_head(self, branch: str) -> str | None:
+        result: str | None = await self._git(lambda: self.git.branch_sha(branch))
+        return result
+
     async def delete_files(self, paths: list[str], branch: str, message: str) -> str | None:
         def commit() -> str | None:
             parent = self._head(branch)

@@ -283,3 +283,20 @@ def test_manifest_shape(manifest: dict[str, Any]) -> None:
     assert manifest["hook_attributes"]["url"].endswith("/webhook")
     assert manifest["redirect_url"].startswith("https://")
     assert 0 < len(manifest["name"]) <= 34  # GitHub's limit on App names
+
+
+def test_commands_are_covered_issue_comment_and_reactions(manifest: dict[str, Any]) -> None:
+    """`/preview` commands arrive as issue_comment and are answered with reactions: the derived
+    checks above would pass just as well if both went missing from code and manifest together,
+    so say it outright."""
+    assert "issue_comment" in handled_events()
+    assert "issue_comment" in manifest["default_events"]
+    # A comment that holds no command is not work: the subscription is for the commands.
+    (example, *_) = webhook_examples()["issue_comment"]
+    payload, rules = relevant("issue_comment", example, "preview")
+    payload["comment"]["body"] = "Looks good"
+    assert not classify("issue_comment", from_dict("issue_comment", payload), rules).works
+    # Reactions on an issue comment (eyes, +1, confused) need pull_requests: write, granted.
+    (reactions,) = [p for m, r, p in bot_github.ROUTES if m == "POST" and r.endswith("/reactions")]
+    name, level = reactions.split(":")
+    assert manifest["default_permissions"][name] == level == "write"

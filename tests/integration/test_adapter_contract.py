@@ -163,6 +163,15 @@ async def test_put_file_lands_on_a_branch_someone_else_moved(git_backend: GitBac
         assert side.read(OVERLAY) == "a: 2\n"
 
 
+async def test_branch_head_is_the_commit_that_last_wrote_it(git_backend: GitBackend) -> None:
+    async with git_backend.open() as side:
+        gh = side.port
+        blob, commit = await gh.put_file(OVERLAY, BRANCH, "a: 1\n", "create", None)
+        assert await gh.branch_head(BRANCH) == commit
+        assert await gh.get_file_sha(OVERLAY, commit) == blob  # a commit reads as a ref
+        assert await gh.branch_head("no-such-branch") is None
+
+
 async def test_delete_file(git_backend: GitBackend) -> None:
     async with git_backend.open() as side:
         gh = side.port

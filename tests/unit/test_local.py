@@ -209,6 +209,25 @@ async def test_apply_keeps_argocds_status_and_counts_spec_generations(tmp_path: 
         await files.apply({**app, "metadata": {**app["metadata"], "namespace": "elsewhere"}})
 
 
+async def test_a_hand_written_status_speaks_for_the_pin_it_was_written_under(
+    tmp_path: Path,
+) -> None:
+    files = FileCluster(tmp_path, "argocd")
+    app: dict[str, Any] = {
+        "metadata": {"name": "dex-pr-7", "namespace": "argocd"},
+        "spec": {"source": {"targetRevision": "c1"}},
+    }
+    await files.apply(app)
+    path = tmp_path / "dex-pr-7.yaml"
+    path.write_text(path.read_text() + "status: {sync: {status: Synced}}\n")
+    seen = await files.get("dex-pr-7")
+    assert seen is not None and seen.status.revision == "c1"  # no revision: the pinned one
+    await files.apply({**app, "spec": {"source": {"targetRevision": "c2"}}})  # a push
+    seen = await files.get("dex-pr-7")
+    assert seen is not None and seen.status.revision == "c1"  # not yet about c2
+    assert seen.status.sync == "Synced"
+
+
 async def test_without_a_kubeconfig_applications_go_to_files(tmp_path: Path) -> None:
     settings = Settings(
         github_app_id=1,

@@ -303,6 +303,8 @@ def test_missing_base_fails_in_the_comment_without_a_commit() -> None:
     [
         ObservedApp("dex-pr-42", managed=False, terminating=False),
         ObservedApp("dex-pr-42", managed=True, terminating=False, repo="other/repo"),
+        # the managed-by label alone, without the repository annotation: copied, not ours
+        ObservedApp("dex-pr-42", managed=True, terminating=False),
     ],
 )
 def test_an_application_not_ours_is_never_touched(app: ObservedApp) -> None:
@@ -311,6 +313,13 @@ def test_an_application_not_ours_is_never_touched(app: ObservedApp) -> None:
     assert plan.state is State.NOT_DEPLOYED
     closed = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
     assert closed.actions == ()
+
+
+def test_ownership_needs_the_label_and_the_repository_whatever_its_case() -> None:
+    app = ObservedApp("dex-pr-42", managed=True, terminating=False, repo="Data-Literate/DEX")
+    assert app.owned_by("data-literate/dex")
+    assert not replace(app, managed=False).owned_by("data-literate/dex")
+    assert not replace(app, repo=None).owned_by("data-literate/dex")
 
 
 def test_relabel_while_old_app_terminates_waits() -> None:

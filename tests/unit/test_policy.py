@@ -11,6 +11,7 @@ import pytest
 
 from bot.comment import escape
 from bot.model import (
+    UNKNOWN,
     AddReaction,
     ApplyApplication,
     AppStatus,
@@ -19,7 +20,9 @@ from bot.model import (
     Command,
     CommandSeen,
     LabelSeen,
+    ObservedComment,
     PutOverlay,
+    Record,
     RecordState,
     ReportCheck,
     RequestSync,
@@ -202,6 +205,24 @@ def test_ttl_warns_with_the_exact_time_then_expires_and_removes_the_label() -> N
     assert "DeleteApplication" in kinds(expired)
 
 
+def test_an_expiry_teardown_still_says_expiry_once_the_bot_removed_the_label() -> None:
+    later = NOW + timedelta(days=7, minutes=1)
+    expired = plan_sync(observed(app=ready_app()), SETTINGS, later)
+    record = executed(expired)
+    assert record.expired_at == int(later.timestamp())
+    # Argo CD has pruned the Application; the PR has lost its label (the bot removed it).
+    unlabeled = pr(labels=frozenset())
+    gone = plan_sync(observed(unlabeled, record=record), SETTINGS, later)
+    assert gone.state is State.DESTROYED
+    assert "Torn down because it had no activity for 7d. Re-add the `preview` label" in body(gone)
+    # Labeled again: deployed afresh, and no longer an expired preview.
+    back = plan_sync(observed(record=record), SETTINGS, later + timedelta(hours=1))
+    assert "PutOverlay" in kinds(back) and executed(back).expired_at is None
+    # A user's own unlabel of a preview that never expired says just that.
+    removed = plan_sync(observed(unlabeled, app=ready_app()), SETTINGS, later)
+    assert "DeleteApplication" in kinds(removed) and executed(removed).expired_at is UNKNOWN
+
+
 def test_activity_resets_the_clock_and_keep_exempts() -> None:
     app = ready_app()
     later = NOW + timedelta(days=6, hours=12)
@@ -214,6 +235,21 @@ def test_activity_resets_the_clock_and_keep_exempts() -> None:
     assert "DeleteApplication" not in kinds(
         plan_sync(observed(labeled_keep, app=app), SETTINGS, far)
     )
+
+
+def test_removing_the_keep_label_restarts_the_clock_instead_of_tearing_down() -> None:
+    labeled_keep = pr(labels=frozenset({"preview", "preview:keep"}))
+    app = ready_app()
+    kept = plan_sync(observed(labeled_keep, app=app), SETTINGS, NOW + timedelta(hours=1))
+    record = executed(kept)
+    assert record.kept_by_label is True and "📌 Kept" in body(kept)
+    # A month later the keep label goes: a new week from then, with its warning ahead.
+    later = NOW + timedelta(days=30)
+    ended = plan_sync(observed(app=replace(app, record=record)), SETTINGS, later)
+    assert "DeleteApplication" not in kinds(ended)
+    assert executed(ended).activity_at == int(later.timestamp())
+    assert executed(ended).kept_by_label is None
+    assert "⌛ Expires 2027-01-04 12:00 UTC" in body(ended)
 
 
 def test_the_cap_queues_by_label_time_and_deploys_when_a_slot_frees() -> None:
@@ -290,6 +326,25 @@ def test_argo_cd_messages_cannot_mention_link_or_break_the_table() -> None:
     assert escape(nasty) in text
 
 
+def test_a_succeeded_syncs_message_is_no_reason_for_bad_health() -> None:
+    synced = "successfully synced (all tasks run)"
+    status = AppStatus(
+        sync="Synced",
+        health="Degraded",
+        revision=COMMIT,
+        operation_phase="Succeeded",
+        message=synced,
+    )
+    plan = plan_sync(observed(app=deployed_app(status=status)), SETTINGS, NOW)
+    assert plan.state is State.FAILED
+    assert "Last error: Argo CD reports the preview degraded\n" in body(plan)
+    assert synced not in body(plan)
+    # The health's own message (no operation to speak of) is the reason, quoted.
+    said = replace(status, operation_phase=None, message="Back-off pulling image")
+    text = body(plan_sync(observed(app=deployed_app(status=said)), SETTINGS, NOW))
+    assert "Argo CD reports the preview degraded: Back-off pulling image" in text
+
+
 def test_ready_records_the_time_from_the_push() -> None:
     status = AppStatus(sync="Synced", health="Healthy", revision=COMMIT)
     later = NOW + timedelta(minutes=2, seconds=13)
@@ -311,6 +366,21 @@ def test_the_check_run_follows_the_states_when_enabled() -> None:
     assert (
         final.state is State.READY and final.details_url == "https://dex-pr-42.preview.example.com"
     )
+
+
+def test_a_teardown_closes_the_heads_check_run_the_record_lost() -> None:
+    # Killed mid-teardown: the Application (and its record) is gone; the comment's hidden
+    # record knows only the previous head's check run, finished.
+    checked = replace(SETTINGS, check_run=True)
+    lost = Record(check_run_sha=SHA1, check_run_state=State.READY.value, comment_id=99)
+    seen = ObservedComment(99, State.DEPLOYING.value, "fp", lost)
+    closed = pr(head_sha=SHA2, state="closed")
+    plan = plan_sync(observed(closed, record=lost, comment=seen), checked, NOW)
+    (check,) = [a for a in plan.actions if isinstance(a, ReportCheck)]
+    assert (check.sha, check.state) == (SHA2, State.DESTROYED)
+    known = replace(lost, check_run_sha=SHA2, check_run_state=State.DESTROYED.value)
+    again = plan_sync(observed(closed, record=known, comment=seen), checked, NOW)
+    assert not [a for a in again.actions if isinstance(a, ReportCheck)]
 
 
 def test_a_permanent_failure_is_not_retried_until_the_pr_changes() -> None:

@@ -10,12 +10,12 @@ from datetime import timedelta
 import pytest
 
 from bot.errors import Conflict
-from bot.model import Work, WorkKey
+from bot.model import AppStatus, Work, WorkKey
 from bot.resync import RepoView, overlays_by_pr, plan_resync
 from bot.service import Bot
 from bot.supervisor import Supervisor
 from tests.memory import REPO, MemoryCluster, MemoryGitHub, MemoryRepo
-from tests.unit.test_plan import NOW, SETTINGS, SHA1, SHA2, deployed_app, pr
+from tests.unit.test_plan import COMMIT, NOW, SETTINGS, SHA1, SHA2, deployed_app, pr
 from tests.unit.test_syncer import BASE
 
 OVERLAY = "infra/argocd/previews/pr-{}/kustomization.yaml"
@@ -266,3 +266,13 @@ def test_a_deploy_past_its_ready_timeout_is_synced() -> None:
     app = deployed_app(SHA1)  # still deploying
     later = NOW + timedelta(seconds=SETTINGS.ready_timeout_seconds + 1)
     assert plan_resync(view([pr()], [app]), SETTINGS, later, set()).sync == (42,)
+
+
+def test_a_verdict_the_watch_lost_is_synced_and_one_about_another_revision_is_not() -> None:
+    healthy = AppStatus(sync="Synced", health="Healthy", revision=COMMIT)
+    app = deployed_app(SHA1, status=healthy)  # the comment still says deploying
+    assert plan_resync(view([pr()], [app]), SETTINGS, NOW, set()).sync == (42,)
+    old = deployed_app(SHA1, status=replace(healthy, revision="0ld" + COMMIT[3:]))
+    assert plan_resync(view([pr()], [old]), SETTINGS, NOW, set()).sync == ()
+    running = deployed_app(SHA1, status=replace(healthy, health="Progressing"))
+    assert plan_resync(view([pr()], [running]), SETTINGS, NOW, set()).sync == ()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -77,6 +78,7 @@ class World:
             "get_pull",
             "comments",
             "get_file_sha",
+            "branch_head",
             "list_files",
             "active_deployments",
             "permission",
@@ -217,7 +219,10 @@ def _app_object(**status: str) -> dict[str, object]:
                 "preview-bot.io/installation": "5",
             },
         },
-        "status": {"health": {"status": status.get("health")}},
+        "status": {
+            "health": {"status": status.get("health")},
+            "sync": {"revision": status.get("revision")},
+        },
     }
 
 
@@ -233,6 +238,12 @@ async def test_watcher_queues_only_news() -> None:
     assert (work.key, work.installation_id, work.delivery) == (WORK.key, 5, "watch")
     await watcher.on_event("MODIFIED", app_from_object(_app_object(health="Progressing")))
     assert len(queue) == 0  # the bot's own annotation write echoing back
+    # The same health about another revision (the one a push pinned) is news.
+    await watcher.on_event(
+        "MODIFIED", app_from_object(_app_object(health="Progressing", revision="c2"))
+    )
+    assert len(queue) == 1
+    queue.done((await queue.get()).key)
     await watcher.on_event("DELETED", app_from_object(_app_object(health="Progressing")))
     assert len(queue) == 1
     unmanaged = _app_object(health="Healthy")
@@ -303,6 +314,21 @@ async def test_a_create_whose_answer_was_lost_is_found_not_made_twice(
     print(f"\nretry after a lost {method}: {len(world.repo.calls)} GitHub calls")
 
 
+async def test_a_lost_overlay_answer_still_pins_the_commit_that_wrote_it(world: World) -> None:
+    world.repo.open_pull(42, SHA1)
+    await world.syncer.sync(WORK)
+    world.repo.change_pull(42, head_sha=SHA2)
+    world.repo.fail_after("put_file", TemporaryError("GitHub answered 502"))
+    with pytest.raises(TemporaryError):
+        await world.syncer.sync(WORK)
+    await world.syncer.sync(WORK)  # the retry finds the overlay written
+    wrote = world.repo.commits[-1]
+    assert len(world.repo.commits) == 2
+    assert (await world.app()).record.overlay_commit == wrote
+    source = world.cluster.objects["dex-pr-42"]["spec"]["source"]
+    assert source["targetRevision"] == wrote  # not the first overlay's commit
+
+
 async def test_a_repository_gets_the_namespace_component_once(world: World) -> None:
     bare = MemoryRepo(files={"infra/argocd/overlays/preview/kustomization.yaml": "r: []\n"})
     world.github.repos[REPO] = bare
@@ -317,3 +343,21 @@ async def test_a_repository_gets_the_namespace_component_once(world: World) -> N
         "infra/argocd/previews/_namespace/namespace.yaml",
     ]
     assert bare.calls.count("put_file") == 4  # two shared files once, then one overlay each
+
+
+@pytest.mark.parametrize("reported", [True, False])
+async def test_a_teardown_that_lost_the_record_closes_the_check_run_never_makes_one(
+    world: World, reported: bool
+) -> None:
+    # A restart mid-teardown: the Application (and the record on it) is gone, the comment
+    # still says deploying; the head's check run exists only if it was reported.
+    checked = replace(SETTINGS, check_run=True)
+    world.repo.open_pull(42, SHA1)
+    await Syncer(checked, world.github, world.cluster, clock=lambda: NOW).sync(WORK)
+    if not reported:
+        world.repo.check_runs.clear()
+    world.cluster.objects.pop("dex-pr-42")
+    world.repo.change_pull(42, state="closed")
+    await Syncer(checked, world.github, world.cluster, clock=lambda: NOW).sync(WORK)
+    runs = list(world.repo.check_runs.values())
+    assert [(r.sha, r.status) for r in runs] == ([(SHA1, "completed")] if reported else [])

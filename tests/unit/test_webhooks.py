@@ -353,6 +353,23 @@ def test_check_events_matter_only_with_required_checks(event: str, payload: dict
 @pytest.mark.parametrize(
     ("event", "payload"),
     [
+        ("check_run", check("check_run", "completed", [5], name="docker")),
+        ("check_suite", check("check_suite", "completed", [5])),
+        ("status", status(context="ci/docker")),
+    ],
+)
+def test_with_the_image_gate_any_finished_check_looks_at_heads_waiting_for_the_image(
+    event: str, payload: dict[str, Any]
+) -> None:
+    # CI may have pushed the image: only heads the bot knows wait on this SHA are synced.
+    found = run(event, payload, Rules("preview", image_check=True))
+    assert found.works == ()
+    assert found.sha_hint == ShaHint("o/r", SHA, 7)
+
+
+@pytest.mark.parametrize(
+    ("event", "payload"),
+    [
         ("status", status()),
         ("status", status(state="failure", context="ci/lint")),
         ("status", status(state="error")),

@@ -201,10 +201,10 @@ class FakeGitHub:
         ids never repeat across kinds or resets, as a test mixing them up would not notice."""
         return next(self._ids)
 
-    @staticmethod
-    def now() -> datetime:
-        # GitHub's timestamps have whole seconds.
-        return datetime.now(UTC).replace(microsecond=0)
+    def now(self) -> datetime:
+        # GitHub's timestamps have whole seconds; on the fake's clock, so a test that moves
+        # the clock moves the times of labels, comments and commits with it.
+        return datetime.fromtimestamp(int(self.clock()), UTC)
 
     @staticmethod
     def iso_epoch(epoch: float) -> str:
