@@ -218,8 +218,11 @@ async def test_stopping_everything_while_a_stopping_task_stops_others() -> None:
             await sup.stop(["worker-0", "worker-1"])
             stopped_inside.set()
 
+    async def work() -> None:
+        await asyncio.Event().wait()
+
     for name in ("worker-0", "worker-1"):
-        sup.spawn(name, asyncio.Event().wait)
+        sup.spawn(name, work)
     sup.spawn("leader-election", election)
     await asyncio.sleep(0.01)
     await sup.stop()
