@@ -24,7 +24,7 @@ from bot.metrics import Metrics
 from bot.model import ObservedApp, PullRequest, State, Work, WorkKey, known_value
 from bot.plan import wants_preview
 from bot.policy import keep_ended, ttl_of
-from bot.ports import ClusterPort, GitHubPort, RepoInfo
+from bot.ports import ClusterPort, GitHubPort, RepoInfo, RepoPort
 from bot.queue import KeyedQueue
 from bot.readiness import health_of
 from bot.render import NAMESPACE_COMPONENT, names, previews_root
@@ -33,6 +33,7 @@ from bot.scope import in_scope
 log = logging.getLogger(__name__)
 
 LOW_BUDGET = 0.10  # below this share of its hourly requests an installation's resync waits
+ORPHAN_ATTEMPTS = 3  # commits tried per resync when the branch keeps moving under it
 
 
 @dataclass(frozen=True)
@@ -200,17 +201,29 @@ class Resyncer:
             self.queue.put_nowait(Work(WorkKey(repo, number), inst, "resync"))
         report.queued += len(plan.sync)
         if plan.orphans:
-            message = (
-                f"chore(preview): remove {len(plan.orphans)} orphaned preview overlay files "
-                "[skip ci]"
-            )
+            removed = await self._remove_orphans(client, repo, plan.orphans, branch)
+            report.orphans_removed += removed
+
+    async def _remove_orphans(
+        self, client: RepoPort, repo: str, orphans: tuple[str, ...], branch: str
+    ) -> int:
+        """Remove orphan overlay files in one commit; how many were removed. When a sync's
+        commit moved the branch meanwhile (a busy repository; found by the chaos test, seed
+        3), again on the new head rather than a whole period later."""
+        message = f"chore(preview): remove {len(orphans)} orphaned preview overlay files [skip ci]"
+        for attempt in range(1, ORPHAN_ATTEMPTS + 1):
             try:
-                await client.delete_files(list(plan.orphans), branch, message)
-            except (Conflict, TemporaryError) as exc:
+                await client.delete_files(list(orphans), branch, message)
+            except Conflict as exc:
+                if attempt == ORPHAN_ATTEMPTS:
+                    log.info("orphan overlays of %s left for the next resync: %s", repo, exc)
+            except TemporaryError as exc:
                 log.info("orphan overlays of %s left for the next resync: %s", repo, exc)
+                return 0
             else:
-                report.orphans_removed += len(plan.orphans)
-                log.info("removed orphan overlays of %s: %s", repo, ", ".join(plan.orphans))
+                log.info("removed orphan overlays of %s: %s", repo, ", ".join(orphans))
+                return len(orphans)
+        return 0
 
     async def _uninstalled(
         self,

@@ -124,11 +124,14 @@ class Supervisor:
         chosen = list(self._guards) if names is None else [n for n in names if n in self._guards]
         if names is None:
             self._stopping = True
-        for name in chosen:
-            self._guards[name].cancel()
-        for name in chosen:
+        # Taken out first: a task's cancellation may stop others (the elector's
+        # on_stopped_leading stops the workers), and each guard is awaited by one stop only.
+        guards = {name: self._guards.pop(name) for name in chosen}
+        for guard in guards.values():
+            guard.cancel()
+        for name, guard in guards.items():
             with contextlib.suppress(asyncio.CancelledError):
-                await self._guards.pop(name)
+                await guard
             self._attempts.pop(name, None)
             self.tasks[name].state = "stopped"
         if names is None and self._watchdog is not None:

@@ -192,6 +192,10 @@ class Throttle:
             return None
         now = self._clock()
         already = self._primary_until(installation_id) > now
+        if already and not answer.exhausted:
+            # Nothing is sent while paused: this answers a request sent before the pause,
+            # and its older, larger budget must not lift the pause.
+            return None
         reset = answer.reset
         if answer.exhausted and answer.status in (403, 429):
             # Refused for the spent budget: wait at least the margin, even when GitHub's

@@ -436,5 +436,15 @@ class ArgoCDStandIn:
     async def _worker(self) -> None:
         while True:
             name = await self._queue.get()
-            if name not in self._stuck and await self.finish_deletion(name):
+            if name in self._stuck:
+                continue
+            try:
+                done = await self.finish_deletion(name)
+            except (TimeoutError, OSError, aiohttp.ClientError, ApiException):
+                if not self.autopilot:
+                    raise
+                await asyncio.sleep(0.5)  # the API server is away: try again when it is back
+                self._queue.put_nowait(name)
+                continue
+            if done:
                 self.finished.append(name)

@@ -136,6 +136,7 @@ class _ControlPlane:
         self.user_tokens = {user: secrets.token_hex(16) for user in STATIC_USERS}
         self.port = 0
         self._procs: list[tuple[subprocess.Popen[bytes], TextIO, Path]] = []
+        self._apiserver_args: list[str] = []
 
     @property
     def server(self) -> str:
@@ -146,9 +147,9 @@ class _ControlPlane:
         # kube-apiserver writes a self-signed serving cert (with its CA) here at start.
         return self.workdir / "certs" / "apiserver.crt"
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], append: bool = False) -> subprocess.Popen[bytes]:
         log_path = self.workdir / f"{name}.log"
-        log = log_path.open("w")
+        log = log_path.open("a" if append else "w")
         proc = subprocess.Popen(
             [str(self.assets / name), *args],
             stdin=subprocess.DEVNULL,
@@ -196,23 +197,21 @@ class _ControlPlane:
             ],
         )
         wd = self.workdir
-        self._spawn(
-            "kube-apiserver",
-            [
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={self.port}",
-                f"--cert-dir={wd / 'certs'}",
-                "--advertise-address=127.0.0.1",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                f"--service-account-key-file={wd / 'sa.pub'}",
-                f"--service-account-signing-key-file={wd / 'sa.key'}",
-                f"--token-auth-file={wd / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                "--insecure-port=0",
-            ],
-        )
+        self._apiserver_args = [
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.port}",
+            f"--cert-dir={wd / 'certs'}",
+            "--advertise-address=127.0.0.1",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={wd / 'sa.pub'}",
+            f"--service-account-signing-key-file={wd / 'sa.key'}",
+            f"--token-auth-file={wd / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            "--insecure-port=0",
+        ]
+        self._spawn("kube-apiserver", self._apiserver_args)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -238,6 +237,36 @@ class _ControlPlane:
         raise KubeRigError(
             f"kube-apiserver not ready after {_READY_TIMEOUT:.0f}s at {self.server} "
             f"(last answer: {last_error})\n" + self._logs()
+        )
+
+    def _apiserver(self) -> tuple[subprocess.Popen[bytes], TextIO, Path] | None:
+        return next((p for p in self._procs if p[2].stem == "kube-apiserver"), None)
+
+    def stop_apiserver(self) -> None:
+        """Kill kube-apiserver as a crash would (SIGKILL); etcd and its data stay."""
+        entry = self._apiserver()
+        if entry is None:
+            return
+        proc, log, _ = entry
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(_STOP_TIMEOUT)
+        log.close()
+        self._procs.remove(entry)
+
+    def restart_apiserver(self) -> None:
+        """Start kube-apiserver again with the same flags (port, serving certificate, tokens,
+        service-account keys, etcd) and wait until it serves Applications; nothing to do when
+        it runs."""
+        entry = self._apiserver()
+        if entry is not None and entry[0].poll() is None:
+            return
+        if entry is not None:
+            self.stop_apiserver()  # it died by itself: forget it, keep its log
+        self._spawn("kube-apiserver", self._apiserver_args, append=True)
+        self._wait_ready()
+        _wait_served(
+            _Rest(self.server, self.admin_token, self.ca_path), _apps_path(ARGOCD_NAMESPACE)
         )
 
     def port_in_use(self) -> bool:
@@ -346,6 +375,23 @@ class KubeRig:
     kubeconfig: dict[str, Any]
     startup_seconds: float
     user_tokens: dict[str, str] = field(repr=False)
+    _plane: _ControlPlane | None = field(default=None, repr=False, compare=False)
+
+    def stop_apiserver(self) -> None:
+        """Kill the API server process (SIGKILL), keeping etcd and its data: clients see
+        connections refused until `restart_apiserver`. Blocks: from a test's event loop call
+        it through asyncio.to_thread. The rig is shared by the session: whoever stops it
+        restarts it (in a `finally`), so later tests find it as it was."""
+        if self._plane is None:
+            raise KubeRigError("this rig does not own its control plane")
+        self._plane.stop_apiserver()
+
+    def restart_apiserver(self) -> None:
+        """Start the API server again on the same port with the same flags, certificate and
+        etcd data, and wait until it serves Applications (blocks, like stop_apiserver)."""
+        if self._plane is None:
+            raise KubeRigError("this rig does not own its control plane")
+        self._plane.restart_apiserver()
 
     async def api_client(self) -> ApiClient:
         """A new admin ApiClient; the caller closes it (`async with await kube.api_client()`)."""
@@ -436,6 +482,7 @@ def _start_rig() -> tuple[_ControlPlane, KubeRig]:
         kubeconfig=kubeconfig,
         startup_seconds=time.monotonic() - started,
         user_tokens=dict(plane.user_tokens),
+        _plane=plane,
     )
     return plane, rig
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from bot.errors import Conflict
 from bot.model import AppStatus, Work, WorkKey
 from bot.resync import RepoView, overlays_by_pr, plan_resync
 from bot.service import Bot
@@ -112,6 +113,20 @@ async def test_orphans_are_removed_in_one_commit() -> None:
     assert OVERLAY.format(3) not in repo.branches["main"]
 
 
+async def test_orphan_removal_tries_again_when_a_commit_moved_the_branch() -> None:
+    repo = MemoryRepo(files={**BASE, OVERLAY.format(3): "a"})
+    repo.fail_next("delete_files", Conflict("not a fast forward"), Conflict("again"))
+    bot = Bot(replace(SETTINGS, repositories=(REPO,)))
+    bot.resync_at_start = False
+    bot.start(MemoryGitHub(repo), MemoryCluster())
+    try:
+        report = await bot.resync_once()
+    finally:
+        await bot.stop()
+    assert report.orphans_removed == 1 and repo.calls.count("delete_files") == 3
+    assert OVERLAY.format(3) not in repo.branches["main"]
+
+
 async def test_applications_of_an_uninstalled_repository_are_removed() -> None:
     cluster = MemoryCluster()
     await cluster.apply(
@@ -188,6 +203,31 @@ async def test_a_stalled_task_is_restarted(monkeypatch: pytest.MonkeyPatch) -> N
         assert "stalled" in sup.tasks["watch"].last_error
     finally:
         await sup.stop()
+
+
+async def test_stopping_everything_while_a_stopping_task_stops_others() -> None:
+    """Killing a leader cancels every task at once; the election task's cancellation stops
+    the workers too (on_stopped_leading). Both stops finish, each task awaited once."""
+    sup = Supervisor()
+    stopped_inside = asyncio.Event()
+
+    async def election() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await sup.stop(["worker-0", "worker-1"])
+            stopped_inside.set()
+
+    async def work() -> None:
+        await asyncio.Event().wait()
+
+    for name in ("worker-0", "worker-1"):
+        sup.spawn(name, work)
+    sup.spawn("leader-election", election)
+    await asyncio.sleep(0.01)
+    await sup.stop()
+    assert stopped_inside.is_set()
+    assert {state.state for state in sup.tasks.values()} == {"stopped"}
 
 
 async def test_followers_do_not_act_and_leaders_do() -> None:

@@ -81,6 +81,20 @@ def test_a_refusal_for_the_spent_budget_pauses_even_when_the_reset_looks_past(
     assert t.observe(7, Answer(403, 5000, 0, T0 - 5)) is None  # the same pause, seen again
 
 
+def test_an_answer_sent_before_the_pause_does_not_lift_it(clock: FakeClock) -> None:
+    """Found by the chaos test (seed 1): a request in flight when the 403 came back was
+    answered with the older, larger budget, and the bot resumed inside the window."""
+    t = Throttle(clock.now)
+    assert t.observe(4, Answer(403, 5000, 0, T0 + 3)) is not None
+    assert t.observe(4, ok(4990, T0 + 3600)) is None
+    pause = t.pause(4)
+    assert pause is not None and pause.seconds == 4
+    clock.advance(4)
+    assert t.pause(4) is None
+    t.observe(4, ok(4990, T0 + 3600))  # after the reset, answers count again
+    assert t.remaining(4) == (4990, 5000)
+
+
 def test_the_remaining_fraction_is_reported_and_is_whole_after_the_reset(
     clock: FakeClock,
 ) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import re
 import secrets
 import shutil
@@ -44,6 +45,7 @@ from tests.rig.github.state import (
     IssueEvent,
     Label,
     Pull,
+    RandomFaults,
     RateBucket,
     Reaction,
     Recorded,
@@ -65,6 +67,7 @@ DEFAULT_PERMISSIONS = {
 RATE_DOCS = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
 _LEVELS = {"read": 1, "write": 2, "admin": 3}
 _BEFORE_APPLY = ("fail_next", "cut_next")  # fault kinds that answer instead of serving
+_WRITES = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 _FAULT_MESSAGES = {
     400: "Problems parsing JSON",
     401: "Bad credentials",
@@ -140,6 +143,8 @@ class FakeGitHub:
         self.tokens: dict[str, Token] = {}
         self._buckets: dict[int | str, RateBucket] = {}
         self._faults: list[Fault] = []
+        self._random_faults: RandomFaults | None = None
+        self._asked: dict[tuple[str, str], int] = {}  # (method, path) -> times, for fail_randomly
         self._delays: list[Delay] = []
         self._check_suites: dict[tuple[int, str], int] = {}
         self.requests: list[Recorded] = []
@@ -1255,6 +1260,58 @@ class FakeGitHub:
             },
         )
 
+    def fail_randomly(
+        self,
+        rate: float,
+        seed: int,
+        *,
+        statuses: Iterable[int] = (500, 502, 503, 504),
+        after_apply: float = 0.0,
+        method: str | None = None,
+        path_regex: str = ".",
+    ) -> None:
+        """From now on answer about `rate` of the matching requests with one of `statuses`,
+        until `stop_failing_randomly()`.
+
+        Which requests fail is decided by the seed, the method, the path and how many times
+        that method and path were asked before, not by the order requests arrive in: a seed
+        fails the same requests whatever the interleaving of the client's tasks. Of the failed
+        writes (POST, PATCH, PUT, DELETE), a share `after_apply` is served first and only its
+        answer replaced (GitHub applied it, the client never learns); the rest are not served.
+        Recorded with injected `fail_randomly` or `fail_randomly_after_apply`.
+        """
+        if not 0.0 <= rate <= 1.0 or not 0.0 <= after_apply <= 1.0:
+            raise ValueError(
+                f"rate and after_apply are shares in [0, 1], not {rate}, {after_apply}"
+            )
+        chosen = tuple(statuses)
+        if not chosen or any(not 500 <= s <= 599 for s in chosen):
+            raise ValueError(f"statuses must be 5xx, not {chosen}")
+        self._random_faults = RandomFaults(
+            rate, seed, chosen, after_apply, _method(method), re.compile(path_regex)
+        )
+
+    def stop_failing_randomly(self) -> None:
+        """End fail_randomly: every request is served again."""
+        self._random_faults = None
+
+    def _random_fault(self, call: Call) -> tuple[int, bool] | None:
+        """(status, after apply) when fail_randomly fails this request, else None."""
+        chaos = self._random_faults
+        if chaos is None or not _matches(
+            chaos.method, chaos.pattern, call.method, call.path, call.raw_path
+        ):
+            return None
+        key = (call.method, call.raw_path)
+        nth = self._asked.get(key, 0)
+        self._asked[key] = nth + 1
+        # A string seed is hashed with SHA-512: the same draw in every process and run.
+        draw = random.Random(f"{chaos.seed}:{call.method}:{call.raw_path}:{nth}")
+        if draw.random() >= chaos.rate:
+            return None
+        status = draw.choice(chaos.statuses)
+        return status, call.method in _WRITES and draw.random() < chaos.after_apply
+
     def delay_next(
         self, method: str | None, path_regex: str, seconds: float, count: int = 1
     ) -> None:
@@ -1467,6 +1524,7 @@ class FakeGitHub:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        arrived = self.clock()
         method = request.method.upper()
         raw_path = request.path
         path = self._canonical(raw_path)
@@ -1510,6 +1568,8 @@ class FakeGitHub:
         cut = call is not None and call.injected in ("cut_next", "cut_after_apply")
         if cut:
             status = 0  # the client gets no answer at all
+        now = self.clock()
+        pause = None if cut else _announced_pause(status, out_headers, now)
         self.requests.append(
             Recorded(
                 method=method,
@@ -1522,7 +1582,10 @@ class FakeGitHub:
                 token_request=bool(route and route.token_request),
                 injected=call.injected if call is not None else None,
                 duration=time.perf_counter() - started,
-                at=self.clock(),
+                at=now,
+                arrived=arrived,
+                pause_until=pause[0] if pause else None,
+                pause_scope=pause[1] if pause else None,
             )
         )
         if cut:
@@ -1564,6 +1627,11 @@ class FakeGitHub:
                 return Reply(fault.status, fault.body, dict(fault.headers)), True
         if auth_error is not None:
             raise auth_error
+        random_fault = self._random_fault(call)
+        if random_fault is not None and not random_fault[1]:
+            call.injected = "fail_randomly"
+            self._check_request(call, route)
+            return Reply(random_fault[0], _error_body(random_fault[0])), True
         problems = self._check_request(call, route)
         bucket = call.bucket
         if bucket is not None and bucket.remaining == 0 and self.clock() < bucket.reset:
@@ -1574,7 +1642,14 @@ class FakeGitHub:
             # GitHub rejects bodies that break its schema with 422 "Invalid request".
             raise GitHubError(422, "Invalid request.\n\n" + problems[0])
         self._authorize(call, route)
-        return self._lose_answer(call, route, route.handler(call))
+        reply = route.handler(call)
+        if random_fault is not None and reply.status < 400:
+            # Applied, then the answer is lost (the real one is still contract-checked).
+            call.injected = "fail_randomly_after_apply"
+            status, headers, payload = self._finish(call, route, reply, False)
+            self._check_response(call, route, status, headers, payload, reply, False)
+            return Reply(random_fault[0], _error_body(random_fault[0])), True
+        return self._lose_answer(call, route, reply)
 
     def _lose_answer(self, call: Call, route: Route, reply: Reply) -> tuple[Reply, bool]:
         """After a request was served: a fail_after_apply / cut_after_apply fault replaces
@@ -1793,6 +1868,18 @@ class FakeGitHub:
             self.contract_violations.append(
                 Violation("response", call.method, call.raw_path, route.template, status, problem)
             )
+
+
+def _announced_pause(
+    status: int, headers: Mapping[str, str], now: float
+) -> tuple[float, str] | None:
+    """The rate-limit window an answer announces: (until, Recorded.pause_scope), or None."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if status in (403, 429) and "retry-after" in lowered:
+        return now + float(lowered["retry-after"]), "app"
+    if lowered.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in lowered:
+        return float(lowered["x-ratelimit-reset"]), "installation"
+    return None
 
 
 def _error_body(status: int) -> JSON:

@@ -271,10 +271,17 @@ class Recorded:
     raw_path: str
     token_request: bool
     # None when served; else the fault that answered instead: fail_next, fail_after_apply,
-    # cut_next or cut_after_apply (a cut has status 0: the client got no answer at all).
+    # cut_next or cut_after_apply (a cut has status 0: the client got no answer at all), or
+    # fail_randomly / fail_randomly_after_apply (FakeGitHub.fail_randomly's 5xx).
     injected: str | None
     duration: float
     at: float  # when it was answered, by the fake's clock
+    arrived: float = 0.0  # when it came in, by the fake's clock
+    # When the answer announced a rate-limit window, GitHub wants no request before this:
+    # remaining 0 holds the installation until x-ratelimit-reset ("installation"); a 403/429
+    # with retry-after (a secondary limit) holds the whole App for retry-after ("app").
+    pause_until: float | None = None
+    pause_scope: str | None = None
 
 
 @dataclass
@@ -290,6 +297,19 @@ class Fault:
     # fail_next: answered instead of served; fail_after_apply: served, then answered with
     # `status`; cut_next / cut_after_apply: the connection is closed before / after serving.
     kind: str = "fail_next"
+
+
+@dataclass(frozen=True)
+class RandomFaults:
+    """GitHub having a bad day: a share of the requests answered with a 5xx (see
+    FakeGitHub.fail_randomly)."""
+
+    rate: float
+    seed: int
+    statuses: tuple[int, ...]
+    after_apply: float  # of the failed writes, the share GitHub applied before failing
+    method: str | None
+    pattern: re.Pattern[str]
 
 
 @dataclass
