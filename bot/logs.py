@@ -34,10 +34,9 @@ _ENCODER = msgspec.json.Encoder(enc_hook=str)
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     """The context of the line: its log_context, then what `extra=` gave (which wins)."""
     fields = dict(getattr(record, "log_context", {}))
-    attrs = vars(record)
-    for k in attrs.keys() - _NOT_EXTRA:
-        if not k.startswith("_"):
-            fields[k] = attrs[k]
+    for k, v in vars(record).items():
+        if k not in _NOT_EXTRA and not k.startswith("_"):
+            fields[k] = v  # in the order given
     return fields
 
 
