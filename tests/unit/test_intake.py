@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.testclient import TestClient
 
 from bot import app as app_module
-from bot.app import Intake, create_app
+from bot.app import Deliveries, Intake, create_app
 from bot.config import Settings
 from bot.metrics import Metrics
 from bot.model import Command, WorkKey
@@ -597,3 +597,28 @@ async def test_odd_signature_bytes_are_401_before_the_body(signature: bytes) -> 
     resp = await intake().webhook(request(body, signature))
     assert outcome_of(resp) == (401, "rejected")
     assert body.calls == 0
+
+
+def test_delivery_ids_are_remembered_for_their_ttl_and_at_most_maxsize() -> None:
+    now = [0.0]
+    seen = Deliveries(maxsize=3, ttl=60, clock=lambda: now[0])
+    for i in range(3):
+        seen.add(f"d-{i}")
+    assert all(f"d-{i}" in seen for i in range(3)) and "d-9" not in seen
+    seen.add("d-3")  # over the size: the oldest is forgotten
+    assert "d-0" not in seen and "d-3" in seen and len(seen) == 3
+    now[0] = 59.9
+    assert "d-1" in seen
+    now[0] = 60.0  # expired: a redelivery is taken afresh, and the next add forgets it
+    assert "d-1" not in seen
+    seen.add("d-4")
+    assert len(seen) == 1 and "d-4" in seen
+
+
+def test_a_hundred_thousand_deliveries_stay_bounded() -> None:
+    seen = Deliveries(maxsize=1000, ttl=3600)
+    ids = [str(uuid.uuid4()) for _ in range(100_000)]
+    for delivery in ids:
+        seen.add(delivery)
+    assert len(seen) == 1000 and len(seen._order) == 1000
+    assert ids[-1] in seen and ids[0] not in seen
