@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+# Two workers, a file each at a time: each starts its own rig once (API server, GitHub fake),
+# and a file's tests share them. PARALLEL= runs everything in one process.
+PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: setup test lint typecheck unit run bench lock settings-docs clean
 
@@ -24,7 +27,7 @@ typecheck: setup
 test: lint typecheck
 	$(PY) -m tests.rig.artifacts
 	$(PY) -m tests.deploy.tools
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PARALLEL) $(PYTEST_ARGS)
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
