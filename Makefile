@@ -45,6 +45,7 @@ bench: setup
 	$(PY) bench/scale.py
 	$(PY) bench/github.py
 	$(PY) bench/decode.py
+	$(PY) bench/log_line.py
 	$(PY) bench/imports.py
 	$(PY) bench/serve_memory.py
 
