@@ -88,8 +88,8 @@ class BotProcess:
 
     def count(self, prefix: str) -> int:
         """How many log lines have a message starting with `prefix` (no JSON parsing: cheap
-        enough to poll)."""
-        return self.log.read_text(errors="replace").count(f'"msg": "{prefix}')
+        enough to poll; the bot writes compact JSON, no space after the colon)."""
+        return self.log.read_text(errors="replace").count(f'"msg":"{prefix}')
 
     def rss(self) -> float:
         return proc_status(self.pid, "VmRSS")
