@@ -40,7 +40,7 @@ from bot.webhooks import delivery_headers
 from tests.rig.argocd import ArgoCDStandIn
 from tests.rig.github.server import FakeGitHub
 from tests.rig.github.state import Recorded
-from tests.rig.harness import NAME, OWNER, SECRET, skeleton_files
+from tests.rig.harness import NAME, OWNER, SECRET, rig_settings, skeleton_files
 from tests.rig.kube import KubeRig
 from tests.rig.kustomize import build, validate
 
@@ -257,15 +257,9 @@ async def test_chaos_converges(
     rng = random.Random(seed)
     fake.create_repo(OWNER, NAME, files=skeleton_files())
     fake.set_permission(OWNER, NAME, "octocat", "write")
-    settings = Settings(
-        github_app_id=fake.app_id,
-        github_private_key=fake.private_key_pem,
-        github_webhook_secret=SECRET,
-        github_api_url=fake.url,
-        repositories=(f"{OWNER}/{NAME}",),
-        argocd_namespace=argocd_ns,
-        workers=2,
-        retry_seconds=0.1,
+    settings = rig_settings(
+        fake,
+        argocd_ns,
         teardown_grace_seconds=1.0,
         resync_seconds=RESYNC_SECONDS,
         fork_policy="deny",

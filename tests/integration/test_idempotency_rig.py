@@ -11,24 +11,16 @@ until it converged) and how many more the phase took than the same phase without
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-import httpx2 as httpx
 import pytest
 import pytest_asyncio
 
-from bot.app import create_app
 from bot.comment import parse_comment_state
-from bot.github import GitHub
-from bot.kube import ArgoCD
-from bot.service import Bot
 from tests.rig.github.server import FakeGitHub
 from tests.rig.harness import NAME, OWNER, Harness
-from tests.rig.kube import KubeRig
 
 pytestmark = pytest.mark.rig
 
@@ -39,17 +31,12 @@ HOLD = 0.2  # how long the fake holds the write a kill interrupts (it is applied
 
 
 class Rig:
-    """The harness, plus a kill: stop the bot mid-sync and start a fresh one (new process
-    state, new clients) on the same fake and cluster, as a restarted pod would."""
+    """The harness with the check run on, plus a kill: the bot stopped mid-sync with no grace
+    and a fresh one (new process state, new clients) started on the same fake and cluster,
+    as a restarted pod would."""
 
-    def __init__(self, h: Harness, kube: KubeRig, namespace: str, stack: AsyncExitStack) -> None:
+    def __init__(self, h: Harness) -> None:
         self.h = h
-        self.kube = kube
-        self.namespace = namespace
-        self.stack = stack
-        # The check run on; a short teardown grace (the stand-in prunes at once) keeps it fast.
-        self.settings = replace(h.settings, check_run=True, teardown_grace_seconds=0.3)
-        self.bots = [h.bot]
 
     @property
     def fake(self) -> FakeGitHub:
@@ -57,41 +44,21 @@ class Rig:
 
     async def kill(self) -> None:
         """Stop the running bot with no grace: its sync stops where it is."""
-        await self.h.bot.stop(grace=0)
-
-    async def restart(self) -> None:
-        """Kill the running bot and start a fresh one."""
-        await self.kill()
-        await self.start()
+        await self.h.stop(kill=True)
 
     async def start(self) -> None:
-        """A fresh bot (new process state, new clients) on the same fake and cluster."""
-        bot = Bot(self.settings)
-        bot.resync_at_start = False  # resync_once() below, so the test knows when it ran
-        session = await self.stack.enter_async_context(aiohttp.ClientSession())
-        api = await self.stack.enter_async_context(self.kube.kubeapi())
-        github = GitHub(session, self.settings, bot.metrics)
-        bot.start(github, ArgoCD(api, self.namespace))
-        self.bots.append(bot)
-        transport = httpx.ASGITransport(app=create_app(bot.intake))
-        http = httpx.AsyncClient(transport=transport, base_url="http://bot")
-        await self.stack.enter_async_context(http)
-        self.h.bot, self.h.github, self.h.http, self.h.settings = bot, github, http, self.settings
+        """A fresh bot on the same fake and cluster."""
+        await self.h.start()
 
     async def settle(self) -> None:
         await self.h.bot.idle(quiet=0.1)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def rig(harness: Harness, kube: KubeRig, argocd_ns: str) -> AsyncIterator[Rig]:
-    async with AsyncExitStack() as stack:
-        r = Rig(harness, kube, argocd_ns, stack)
-        await r.restart()  # the same bot with the check run on
-        try:
-            yield r
-        finally:
-            for bot in r.bots[1:]:
-                await bot.stop(grace=0)
+async def rig(harness: Harness) -> Rig:
+    # The check run on; a short teardown grace (the stand-in prunes at once) keeps it fast.
+    await harness.restart(check_run=True, teardown_grace_seconds=0.3)
+    return Rig(harness)
 
 
 # ---- the creates, and where each phase makes them ------------------------------------------

@@ -118,18 +118,19 @@ class Harness:
         argocd = ArgoCD(api, self.standin.namespace)
         images = self.images(session, self.settings) if self.images else None
         bot.start(gh, argocd, images=images)
-        stack.push_async_callback(bot.stop)
         transport = httpx.ASGITransport(app=create_app(bot.intake))
         http = httpx.AsyncClient(transport=transport, base_url="http://bot")
         await stack.enter_async_context(http)
         self.bot, self.github, self.argocd, self.http = bot, gh, argocd, http
         self._running = stack
 
-    async def stop(self) -> None:
-        """Stop the bot and close its clients (the stand-in and the fake stay)."""
+    async def stop(self, *, kill: bool = False) -> None:
+        """Stop the bot and close its clients (the stand-in and the fake stay). With `kill`,
+        syncs in flight get no grace and stop where they are, as in a killed pod."""
         if self._running is not None:
             running, self._running = self._running, None
-            await running.aclose()  # the bot stops before its clients close
+            await self.bot.stop(grace=0 if kill else None)  # before its clients close
+            await running.aclose()
 
     async def restart(self, **changes: Any) -> None:
         """A fresh bot (a new process) on the same GitHub fake and cluster, with `changes` to
@@ -247,6 +248,24 @@ class Harness:
         return build_and_validate(dest / Path(self.overlay_path(number)).parent)
 
 
+def rig_settings(github: FakeGitHub, argocd_ns: str, **changes: Any) -> Settings:
+    """The rig's bot settings (the fake's App and URL, the rig's repository and namespace,
+    fast retries, no periodic resync: tests call resync_once()), with `changes`."""
+    settings = Settings(
+        github_app_id=github.app_id,
+        github_private_key=github.private_key_pem,
+        github_webhook_secret=SECRET,
+        github_api_url=github.url,
+        repositories=(f"{OWNER}/{NAME}",),
+        argocd_namespace=argocd_ns,
+        workers=2,
+        retry_seconds=0.1,
+        teardown_grace_seconds=1.5,
+        resync_seconds=3600,
+    )
+    return replace(settings, **changes)
+
+
 def harness_env(**env: str) -> pytest.MarkDecorator:
     """Run a test's `harness` with settings given as the environment would give them, e.g.
     `@harness_env(PREVIEW_BOT_DRAFTS="true")` (parsed by the same code as the real thing)."""
@@ -285,19 +304,7 @@ async def running_harness(
     github.set_permission(OWNER, NAME, "octocat", "write")
     if clock is not None:
         github.clock = clock.now  # the fixture `github` puts the real clock back
-    settings = Settings(
-        github_app_id=github.app_id,
-        github_private_key=github.private_key_pem,
-        github_webhook_secret=SECRET,
-        github_api_url=github.url,
-        repositories=(f"{OWNER}/{NAME}",),
-        argocd_namespace=argocd_ns,
-        workers=2,
-        retry_seconds=0.1,
-        teardown_grace_seconds=1.5,
-        resync_seconds=3600,  # tests call resync_once() themselves
-    )
-    settings = replace(settings, **changes)
+    settings = rig_settings(github, argocd_ns, **changes)
     api_client = await kube.api_client()  # the stand-in's
     try:
         async with ArgoCDStandIn(api_client, argocd_ns) as argo:
