@@ -224,10 +224,7 @@ class GitHub:
                 return await gh.put(url, url_vars, data=data)
             return await gh.delete(url, url_vars, data=data)
         except Exception as exc:
-            mapped = self.map_error(installation_id, exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self.reraise(installation_id, exc)
 
     async def get_cached(
         self,
@@ -279,10 +276,7 @@ class GitHub:
                 return held.value, held.next_url
             data, _, next_url = sansio.decipher_response(status, resp_headers, body)
         except Exception as exc:
-            mapped = self.map_error(installation_id, exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self.reraise(installation_id, exc)
         value = convert(data)
         etag = resp_headers.get("etag")
         if etag:
@@ -684,8 +678,9 @@ class RepoClient:
 
     async def delete_files(self, paths: list[str], branch: str, message: str) -> str | None:
         """Delete `paths` in one commit (git data API); Conflict when the branch moved."""
-        ref = await self._call("GET", "/repos/{+repo}/git/ref/{+ref}", ref=f"heads/{branch}")
-        head = str(ref["object"]["sha"])
+        head = await self.branch_head(branch)
+        if head is None:
+            raise PermanentError(f"branch {branch} not found", 404)
         commit = await self._call("GET", "/repos/{+repo}/git/commits/{sha}", sha=head)
         entries = [{"path": p, "mode": "100644", "type": "blob", "sha": None} for p in paths]
         tree = await self._call(

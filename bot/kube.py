@@ -10,7 +10,6 @@ adapter as ClusterUnavailable, any other as the kubeapi.ApiError the server gave
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -45,15 +44,6 @@ class _Feed:
             self.alive()
 
 
-def _reason(exc: ApiError) -> str:
-    """The API server's message of an error answer (its Status object), else its reason."""
-    try:
-        message = json.loads(exc.body).get("message")
-    except (ValueError, AttributeError, TypeError):
-        message = None
-    return f"{exc.status} {message or exc.reason}"
-
-
 class ArgoCD:
     """Applications in one Argo CD namespace, through one KubeApi."""
 
@@ -78,7 +68,7 @@ class ArgoCD:
                 # 422 (invalid), 403 (RBAC), 400: retrying changes nothing; the PR is told
                 # once, with the API server's own words.
                 raise PermanentError(
-                    f"the Kubernetes API server refused to {what}: {_reason(exc)}", exc.status
+                    f"the Kubernetes API server refused to {what}: {exc}", exc.status
                 ) from exc
             raise
 

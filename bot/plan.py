@@ -83,18 +83,6 @@ def wants_preview(pr: PullRequest, settings: Settings) -> bool:
     return teardown_reason(pr, pr.labels, settings) is None
 
 
-def needs_base_check(
-    pr: PullRequest, settings: Settings, record: Record, app: ObservedApp | None
-) -> bool:
-    """Whether the plan needs to know the repository's layout (the base overlay, the shared
-    Namespace component): only before a PR's first overlay, and only when it may deploy."""
-    return (
-        wants_preview(pr, settings)
-        and record.overlay_blob is UNKNOWN
-        and (app is None or app.owned_by(pr.repo))
-    )
-
-
 @dataclass(frozen=True)
 class Needs:
     """Which facts a sync must read beyond the PR, its Application and record: each costs a

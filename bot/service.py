@@ -265,7 +265,9 @@ class Bot:
         self._draining = True
         self.queue.close()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        await self.supervisor.stop(["resync", "watch", "leader-election"])
+        # The elector stays until the grace is over: stopping it now would stop the workers
+        # (losing the lead stops them) and leave syncs in flight no grace at all.
+        await self.supervisor.stop(["resync", "watch"])
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_done.wait(), grace)
         if self._busy:

@@ -67,6 +67,8 @@ class Supervisor:
         backoff = 1.0
         while not self._stopping:
             state.state = "running"
+            began = self.clock()
+            fault: Exception | None = None
             attempt = asyncio.create_task(factory(), name=f"{name}-attempt")
             self._attempts[name] = attempt
             try:
@@ -78,8 +80,11 @@ class Supervisor:
                     raise  # the guard itself is being stopped, not just the attempt
                 why = "stalled: no sign of life"
             except Exception as exc:  # any fault restarts it; none may end the bot
-                why = f"{type(exc).__name__}: {exc}"
-                log.exception("%s failed; restarting in %.0fs", name, backoff)
+                why, fault = f"{type(exc).__name__}: {exc}", exc
+            if self.clock() - began > MAX_BACKOFF:
+                backoff = 1.0  # it ran well for a while: a new fault, not the same one again
+            if fault is not None:
+                log.error("%s failed; restarting in %.0fs", name, backoff, exc_info=fault)
             else:
                 log.warning("%s %s; restarting in %.0fs", name, why, backoff)
             state.state, state.last_error = "restarting", why
@@ -114,10 +119,6 @@ class Supervisor:
                 f"{state.name}: {state.state}, alive {age}, {state.restarts} restarts{error}"
             )
         return lines
-
-    def healthy(self) -> bool:
-        """No task is between a failure and its restart."""
-        return all(state.state == "running" for state in self.tasks.values())
 
     async def stop(self, names: list[str] | None = None) -> None:
         """Cancel the tasks (all, or those named) and wait for them."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -241,7 +242,7 @@ class Syncer:
         if cached is not None:
             return cached
         n = names(self.settings, obs.pr.repo, obs.pr.number)
-        top = _common_dir(n.base_dir, n.namespace_dir)
+        top = posixpath.commonpath([n.base_dir, n.namespace_dir])  # "" for the root
         files = set(await repo.list_files(top, obs.branch) or [])
         base_ok = any(f"{n.base_dir}/{name}" in files for name in KUSTOMIZATION_NAMES)
         namespace_ok = set(render_namespace_component(self.settings)) <= files
@@ -263,7 +264,7 @@ class Syncer:
         """Previews of the repository in use, and this PR's place among the labeled PRs that
         wait for one, by label time (derived from GitHub and the cluster, so it survives a
         restart)."""
-        apps = [a for a in await self.cluster.list_managed() if a.repo == pr.repo]
+        apps = [a for a in await self.cluster.list_managed() if a.owned_by(pr.repo)]
         running = {a.number for a in apps}
         waiting: list[tuple[int, int]] = []
         for other in await repo.open_pulls():
@@ -569,13 +570,3 @@ class Syncer:
             comment_state=text.state.value,
             comment_fingerprint=text.fingerprint,
         )
-
-
-def _common_dir(a: str, b: str) -> str:
-    """The deepest directory holding both paths ("" for the repository root)."""
-    parts = []
-    for x, y in zip(a.split("/"), b.split("/"), strict=False):
-        if x != y:
-            break
-        parts.append(x)
-    return "/".join(parts)

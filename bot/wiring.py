@@ -85,11 +85,6 @@ async def probe(intake: Intake, session: aiohttp.ClientSession, argocd: ArgoCD |
             log.warning("%s %s; deliveries are queued and retried", name, note)
 
 
-def build_app(settings: Settings) -> Starlette:
-    """The production app: GitHub through aiohttp, the cluster from the kubeconfig."""
-    return build(settings)[0]
-
-
 def build(settings: Settings) -> tuple[Starlette, Bot]:
     """The production app and its Bot (which `serve` tells about SIGTERM at once)."""
     bot = Bot(settings)
