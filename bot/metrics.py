@@ -56,6 +56,11 @@ class Metrics:
             "Installations whose resync waited because their rate-limit budget ran low.",
             registry=self.registry,
         )
+        self.resync_skipped = Counter(
+            "preview_bot_resync_skipped",
+            "Repositories a resync could not list (GitHub refused: no access, gone).",
+            registry=self.registry,
+        )
         self.github_requests = Counter(
             "preview_bot_github_requests",
             "Requests sent to GitHub by method and status.",

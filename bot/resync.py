@@ -129,6 +129,7 @@ class ResyncReport:
     orphans_removed: int = 0
     deferred: int = 0  # installations skipped for their rate-limit budget
     removed_apps: int = 0
+    skipped: int = 0  # repositories GitHub refused to list (no access, gone): said, counted
 
 
 class Resyncer:
@@ -170,12 +171,14 @@ class Resyncer:
         await self._uninstalled(apps, covered, deferred, report)
         log.info(
             "resync: %d repositories, %d PRs queued, %d orphan files removed, %d installations "
-            "deferred, %d Applications of uninstalled repositories removed",
+            "deferred, %d Applications of uninstalled repositories removed, %d repositories "
+            "skipped",
             report.repositories,
             report.queued,
             report.orphans_removed,
             report.deferred,
             report.removed_apps,
+            report.skipped,
         )
         return report
 
@@ -193,7 +196,11 @@ class Resyncer:
             files = await client.list_files(previews_root(self.settings), branch) or []
             pulls = tuple(await client.open_pulls())
         except PermanentError as exc:
+            # Nothing to put on a PR; counted (metric and summary line) so it shows up.
             log.warning("resync of %s skipped: %s", repo, exc)
+            report.skipped += 1
+            if self.metrics is not None:
+                self.metrics.resync_skipped.inc()
             return
         view = RepoView(repo, pulls, ours, overlays_by_pr(self.settings, files))
         plan = plan_resync(view, self.settings, now, self.queue.busy(repo))

@@ -294,6 +294,12 @@ class Bot:
                 return
             except PermanentError as exc:
                 log.error("sync failed and will not be retried: %s", exc)
+            except Exception as exc:
+                # A bug, not the world: retried with backoff like a temporary failure (the
+                # worker lives on, the PR is not forgotten), with the traceback once.
+                log.exception("sync crashed")
+                self._retry(work, TemporaryError(f"sync crashed: {type(exc).__name__}: {exc}"))
+                return
             else:
                 if outcome.requeue_after is not None:
                     self.queue.put_later(work, outcome.requeue_after)

@@ -266,13 +266,20 @@ class Syncer:
         restart)."""
         apps = [a for a in await self.cluster.list_managed() if a.owned_by(pr.repo)]
         running = {a.number for a in apps}
-        waiting: list[tuple[int, int]] = []
-        for other in await repo.open_pulls():
-            if other.number in running or not wants_preview(other, self.settings):
-                continue
-            event = await repo.label_event(other.number, self.settings.trigger_label)
-            waiting.append((event.at if event else 0, other.number))
-        order = [number for _, number in sorted(waiting)]
+        candidates = [
+            other.number
+            for other in await repo.open_pulls()
+            if other.number not in running and wants_preview(other, self.settings)
+        ]
+        if len(candidates) <= self.settings.max_previews - len(apps):
+            # Room for every one of them: the order (a label-event read each) changes nothing.
+            order = candidates
+        else:
+            waiting: list[tuple[int, int]] = []
+            for number in candidates:
+                event = await repo.label_event(number, self.settings.trigger_label)
+                waiting.append((event.at if event else 0, number))
+            order = [number for _, number in sorted(waiting)]
         position = order.index(pr.number) + 1 if pr.number in order else len(order) + 1
         return CapSeen(len(apps), self.settings.max_previews, position)
 

@@ -315,6 +315,26 @@ async def test_bot_retries_with_backoff_and_logs_each_retry_once(
     assert "Preview deploying" in world.comment()
 
 
+async def test_a_crashing_sync_is_retried_and_the_worker_lives_on(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.repo.open_pull(42, SHA1)
+    world.repo.fail_next("get_pull", KeyError("a bug"))
+    bot = Bot(SETTINGS)
+    bot.start(world.github, world.cluster)
+    try:
+        with caplog.at_level(logging.WARNING, logger="bot"):
+            bot.queue.put_nowait(WORK)
+            await bot.idle(quiet=0.1, limit=5)
+    finally:
+        await bot.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "sync crashed" in messages
+    assert "retry 1 in 0.0s: sync crashed: KeyError: 'a bug'" in messages
+    assert not any("restarting" in m for m in messages)  # no worker died
+    assert "Preview deploying" in world.comment()
+
+
 async def test_bot_follows_the_watch_to_destroyed(world: World) -> None:
     world.repo.open_pull(42, SHA1)
     bot = Bot(SETTINGS)
