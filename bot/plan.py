@@ -317,7 +317,7 @@ def _plan_collision(b: _Builder, wanted: bool) -> Plan:
     b.comment(State.NOT_DEPLOYED, detail)
     plan = b.finish(State.NOT_DEPLOYED, "name taken by an Application not ours")
     # The record belongs to that other Application: keep it out of its annotations.
-    return replace(plan, actions=tuple(a for a in plan.actions if not isinstance(a, RecordState)))
+    return _without_record(plan)
 
 
 def plan_failure(obs: Observed, settings: Settings, now: datetime, reason: str) -> Plan:
@@ -334,10 +334,13 @@ def plan_failure(obs: Observed, settings: Settings, now: datetime, reason: str) 
     # The record goes on our Application when there is one, and always into the process's
     # memory and the comment; never onto an Application that is not ours.
     if obs.app is not None and not obs.app.owned_by(obs.pr.repo):
-        return replace(
-            plan, actions=tuple(a for a in plan.actions if not isinstance(a, RecordState))
-        )
+        return _without_record(plan)
     return plan
+
+
+def _without_record(plan: Plan) -> Plan:
+    """The plan without its RecordState (for an Application that is not ours)."""
+    return replace(plan, actions=tuple(a for a in plan.actions if not isinstance(a, RecordState)))
 
 
 def _plan_hold(b: _Builder, answer: Gate) -> Plan:

@@ -21,6 +21,7 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
+from bot.commands import Verb, judge_all, verbs_of
 from bot.comment import Author, read_comment
 from bot.config import Settings
 from bot.errors import Conflict, PermanentError, TemporaryError
@@ -159,7 +160,7 @@ class Syncer:
         commands = tuple(
             [CommandSeen(c, await self._writer(repo, key.repo, c.author)) for c in work.commands]
         )
-        deploying = any(s.writer and s.command.words in ((), ("deploy",)) for s in commands)
+        deploying = Verb.DEPLOY in verbs_of(judge_all(commands))  # the commands' one judge
         want = needs(pr, record, app, self.settings, deploying)
         obs = Observed(
             pr=pr,
