@@ -124,6 +124,11 @@ class ArgoCD:
         result = await self._do("list Applications", self.api.list(self._path(), MANAGED))
         return [app_from_object(item) for item in result.get("items") or []]
 
+    async def reachable(self) -> None:
+        """Raise unless the API server answers a list of managed Applications (one item at
+        most: a probe, not a read of every preview)."""
+        await self._do("list Applications", self.api.list(self._path(), MANAGED, limit=1))
+
     async def request_sync(self, name: str) -> bool:
         """Ask Argo CD to sync now: set the Application's `operation`, as `argocd app sync` does."""
         body = {"operation": {"initiatedBy": {"username": FIELD_MANAGER}, "sync": {}}}

@@ -455,10 +455,17 @@ class KubeApi:
         result: dict[str, Any] = await self.request("GET", path)
         return result
 
-    async def list(self, path: str, label_selector: str | None = None) -> dict[str, Any]:
-        """A collection: `items` and `metadata.resourceVersion` (where a watch may start)."""
-        params = {"labelSelector": label_selector} if label_selector else None
-        result: dict[str, Any] = await self.request("GET", path, params=params)
+    async def list(
+        self, path: str, label_selector: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """A collection: `items` and `metadata.resourceVersion` (where a watch may start);
+        with `limit`, at most that many items (the API server's chunking)."""
+        params: dict[str, str] = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if limit is not None:
+            params["limit"] = str(limit)
+        result: dict[str, Any] = await self.request("GET", path, params=params or None)
         return result
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ async def connect_cluster(settings: Settings, probe_seconds: float) -> ClusterCo
     host = api.server
     conn = ClusterConnection(argocd, host, argocd.close)
     try:
-        await asyncio.wait_for(argocd.list_managed(), probe_seconds)
+        await asyncio.wait_for(argocd.reachable(), probe_seconds)
     except kubeapi.ApiError as exc:
         why = (
             "it has no Argo CD Application CRD"
@@ -68,20 +68,20 @@ async def connect_cluster(settings: Settings, probe_seconds: float) -> ClusterCo
 async def probe(intake: Intake, session: aiohttp.ClientSession, argocd: ArgoCD | None) -> None:
     """Note in /readyz whether GitHub and the cluster answer. Not a readiness condition:
     deliveries are taken anyway and work retries until they do."""
+    before = dict(intake.health.notes)
     try:
         async with session.get(intake.settings.github_api_url + "/") as resp:
             intake.health.notes["github"] = "ok" if resp.status < 500 else f"HTTP {resp.status}"
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         intake.health.notes["github"] = f"unreachable: {exc}"
-    if argocd is None:
-        return
-    try:
-        await argocd.list_managed()
-        intake.health.notes["cluster"] = "ok"
-    except Exception as exc:  # any failure is worth showing, none is fatal here
-        intake.health.notes["cluster"] = f"unreachable: {exc}"
+    if argocd is not None:
+        try:
+            await asyncio.wait_for(argocd.reachable(), PROBE_SECONDS)
+            intake.health.notes["cluster"] = "ok"
+        except Exception as exc:  # any failure is worth showing, none is fatal here
+            intake.health.notes["cluster"] = f"unreachable: {exc}"
     for name, note in intake.health.notes.items():
-        if note != "ok":
+        if note != "ok" and before.get(name) != note:  # once per change, not every round
             log.warning("%s %s; deliveries are queued and retried", name, note)
 
 
