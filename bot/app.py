@@ -166,7 +166,8 @@ class Intake:
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         # Called with what a check or status delivery names only by head SHA, and with resync
         # requests (installation changes). Called on the event loop before the 202: they must
-        # not block (hand the work to a task or a queue).
+        # not block (hand the work to a task or a queue). on_sha returns Outcome.QUEUE_FULL
+        # when the queue refused what it asked for (the delivery is then answered 503).
         self.on_sha: Callable[[ShaHint], object] = _no_sha_hook
         self.on_resync: Callable[[ResyncRequest], None] = _no_resync_hook
         self.in_flight = 0  # webhook requests being handled now
@@ -312,7 +313,10 @@ class Intake:
         full (then 503, and the delivery is not remembered so that a redelivery works)."""
         ctx = {"delivery": delivery, "action": found.action, "repo": found.repo, "pr": found.number}
         if found.sha_hint is not None:
-            self.on_sha(found.sha_hint)
+            if self.on_sha(found.sha_hint) is Outcome.QUEUE_FULL:
+                # As for any work: not remembered, so GitHub's redelivery works later.
+                full = Answer(503, "queue full, try again later", Outcome.QUEUE_FULL)
+                return self._answer(full, label, **ctx)
             answer = Answer(202, f"head {found.sha_hint.sha} to resolve", Outcome.SHA_HINT)
         elif found.resync is not None:
             self.on_resync(found.resync)

@@ -28,7 +28,7 @@ from bot.resync import Resyncer, ResyncReport
 from bot.scope import in_scope
 from bot.supervisor import Supervisor
 from bot.sync import Syncer
-from bot.webhooks import ResyncRequest, ShaHint
+from bot.webhooks import Outcome, ResyncRequest, ShaHint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -205,16 +205,18 @@ class Bot:
             log.info("resync requested: %s", request.reason)
         self._resync_now.set()
 
-    def on_sha(self, hint: ShaHint) -> int:
+    def on_sha(self, hint: ShaHint) -> Outcome | None:
         """A check or status finished on a commit: sync the PRs whose head waits on it (a PR
-        the bot does not know of yet is found by the resync). Returns how many were queued.
+        the bot does not know of yet is found by the resync). Outcome.QUEUE_FULL when the
+        queue refused one (the intake answers 503, so GitHub can redeliver).
         Called on the intake's hot path: a dictionary lookup, nothing more."""
         syncer = self.syncer
         numbers = syncer.prs_waiting_on(hint.repo, hint.sha) if syncer else frozenset()
+        refused = False
         for number in numbers:
             work = Work(WorkKey(hint.repo, number), hint.installation_id, "status")
-            self.queue.put_nowait(work)
-        return len(numbers)
+            refused |= self.queue.put_nowait(work) is Outcome.QUEUE_FULL
+        return Outcome.QUEUE_FULL if refused else None
 
     # ---- the loops -----------------------------------------------------------------------
 

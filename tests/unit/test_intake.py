@@ -23,7 +23,7 @@ from bot.config import Settings
 from bot.metrics import Metrics
 from bot.model import Command, WorkKey
 from bot.queue import KeyedQueue
-from bot.webhooks import ResyncRequest, ShaHint, sign
+from bot.webhooks import Outcome, ResyncRequest, ShaHint, sign
 from tests.rig.artifacts import app_ping, official_example, validate_webhook
 
 SECRET = "It's a Secret to Everybody"
@@ -434,6 +434,18 @@ def test_a_bare_head_sha_goes_to_the_sha_hook() -> None:
         # The default hook drops it: no resolver wired, nothing breaks.
         r.intake.on_sha = Intake(make_settings(), r.queue, Metrics()).on_sha
         assert r.post(payload, event="status").json()["outcome"] == "sha_hint"
+
+
+def test_a_head_sha_the_queue_cannot_take_is_503_and_can_be_redelivered() -> None:
+    r = Rig(required_checks=("build",))
+    r.intake.on_sha = lambda _hint: Outcome.QUEUE_FULL  # what Bot.on_sha says when refused
+    payload = official_example("status")
+    payload["context"] = "build"
+    payload["installation"] = {"id": 9, "node_id": "x"}
+    with r.client:
+        resp = r.post(payload, event="status", delivery="d-status")
+        assert (resp.status_code, resp.json()["outcome"]) == (503, "queue_full")
+        assert "d-status" not in r.intake.seen
 
 
 def test_installation_changes_go_to_the_resync_hook(rig: Rig) -> None:
