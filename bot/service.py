@@ -233,6 +233,9 @@ class Bot:
                 if not self._busy:
                     self._all_done.set()
                 self.supervisor.alive(name)
+        # Draining: take nothing more and wait to be stopped (a supervised task that returns
+        # is a fault, and would be restarted and logged as one during every shutdown).
+        await asyncio.Event().wait()
 
     async def _resync_loop(self) -> None:
         if not self.resync_at_start:
