@@ -550,24 +550,16 @@ class RepoClient:
         return str(data.get("permission") or "none")
 
     async def label_event(self, number: int, label: str) -> LabelEvent | None:
-        """The latest `labeled` event of `label` on the PR (its actor and time)."""
-        gh = await self._github.api(self.installation_id)
-        last: LabelEvent | None = None
-        try:
-            async for event in gh.getiter(
-                "/repos/{+repo}/issues/{number}/events{?per_page}",
-                {"repo": self.repo, "number": number, "per_page": 100},
-            ):
-                if (
-                    event.get("event") == "labeled"
-                    and (event.get("label") or {}).get("name") == label
-                ):
-                    actor = (event.get("actor") or {}).get("login") or ""
-                    at = datetime.fromisoformat(str(event["created_at"]).replace("Z", "+00:00"))
-                    last = LabelEvent(str(actor), int(at.timestamp()))
-        except Exception as exc:
-            self._github.reraise(self.installation_id, exc)
-        return last
+        """The latest `labeled` event of `label` on the PR (its actor and time), through the
+        conditional cache: the cap's queue and the label gate ask again on later syncs, and
+        an unchanged history then costs nothing."""
+        found = await self._github.get_cached_pages(
+            self.installation_id,
+            "/repos/{+repo}/issues/{number}/events{?per_page}",
+            {"repo": self.repo, "number": number, "per_page": 100},
+            _label_events_page,
+        )
+        return next((event for name, event in reversed(found) if name == label), None)
 
     async def set_label(self, number: int, label: str, present: bool) -> None:
         if present:
@@ -715,6 +707,19 @@ def _repositories_page(data: Any) -> tuple[tuple[str, str], ...]:
         (str(r["full_name"]), str(r.get("default_branch") or "main"))
         for r in data.get("repositories") or []
     )
+
+
+def _label_events_page(data: Any) -> tuple[tuple[str, LabelEvent], ...]:
+    """A page of an issue's events, kept compact: (label, actor and time) of each `labeled`."""
+    kept = []
+    for event in data or []:
+        if event.get("event") != "labeled":
+            continue
+        actor = (event.get("actor") or {}).get("login") or ""
+        at = datetime.fromisoformat(str(event["created_at"]).replace("Z", "+00:00"))
+        name = str((event.get("label") or {}).get("name") or "")
+        kept.append((name, LabelEvent(str(actor), int(at.timestamp()))))
+    return tuple(kept)
 
 
 def _pulls_page(data: Any) -> tuple[PullRequest, ...]:
