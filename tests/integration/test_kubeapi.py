@@ -195,8 +195,10 @@ class StaleFirstList(KubeApi):
 
     lists = 0
 
-    async def list(self, path: str, label_selector: str | None = None) -> dict[str, Any]:
-        result = await super().list(path, label_selector)
+    async def list(
+        self, path: str, label_selector: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        result = await super().list(path, label_selector, limit)
         self.lists += 1
         if self.lists == 1:
             result["metadata"]["resourceVersion"] = "1"
