@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from tests.deploy.dockerfile import Builder, IgnoreRules, Image
 from tests.deploy.tools import PROJECT, ROOT, read_lock
 from tests.rig.keys import app_key_pem
 from tests.rig.kube import KubeRig
-from tests.rig.net import free_port
+from tests.rig.net import free_port, http
 
 PEM = app_key_pem()  # a real key: serve and check-config parse it at start
 WEBHOOK_SECRET = "image-test-secret"
@@ -118,18 +116,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
 
 
-def _get(
-    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, str]:
-    # Only ever http://127.0.0.1:PORT of the process under test.
-    request = urllib.request.Request(url, data=body, headers=headers or {})  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 @pytest.fixture
 def serving(
     image: Image, kube: KubeRig, tmp_path: Path
@@ -161,7 +147,7 @@ def serving(
     deadline = time.monotonic() + 20
     while True:
         try:
-            if _get(base + "/healthz")[0] == 200:
+            if http(base + "/healthz")[0] == 200:
                 break
         except OSError:
             pass
@@ -186,12 +172,12 @@ def test_serve_runs_from_a_tree_it_never_writes(
     before = _snapshot(image.root)
     # Import-heavy paths (webhook, metrics) after the snapshot, to catch late .pyc writes.
     body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
-    status, text = _get(
+    status, text = http(
         base + "/webhook", body, delivery_headers(WEBHOOK_SECRET, "ping", body, "image-test-1")
     )
     assert (status, json.loads(text)["outcome"]) == (200, "ping")
-    assert _get(base + "/readyz")[0] == 200
-    assert "preview_bot_deliveries" in _get(base + "/metrics")[1]
+    assert http(base + "/readyz")[0] == 200
+    assert "preview_bot_deliveries" in http(base + "/metrics")[1]
     rss = next(
         line.split()[1]
         for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()

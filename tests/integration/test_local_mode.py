@@ -36,7 +36,7 @@ from bot.render import render_application
 from tests.rig.artifacts import validate_webhook
 from tests.rig.kube import KubeRig
 from tests.rig.kustomize import build_and_validate
-from tests.rig.net import free_port
+from tests.rig.net import free_port, stop_process
 
 OVERLAY = "infra/argocd/previews/pr-7/kustomization.yaml"
 APP = "dex-pr-7"
@@ -177,12 +177,7 @@ def serve_local(tmp: Path, **env: str) -> Iterator[LocalServer]:
         server.wait("/readyz to answer 200", ready)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _expected_spec(server: LocalServer) -> dict[str, Any]:

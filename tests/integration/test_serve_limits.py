@@ -16,8 +16,6 @@ import string
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 
 from bot.webhooks import delivery_headers
 from tests.rig.keys import app_key_pem
-from tests.rig.net import free_port
+from tests.rig.net import free_port, http, stop_process
 
 SECRET = "serve-limits-secret"
 PEM = app_key_pem()  # a real key: serve parses it at start
@@ -53,19 +51,7 @@ class Server:
         raise AssertionError("no VmRSS line")
 
     def get(self, path: str) -> tuple[int, str]:
-        return _http(self.base + path)
-
-
-def _http(
-    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, str]:
-    # Only ever http://127.0.0.1:PORT of the process under test.
-    request = urllib.request.Request(url, data=body, headers=headers or {})  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        return http(self.base + path)
 
 
 def _cli() -> list[str]:
@@ -111,12 +97,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
             time.sleep(0.1)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _random_event(rng: random.Random) -> str:
@@ -156,9 +137,9 @@ def test_slow_hostile_uploads_do_not_grow_memory_and_leave_no_metric_series(
 ) -> None:
     # Warm up the paths the uploads take (JSON responses, metrics) before the baseline.
     body = b'{"zen": "warm"}'
-    status, _ = _http(server.base + "/webhook", body, delivery_headers(SECRET, "ping", body))
+    status, _ = http(server.base + "/webhook", body, delivery_headers(SECRET, "ping", body))
     assert status == 200
-    assert _http(server.base + "/webhook", b"{}", {"Content-Type": "application/json"})[0] == 400
+    assert http(server.base + "/webhook", b"{}", {"Content-Type": "application/json"})[0] == 400
     log = server.log.read_text()
     assert "with uvloop and httptools" in log, log[-2000:]
 

@@ -1,9 +1,12 @@
-"""Loopback ports for the servers tests start."""
+"""Loopback ports, requests and processes for the servers tests start."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import urllib.error
+import urllib.request
 
 
 def free_port() -> int:
@@ -16,6 +19,29 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def http(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Status and text of one request to a server under test (an error status included)."""
+    # Only ever http://127.0.0.1:PORT of the process under test.
+    request = urllib.request.Request(url, data=body, headers=headers or {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: the process under test is gone afterwards."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Relay:
