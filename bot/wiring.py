@@ -1,5 +1,5 @@
 """The composition root: production adapters (GitHub over aiohttp, Argo CD on the cluster)
-plugged into the Bot, and the Starlette app `preview-bot serve` runs.
+plugged into the Bot, and the ASGI app `preview-bot serve` runs.
 
 The only module besides the adapters themselves that imports bot.github and bot.kube; local
 mode borrows `connect_cluster` from here to use a real cluster when one answers.
@@ -21,7 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bot import kubeapi
-from bot.app import Intake, create_app
+from bot.app import Intake, Server, create_app
 from bot.config import Settings
 from bot.github import GitHub
 from bot.kube import ArgoCD
@@ -85,7 +85,7 @@ async def probe(intake: Intake, session: aiohttp.ClientSession, argocd: ArgoCD |
             log.warning("%s %s; deliveries are queued and retried", name, note)
 
 
-def build(settings: Settings) -> tuple[Starlette, Bot]:
+def build(settings: Settings) -> tuple[Server, Bot]:
     """The production app and its Bot (which `serve` tells about SIGTERM at once)."""
     bot = Bot(settings)
     intake = bot.intake
@@ -148,7 +148,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     keys are left to the next start's resync, and the leader's lease is released."""
     app, bot = build(settings)
 
-    class Server(uvicorn.Server):
+    class StopsReady(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             bot.intake.health.stopping = True  # not ready from this moment
             super().handle_exit(sig, frame)
@@ -164,5 +164,9 @@ def serve(settings: Settings, host: str, port: int) -> None:
         loop=impl.loop,
         http=impl.http,
         timeout_graceful_shutdown=5,
+        # Nothing reads the client's address, so X-Forwarded-* need no parsing; and the
+        # answer does not announce the server software.
+        proxy_headers=False,
+        server_header=False,
     )
-    Server(config).run()
+    StopsReady(config).run()

@@ -22,7 +22,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bot import wiring
-from bot.app import create_app
+from bot.app import Server, create_app
 from bot.config import Settings, load_settings
 from bot.local.cluster import FileCluster
 from bot.local.github import LocalGitHub
@@ -174,7 +174,7 @@ def build_local_app(
     config: LocalConfig,
     repo: LocalRepo,
     banner: Callable[[str], None] | None = None,
-) -> tuple[Starlette, Bot]:
+) -> tuple[Server, Bot]:
     """The production app and Bot on local adapters; `banner` gets the start-up text."""
     if not settings.repositories:
         # Local mode serves one repository: unless told otherwise, that one is the scope.

@@ -9,12 +9,11 @@ import logging
 import random
 import string
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.testclient import TestClient
 
 from bot import app as app_module
@@ -259,6 +258,22 @@ def test_healthz_and_readyz(rig: Rig) -> None:
     assert "github: unreachable" in ready.text
 
 
+def test_only_a_post_to_webhook_takes_the_fast_path_the_rest_is_routed(rig: Rig) -> None:
+    assert rig.client.get("/webhook").status_code == 405
+    assert rig.client.put("/webhook", content=b"{}").status_code == 405
+    assert rig.client.get("/nowhere").status_code == 404
+    assert rig.client.get("/metrics").text.count("preview_bot_deliveries") > 0
+    assert len(rig.queue) == 0
+
+
+def test_the_webhook_answer_is_json_with_its_length(rig: Rig) -> None:
+    resp = rig.post(labeled())
+    assert resp.status_code == 202
+    assert resp.headers["content-type"] == "application/json"
+    assert int(resp.headers["content-length"]) == len(resp.content)
+    assert resp.json() == {"outcome": "queued", "message": "Codertocat/Hello-World#2 queued"}
+
+
 # ---- hardening: every refusal, and what an unverified request may cost ----------------------
 
 
@@ -496,7 +511,17 @@ def test_nothing_a_request_holds_yields_a_500(
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
-def request(receive: Receive, signature: bytes = b"sha256=" + b"0" * 64) -> Request:
+@dataclass
+class Sent:
+    """What the intake answered at the ASGI level."""
+
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def webhook(it: Intake, receive: Receive, signature: bytes = b"sha256=" + b"0" * 64) -> Sent:
+    """POST /webhook to the intake's ASGI handler with `receive` giving the body."""
     headers = [
         (b"content-type", b"application/json"),
         (b"x-github-event", b"pull_request"),
@@ -504,7 +529,16 @@ def request(receive: Receive, signature: bytes = b"sha256=" + b"0" * 64) -> Requ
         (b"x-hub-signature-256", signature),
     ]
     scope = {"type": "http", "method": "POST", "path": "/webhook", "headers": headers}
-    return Request(scope, receive)
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await it.webhook(scope, receive, send)
+    start, body = sent
+    assert start["type"] == "http.response.start" and body["type"] == "http.response.body"
+    answered = {k.decode(): v.decode() for k, v in start["headers"]}
+    return Sent(start["status"], answered, body["body"])
 
 
 class Body:
@@ -535,17 +569,17 @@ def intake(**settings: Any) -> Intake:
     return Intake(make_settings(**settings), KeyedQueue(10), Metrics())
 
 
-def outcome_of(resp: Response) -> tuple[int, str]:
-    return resp.status_code, json.loads(bytes(resp.body))["outcome"]
+def outcome_of(resp: Sent) -> tuple[int, str]:
+    return resp.status_code, json.loads(resp.body)["outcome"]
 
 
 async def test_requests_beyond_max_in_flight_get_503_before_their_body_is_read() -> None:
     it = intake(max_in_flight=2)
     stalled = [Body(b"{", stall=True) for _ in range(2)]
-    tasks = [asyncio.create_task(it.webhook(request(body))) for body in stalled]
+    tasks = [asyncio.create_task(webhook(it, body)) for body in stalled]
     await asyncio.gather(*(body.stalled.wait() for body in stalled))
     third = Body(b"{}")
-    resp = await it.webhook(request(third))
+    resp = await webhook(it, third)
     assert outcome_of(resp) == (503, "busy")
     assert resp.headers["connection"] == "close"
     assert third.calls == 0  # not a byte read
@@ -558,26 +592,26 @@ async def test_requests_beyond_max_in_flight_get_503_before_their_body_is_read()
 async def test_body_bytes_held_across_requests_are_capped() -> None:
     it = intake(max_body_bytes=1000)  # so at most 2000 bytes buffered at once
     stalled = [Body(b" " * 900, stall=True) for _ in range(2)]
-    tasks = [asyncio.create_task(it.webhook(request(body))) for body in stalled]
+    tasks = [asyncio.create_task(webhook(it, body)) for body in stalled]
     await asyncio.gather(*(body.stalled.wait() for body in stalled))
     assert it.buffered == 1800
-    resp = await it.webhook(request(Body(b" " * 300)))
+    resp = await webhook(it, Body(b" " * 300))
     assert outcome_of(resp) == (503, "busy")
-    assert "body bytes" in json.loads(bytes(resp.body))["message"]
+    assert "body bytes" in json.loads(resp.body)["message"]
     for body in stalled:
         body.released.set()
     await asyncio.gather(*tasks)
     assert it.buffered == 0
-    resp = await it.webhook(request(Body(b" " * 900)))  # room again
+    resp = await webhook(it, Body(b" " * 900))  # room again
     assert outcome_of(resp) == (401, "rejected")
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
     it = intake(body_timeout_seconds=0.05)
     body = Body(b"{", stall=True)
-    resp = await it.webhook(request(body))
+    resp = await webhook(it, body)
     assert outcome_of(resp) == (408, "rejected")
-    assert "body not received within 0.05s" in bytes(resp.body).decode()
+    assert "body not received within 0.05s" in resp.body.decode()
     assert resp.headers["connection"] == "close"
     assert it.in_flight == 0 and it.buffered == 0
     body.released.set()
@@ -588,7 +622,7 @@ async def test_a_client_that_leaves_mid_body_is_logged_at_debug(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="bot.app")
     it = intake()
-    resp = await it.webhook(request(Body(b"{", disconnect=True)))
+    resp = await webhook(it, Body(b"{", disconnect=True))
     assert outcome_of(resp) == (400, "disconnected")
     (line,) = [r for r in caplog.records if r.name == "bot.app"]
     assert line.levelno == logging.DEBUG
@@ -606,7 +640,7 @@ async def test_a_client_that_leaves_mid_body_is_logged_at_debug(
 )
 async def test_odd_signature_bytes_are_401_before_the_body(signature: bytes) -> None:
     body = Body(b"{}")
-    resp = await intake().webhook(request(body, signature))
+    resp = await webhook(intake(), body, signature)
     assert outcome_of(resp) == (401, "rejected")
     assert body.calls == 0
 
