@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -33,11 +34,33 @@ _ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     """The context of the line: its log_context, then what `extra=` gave (which wins)."""
-    fields = dict(getattr(record, "log_context", {}))
-    for k, v in vars(record).items():
-        if k not in _NOT_EXTRA and not k.startswith("_"):
+    attributes = record.__dict__
+    fields = dict(attributes.get("log_context", ()))
+    for k, v in attributes.items():
+        if k not in _NOT_EXTRA and k[0] != "_":
             fields[k] = v  # in the order given
     return fields
+
+
+class _Timestamps:
+    """`created` as ISO 8601 in UTC with milliseconds (2026-12-03T16:07:15.123+00:00). The
+    date and time are formatted once a second: datetime's own was a tenth of a line's cost."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # one entry: log lines come in time order
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._text}.{int((created - second) * 1000):03d}+00:00"
+
+
+_timestamp = _Timestamps()
 
 
 @contextlib.contextmanager
@@ -73,7 +96,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

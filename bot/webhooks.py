@@ -236,9 +236,13 @@ def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bo
     Never raises, whatever the header holds (non-ASCII, odd length, another algorithm).
     """
     given = signature_digest(header)
-    if given is None:
-        return False
-    return hmac.compare_digest(hmac.new(_key(secret), body, hashlib.sha256).digest(), given)
+    return given is not None and signs(secret, body, given)
+
+
+def signs(secret: str | bytes, body: bytes, digest: bytes) -> bool:
+    """True when `digest` (from signature_digest) is the HMAC-SHA256 of `body`; constant time."""
+    # hmac.digest is OpenSSL's one-shot HMAC: no Python HMAC object per delivery.
+    return hmac.compare_digest(hmac.digest(_key(secret), body, "sha256"), digest)
 
 
 # ---- decoding ------------------------------------------------------------------------------

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import UTC, datetime
 
 import pytest
 
-from bot.logs import log_context, setup_logging
+from bot.logs import _timestamp, log_context, setup_logging
 from tests.unit.test_intake import SECRET, Rig, labeled
 
 
@@ -70,3 +71,10 @@ def test_a_sync_context_is_on_every_line_and_extra_fields_still_work() -> None:
         "abc",
     )
     assert "repo" not in outside and "log_context" not in inside
+
+
+def test_line_times_are_iso_8601_utc_with_milliseconds_as_datetime_writes_them() -> None:
+    # Milliseconds away from a rounding edge, across seconds, days and years.
+    for created in (0.0004, 1.2344, 59.9994, 86_399.5004, 1_796_300_835.1234, 1_796_300_836.0):
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert _timestamp(created) == expected
