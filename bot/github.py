@@ -27,7 +27,14 @@ from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.github_auth import AppAuth
 from bot.github_http import USER_AGENT, ConditionalCache, Held, Transport
 from bot.metrics import Metrics
-from bot.model import CheckReport, DeploymentStatus, IssueComment, LabelEvent, PullRequest
+from bot.model import (
+    CheckReport,
+    DeploymentStatus,
+    IssueComment,
+    LabelEvent,
+    ListedDeployment,
+    PullRequest,
+)
 from bot.parse import comment_from_api, pull_from_api
 from bot.ports import RepoInfo
 from bot.throttle import Clock, SystemClock
@@ -535,6 +542,18 @@ class RepoClient:
                 active.append(int(d["id"]))
         return active
 
+    async def recent_deployments(self) -> list[ListedDeployment]:
+        """The newest page of the repository's deployments (every environment, newest first),
+        through the conditional cache: the resync reads it each period, and an unchanged list
+        is a free 304. Older pages are not read: the resync looks for recent strays."""
+        found = await self._github.get_cached(
+            self.installation_id,
+            "/repos/{+repo}/deployments{?per_page}",
+            {"repo": self.repo, "per_page": 100},
+            _deployments_page,
+        )
+        return list(found)
+
     # ---- who may do what ------------------------------------------------------------------
 
     async def permission(self, user: str) -> str:
@@ -720,6 +739,20 @@ def _label_events_page(data: Any) -> tuple[tuple[str, LabelEvent], ...]:
         name = str((event.get("label") or {}).get("name") or "")
         kept.append((name, LabelEvent(str(actor), int(at.timestamp()))))
     return tuple(kept)
+
+
+def _deployments_page(data: Any) -> tuple[ListedDeployment, ...]:
+    """A page of GET /deployments, kept compact: id, sha, environment, and whether the bot's
+    payload marker is on it."""
+    return tuple(
+        ListedDeployment(
+            int(d["id"]),
+            str(d["sha"]),
+            str(d.get("environment") or ""),
+            isinstance(d.get("payload"), dict) and DEPLOYMENT_MARKER in d["payload"],
+        )
+        for d in data or []
+    )
 
 
 def _pulls_page(data: Any) -> tuple[PullRequest, ...]:

@@ -61,6 +61,13 @@ class Metrics:
             "Repositories a resync could not list (GitHub refused: no access, gone).",
             registry=self.registry,
         )
+        self.stray_deployments = Counter(
+            "preview_bot_stray_deployments",
+            "Deployments in a running preview's environment that are not the one it runs, by "
+            "result: marked inactive by the resync, or failed (tried again at the next one).",
+            ["result"],
+            registry=self.registry,
+        )
         self.github_requests = Counter(
             "preview_bot_github_requests",
             "Requests sent to GitHub by method and status.",

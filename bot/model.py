@@ -504,6 +504,17 @@ class DeploymentStatus:
 
 
 @dataclass(frozen=True)
+class ListedDeployment:
+    """A deployment as the repository's list shows it: enough to tell a preview's own from a
+    stray (no statuses: reading those costs a request per deployment)."""
+
+    id: int
+    sha: str
+    environment: str
+    marked: bool  # carries the bot's payload marker: the bot made it
+
+
+@dataclass(frozen=True)
 class SetDeploymentStatus:
     """A status on a deployment; deployment_id None means the one created in this sync."""
 

@@ -15,6 +15,7 @@ from bot.model import (
     DeploymentStatus,
     IssueComment,
     LabelEvent,
+    ListedDeployment,
     ObservedApp,
     PullRequest,
 )
@@ -68,6 +69,11 @@ class RepoPort(Protocol):
 
     async def active_deployments(self, environment: str) -> list[int]:
         """Deployments of `environment` whose latest status is not inactive (newest first)."""
+        ...
+
+    async def recent_deployments(self) -> list[ListedDeployment]:
+        """The repository's newest deployments, every environment, newest first: one page of
+        up to 100 (a conditional read: an unchanged list is free)."""
         ...
 
     async def permission(self, user: str) -> str:

@@ -8,20 +8,34 @@ PR whose preview is not what the rule says (a lost `labeled`, `synchronize` or `
 preview past its TTL or its ready timeout, a create whose answer was lost). Overlays no open,
 labeled PR owns are removed in one commit per repository; Applications of repositories the App
 no longer covers are removed (their overlays cannot be: the App has no access any more).
-`plan_resync` is the pure part; `Resyncer` reads and acts.
+Deployments in a running preview's environment other than the one it runs (made by hand or by
+another tool) are marked inactive, so each environment keeps at most one that is not.
+`plan_resync` and `stray_deployments` are the pure parts; `Resyncer` reads and acts.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+from cachetools import LRUCache
 
 from bot.config import Settings
 from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.metrics import Metrics
-from bot.model import ObservedApp, PullRequest, State, Work, WorkKey, known_value
+from bot.model import (
+    DeploymentStatus,
+    ListedDeployment,
+    ObservedApp,
+    PullRequest,
+    State,
+    Work,
+    WorkKey,
+    known_value,
+)
 from bot.plan import wants_preview
 from bot.policy import keep_ended, ttl_of
 from bot.ports import ClusterPort, GitHubPort, RepoInfo, RepoPort
@@ -34,6 +48,12 @@ log = logging.getLogger(__name__)
 
 LOW_BUDGET = 0.10  # below this share of its hourly requests an installation's resync waits
 ORPHAN_ATTEMPTS = 3  # commits tried per resync when the branch keeps moving under it
+# Stray deployments marked inactive (or found gone), remembered so that a later resync posts
+# nothing again: (repository, deployment id), about 200 bytes each (measured with tracemalloc),
+# so at most about 2 MB. One forgotten (evicted, or a new process) costs one more inactive
+# status on it, nothing worse.
+STRAYS_REMEMBERED = 10_000
+STRAY_DESCRIPTION = "Not made by preview-bot for the running head; marked inactive by the resync"
 
 
 @dataclass(frozen=True)
@@ -120,6 +140,36 @@ def _stale(app: ObservedApp, pr: PullRequest, settings: Settings, now: datetime)
     return health_of(app, record, pr.head_sha, settings, now).state is not State.DEPLOYING
 
 
+def stray_deployments(app: ObservedApp, listed: Sequence[ListedDeployment]) -> tuple[int, ...]:
+    """The deployments in a running preview's environment (its Application's name; GitHub's
+    environment names ignore case) that must be inactive: every one newer than the recorded
+    one (made since, by hand or by another tool), and the older ones the bot did not make (it
+    marks its own inactive when a newer head supersedes them; nobody marks anyone else's).
+    Pure; empty while the preview's deployment is not known."""
+    current = known_value(app.record.deployment_id)
+    if current is None:
+        return ()
+    return tuple(
+        d.id
+        for d in listed
+        if d.environment.lower() == app.name.lower()
+        and d.id != current
+        and (d.id > current or not d.marked)
+    )
+
+
+def _running(app: ObservedApp, skip: set[int]) -> bool:
+    """A preview whose deployment is known and settled: no sync queued or running for it, none
+    planned by this resync, no create in flight (a sync may be making its next deployment)."""
+    return (
+        not app.terminating
+        and app.number is not None
+        and app.number not in skip
+        and known_value(app.record.deployment_id) is not None
+        and known_value(app.record.intent) is None
+    )
+
+
 @dataclass
 class ResyncReport:
     """What one resync did, for logs, metrics and tests."""
@@ -130,6 +180,8 @@ class ResyncReport:
     deferred: int = 0  # installations skipped for their rate-limit budget
     removed_apps: int = 0
     skipped: int = 0  # repositories GitHub refused to list (no access, gone): said, counted
+    strays_marked: int = 0  # deployments of running previews' environments marked inactive
+    strays_failed: int = 0  # marks that failed: tried again at the next resync
 
 
 class Resyncer:
@@ -148,6 +200,7 @@ class Resyncer:
         self.cluster = cluster
         self.queue = queue
         self.metrics = metrics
+        self._marked: LRUCache[tuple[str, int], bool] = LRUCache(STRAYS_REMEMBERED)
 
     async def run(self, now: datetime) -> ResyncReport:
         report = ResyncReport()
@@ -172,13 +225,15 @@ class Resyncer:
         log.info(
             "resync: %d repositories, %d PRs queued, %d orphan files removed, %d installations "
             "deferred, %d Applications of uninstalled repositories removed, %d repositories "
-            "skipped",
+            "skipped, %d stray deployments marked inactive (%d failed)",
             report.repositories,
             report.queued,
             report.orphans_removed,
             report.deferred,
             report.removed_apps,
             report.skipped,
+            report.strays_marked,
+            report.strays_failed,
         )
         return report
 
@@ -203,13 +258,17 @@ class Resyncer:
                 self.metrics.resync_skipped.inc()
             return
         view = RepoView(repo, pulls, ours, overlays_by_pr(self.settings, files))
-        plan = plan_resync(view, self.settings, now, self.queue.busy(repo))
+        busy = self.queue.busy(repo)
+        plan = plan_resync(view, self.settings, now, busy)
         for number in plan.sync:
             self.queue.put_nowait(Work(WorkKey(repo, number), inst, "resync"))
         report.queued += len(plan.sync)
         if plan.orphans:
             removed = await self._remove_orphans(client, repo, plan.orphans, branch)
             report.orphans_removed += removed
+        running = [app for app in ours if _running(app, busy | set(plan.sync))]
+        if running:  # a repository without a running preview reads no deployments
+            await self._strays(client, repo, running, report)
 
     async def _remove_orphans(
         self, client: RepoPort, repo: str, orphans: tuple[str, ...], branch: str
@@ -231,6 +290,75 @@ class Resyncer:
                 log.info("removed orphan overlays of %s: %s", repo, ", ".join(orphans))
                 return len(orphans)
         return 0
+
+    async def _strays(
+        self, client: RepoPort, repo: str, running: list[ObservedApp], report: ResyncReport
+    ) -> None:
+        """Mark inactive the deployments in the running previews' environments that are not
+        theirs. One read of the repository's newest deployments (conditional: unchanged, it is
+        free); a mark only for a stray not marked before, after reading the Application again."""
+        try:
+            listed = await client.recent_deployments()
+        except (TemporaryError, PermanentError) as exc:
+            log.warning("stray deployments of %s not read, the next resync tries: %s", repo, exc)
+            return
+        for app in running:
+            strays = [d for d in stray_deployments(app, listed) if (repo, d) not in self._marked]
+            if strays and await self._unchanged(app, repo):
+                for dep in strays:
+                    await self._mark_stray(client, repo, app, dep, report)
+
+    async def _unchanged(self, app: ObservedApp, repo: str) -> bool:
+        """The preview still runs the deployment the resync read, and no sync has begun for it
+        since: a sync records its create's intent before it makes a deployment, and its id
+        after, so a deployment of the bot's own in flight never passes for a stray."""
+        if app.number in self.queue.busy(repo):
+            return False
+        try:
+            now = await self.cluster.get(app.name)
+        except (TemporaryError, PermanentError) as exc:
+            log.info("stray deployments of %s left for the next resync: %s", app.name, exc)
+            return False
+        return (
+            now is not None
+            and now.owned_by(repo)
+            and not now.terminating
+            and now.record.deployment_id == app.record.deployment_id
+            and known_value(now.record.intent) is None
+        )
+
+    async def _mark_stray(
+        self, client: RepoPort, repo: str, app: ObservedApp, dep: int, report: ResyncReport
+    ) -> None:
+        """One inactive status on a stray; a failure is counted and left for the next resync."""
+        try:
+            found = await client.set_deployment_status(
+                dep, DeploymentStatus("inactive", STRAY_DESCRIPTION)
+            )
+        except (TemporaryError, PermanentError, Conflict) as exc:
+            log.warning(
+                "stray deployment %d in %s not marked inactive, the next resync tries: %s",
+                dep,
+                app.name,
+                exc,
+                extra={"repo": repo, "pr": app.number},
+            )
+            report.strays_failed += 1
+            if self.metrics is not None:
+                self.metrics.stray_deployments.labels("failed").inc()
+            return
+        self._marked[(repo, dep)] = True
+        if not found:
+            return  # deleted meanwhile: nothing left to mark
+        log.info(
+            "marked stray deployment %d in %s inactive",
+            dep,
+            app.name,
+            extra={"repo": repo, "pr": app.number},
+        )
+        report.strays_marked += 1
+        if self.metrics is not None:
+            self.metrics.stray_deployments.labels("marked").inc()
 
     async def _uninstalled(
         self,

@@ -18,6 +18,7 @@ from bot.model import (
     DeploymentStatus,
     IssueComment,
     LabelEvent,
+    ListedDeployment,
     ObservedApp,
     PullRequest,
     git_blob_sha,
@@ -36,6 +37,7 @@ class Deployment:
     sha: str
     environment: str
     statuses: list[DeploymentStatus] = field(default_factory=list)
+    marked: bool = True  # made by the bot (its payload marker); False: by hand, another tool
 
     @property
     def state(self) -> str | None:
@@ -111,6 +113,12 @@ class MemoryRepo:
         pr = self.pulls[number]
         self.pulls[number] = replace(pr, labels=pr.labels | {label})
         self.label_events[(number, label)] = LabelEvent(actor, at)
+
+    def add_foreign_deployment(self, sha: str, environment: str) -> int:
+        """Someone else (a person, another tool) creates a deployment: no marker, no status."""
+        dep = Deployment(next(self._ids), sha, environment, marked=False)
+        self.deployments[dep.id] = dep
+        return dep.id
 
     def comments_on(self, number: int) -> list[IssueComment]:
         return [c for cid, c in self.comments_.items() if self.comment_pr[cid] == number]
@@ -229,6 +237,11 @@ class MemoryRepo:
             ),
             reverse=True,
         )
+
+    async def recent_deployments(self) -> list[ListedDeployment]:
+        self._call("recent_deployments")
+        newest = sorted(self.deployments.values(), key=lambda d: d.id, reverse=True)[:100]
+        return [ListedDeployment(d.id, d.sha, d.environment, d.marked) for d in newest]
 
     async def permission(self, user: str) -> str:
         self._call("permission")

@@ -21,7 +21,14 @@ from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.local.layout import Layout, iso, now, read_json, write_atomic, write_json
 from bot.local.payloads import INSTALLATION_ID
 from bot.local.repo import GitError, LocalRepo
-from bot.model import CheckReport, DeploymentStatus, IssueComment, LabelEvent, PullRequest
+from bot.model import (
+    CheckReport,
+    DeploymentStatus,
+    IssueComment,
+    LabelEvent,
+    ListedDeployment,
+    PullRequest,
+)
 from bot.parse import pull_from_api
 from bot.ports import RepoInfo
 from bot.render import names
@@ -262,6 +269,17 @@ class LocalGitHub:
             and (not d["statuses"] or d["statuses"][-1]["state"] != "inactive")
         ]
         return sorted(active, reverse=True)
+
+    async def recent_deployments(self) -> list[ListedDeployment]:
+        """The newest 100 deployments of state.json. Only the bot writes that file, so they
+        are all its own, unless an entry says `"marked": false` (one played as made by hand)."""
+        deps = self._state()["deployments"]
+        listed = [
+            ListedDeployment(int(did), d["sha"], d["environment"], bool(d.get("marked", True)))
+            for did, d in deps.items()
+            if d["repo"] == self.repository
+        ]
+        return sorted(listed, key=lambda d: d.id, reverse=True)[:100]
 
     async def find_deployment(self, sha: str, environment: str) -> int | None:
         deps = self._state()["deployments"]

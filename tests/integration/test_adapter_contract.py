@@ -26,7 +26,15 @@ from bot.local.cluster import FileCluster
 from bot.local.github import LocalGitHub
 from bot.local.layout import Layout
 from bot.local.repo import LocalRepo, skeleton_infra
-from bot.model import A_COMMENT, SHA_RE, ObservedApp, PullRequest, git_blob_sha
+from bot.model import (
+    A_COMMENT,
+    SHA_RE,
+    DeploymentStatus,
+    ListedDeployment,
+    ObservedApp,
+    PullRequest,
+    git_blob_sha,
+)
 from bot.ports import ClusterPort, GitHubPort, OnEvent, RepoPort
 from bot.render import render_application
 from tests.rig.kube import KubeRig
@@ -206,6 +214,23 @@ async def test_delete_files_in_one_commit(git_backend: GitBackend) -> None:
         assert commit is not None and SHA_RE.match(commit)
         assert side.read(OVERLAY) is None and side.read(other) is None
         assert await gh.delete_files([OVERLAY], BRANCH, "again") is None
+
+
+async def test_recent_deployments_newest_first_with_the_bots_marker(
+    git_backend: GitBackend,
+) -> None:
+    async with git_backend.open() as side:
+        gh = side.port
+        assert await gh.recent_deployments() == []
+        sha = await gh.branch_head(BRANCH)
+        assert sha is not None
+        first = await gh.create_deployment(sha, "dex-pr-7", "first")
+        second = await gh.create_deployment(sha, "dex-pr-8", "second")
+        await gh.set_deployment_status(first, DeploymentStatus("inactive", "gone"))
+        assert await gh.recent_deployments() == [  # an inactive one is still listed
+            ListedDeployment(second, sha, "dex-pr-8", True),
+            ListedDeployment(first, sha, "dex-pr-7", True),
+        ]
 
 
 # ---- ClusterPort -----------------------------------------------------------------------------

@@ -4,14 +4,24 @@ and that background tasks come back after a fault."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
-from bot.errors import Conflict
-from bot.model import AppStatus, Work, WorkKey
-from bot.resync import RepoView, overlays_by_pr, plan_resync
+from bot.errors import Conflict, TemporaryError
+from bot.model import AppStatus, ListedDeployment, Work, WorkKey, record_annotation
+from bot.queue import KeyedQueue
+from bot.resync import (
+    STRAY_DESCRIPTION,
+    RepoView,
+    Resyncer,
+    overlays_by_pr,
+    plan_resync,
+    stray_deployments,
+)
 from bot.service import Bot
 from bot.supervisor import Supervisor
 from tests.memory import REPO, MemoryCluster, MemoryGitHub, MemoryRepo
@@ -279,3 +289,125 @@ def test_a_verdict_the_watch_lost_is_synced_and_one_about_another_revision_is_no
     assert plan_resync(view([pr()], [old]), SETTINGS, NOW, set()).sync == ()
     running = deployed_app(SHA1, status=replace(healthy, health="Progressing"))
     assert plan_resync(view([pr()], [running]), SETTINGS, NOW, set()).sync == ()
+
+
+# ---- stray deployments -----------------------------------------------------------------------
+
+
+def listed(*rows: tuple[int, str, bool]) -> list[ListedDeployment]:
+    return [ListedDeployment(i, SHA1, env, marked) for i, env, marked in rows]
+
+
+def test_strays_are_the_newer_deployments_and_the_older_ones_the_bot_did_not_make() -> None:
+    app = deployed_app(SHA1, deployment_id=10)  # environment dex-pr-42, running deployment 10
+    found = listed(
+        (14, "dex-pr-42", True),  # newer, even with the bot's marker: not the one running
+        (13, "DEX-PR-42", False),  # by hand, named in other case: GitHub ignores case
+        (12, "dex-pr-7", False),  # another preview's environment
+        (11, "production", False),
+        (10, "dex-pr-42", True),  # the running one
+        (9, "dex-pr-42", False),  # older, by hand: nobody marks it but the resync
+        (8, "dex-pr-42", True),  # older, the bot's: superseded, marked by the sync then
+    )
+    assert stray_deployments(app, found) == (14, 13, 9)
+    unknown = deployed_app(SHA1, deployment_id=None)  # none recorded: nothing to compare with
+    assert stray_deployments(unknown, found) == ()
+
+
+@asynccontextmanager
+async def running_preview(
+    repo: MemoryRepo, cluster: MemoryCluster
+) -> AsyncIterator[tuple[Bot, int]]:
+    """A bot that has deployed PR 8 (environment dex-pr-8): the bot and its deployment's id."""
+    repo.open_pull(8, SHA1)
+    bot = Bot(replace(SETTINGS, repositories=(REPO,)))
+    bot.start(MemoryGitHub(repo), cluster)
+    try:
+        await bot.idle(quiet=0.1, limit=5)
+        (own,) = repo.deployments
+        yield bot, own
+    finally:
+        await bot.stop()
+
+
+async def test_a_stray_deployment_is_marked_inactive_once() -> None:
+    repo, cluster = MemoryRepo(files=BASE), MemoryCluster()
+    async with running_preview(repo, cluster) as (bot, own):
+        stray = repo.add_foreign_deployment(SHA2, "dex-pr-8")
+        elsewhere = repo.add_foreign_deployment(SHA2, "staging")
+        repo.calls.clear()
+        report = await bot.resync_once()
+        assert (report.queued, report.strays_marked, report.strays_failed) == (0, 1, 0)
+        assert repo.deployments[stray].state == "inactive"
+        assert repo.deployments[stray].statuses[-1].description == STRAY_DESCRIPTION
+        assert repo.deployments[own].state == "in_progress"  # the preview's own: untouched
+        assert repo.deployments[elsewhere].state is None  # not a preview's environment
+        assert repo.calls.count("recent_deployments") == 1
+        assert repo.calls.count("set_deployment_status") == 1
+        assert bot.metrics.stray_deployments.labels("marked")._value.get() == 1
+        repo.calls.clear()
+        again = await bot.resync_once()  # remembered: nothing posted twice
+        assert again.strays_marked == 0 and "set_deployment_status" not in repo.calls
+
+
+async def test_a_repository_without_a_running_preview_reads_no_deployments() -> None:
+    repo = MemoryRepo(files=BASE)
+    repo.add_foreign_deployment(SHA1, "dex-pr-8")  # a leftover, but no preview runs
+    bot = Bot(replace(SETTINGS, repositories=(REPO,)))
+    bot.resync_at_start = False
+    bot.start(MemoryGitHub(repo), MemoryCluster())
+    try:
+        report = await bot.resync_once()
+    finally:
+        await bot.stop()
+    assert report.repositories == 1 and "recent_deployments" not in repo.calls
+    assert "set_deployment_status" not in repo.calls
+
+
+async def test_a_busy_pr_is_left_for_the_next_resync() -> None:
+    repo, cluster = MemoryRepo(files=BASE), MemoryCluster()
+    async with running_preview(repo, cluster) as (bot, _):
+        stray = repo.add_foreign_deployment(SHA2, "dex-pr-8")
+        queue = KeyedQueue(10)  # a sync of PR 8 waits in it (no worker takes it here)
+        queue.put_nowait(Work(WorkKey(REPO, 8), 5, "test"))
+        resyncer = Resyncer(bot.settings, MemoryGitHub(repo), cluster, queue)
+        repo.calls.clear()
+        report = await resyncer.run(bot.clock())
+        assert report.strays_marked == 0 and repo.deployments[stray].state is None
+        assert "recent_deployments" not in repo.calls  # its only preview is busy
+        assert (await bot.resync_once()).strays_marked == 1  # settled: marked now
+
+
+async def test_a_deployment_made_by_a_sync_between_the_reads_is_not_a_stray() -> None:
+    """A sync of a new head records its intent, creates its deployment, then records its id;
+    the resync read the Applications before and the deployments after: the Application read
+    again tells it the preview moved on."""
+    repo, cluster = MemoryRepo(files=BASE), MemoryCluster()
+    async with running_preview(repo, cluster) as (bot, _):
+        listing = repo.recent_deployments
+
+        async def sync_meanwhile() -> list[ListedDeployment]:
+            new = await repo.create_deployment(SHA2, "dex-pr-8", "a sync's deployment")
+            await cluster.annotate("dex-pr-8", {record_annotation("intent"): "deployment:x"})
+            found = await listing()
+            await cluster.annotate("dex-pr-8", {record_annotation("deployment_id"): str(new)})
+            return found
+
+        repo.recent_deployments = sync_meanwhile  # type: ignore[method-assign]
+        report = await bot.resync_once()
+        assert report.strays_marked == 0
+        assert all(d.state != "inactive" for d in repo.deployments.values())
+
+
+async def test_a_failed_mark_is_counted_and_tried_again_at_the_next_resync() -> None:
+    repo, cluster = MemoryRepo(files=BASE), MemoryCluster()
+    async with running_preview(repo, cluster) as (bot, _):
+        stray = repo.add_foreign_deployment(SHA2, "dex-pr-8")
+        repo.fail_next("set_deployment_status", TemporaryError("GitHub answered 502"))
+        report = await bot.resync_once()
+        assert (report.strays_marked, report.strays_failed) == (0, 1)
+        assert bot.metrics.stray_deployments.labels("failed")._value.get() == 1
+        repo.fail_next("recent_deployments", TemporaryError("GitHub answered 502"))
+        assert (await bot.resync_once()).strays_failed == 0  # not read: nothing tried
+        report = await bot.resync_once()
+        assert report.strays_marked == 1 and repo.deployments[stray].state == "inactive"

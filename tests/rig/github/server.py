@@ -1112,6 +1112,43 @@ class FakeGitHub:
             if environment is None or d.environment == environment
         ]
 
+    def add_deployment(
+        self,
+        owner: str,
+        name: str,
+        ref: str,
+        environment: str,
+        *,
+        user: str = "octocat",
+        state: str | None = None,
+    ) -> Deployment:
+        """Someone other than the App (a person, another tool) deploys `ref` to `environment`:
+        no bot marker in the payload; with `state`, its first status too."""
+        repo = self.repo(owner, name)
+        sha = self.resolve_commit(repo, ref)
+        if sha is None:
+            raise KeyError(f"{ref} is not a commit in {owner}/{name}")
+        now, creator = self.now(), self.user(user)
+        deployment = Deployment(
+            id=self.next_id("deployment"),
+            sha=sha,
+            ref=ref,
+            task="deploy",
+            payload={},
+            environment=environment,
+            original_environment=environment,
+            description="deployed by hand",
+            creator=creator,
+            created_at=now,
+            updated_at=now,
+            transient_environment=False,
+            production_environment=False,
+        )
+        repo.deployments[deployment.id] = deployment
+        if state is not None:
+            self.add_deployment_status(repo, deployment, state, creator=creator)
+        return deployment
+
     def add_deployment_status(
         self,
         repo: Repo,
