@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 # then costs this much memory at most, not max_in_flight bodies. GitHub's payloads are tens of
 # KB, so real deliveries never come near it.
 BUFFERED_BODIES = 2
+# Repository names whose scope the intake remembers (see Intake._in_scope).
+SCOPE_MEMORY = 10_000
 # Longest X-GitHub-Delivery written to a log line for a request that failed verification.
 LOGGED_DELIVERY = 64
 # The request headers the intake reads, as ASGI gives them (lower-case bytes).
@@ -102,32 +104,52 @@ class Disconnected(Exception):
     """The client left before its whole body arrived."""
 
 
-class _Deadline:
-    """Cancels the current task after `seconds` unless done first: asyncio.timeout's job, at
-    the cost of one timer handle (the intake reads a body per delivery; asyncio.timeout's
-    bookkeeping was 5% of the intake's time)."""
+class BodyDeadlines:
+    """Cancels a body read that takes longer than `seconds`: one timer for all of them.
 
-    __slots__ = ("_handle", "_task", "expired")
+    A timer per request (asyncio.timeout, or call_later) was a tenth of the intake's time
+    under uvloop, which makes a libuv timer for each. Here a read costs two dict operations;
+    the one timer, armed while reads are running, sweeps every quarter of `seconds`, so a read
+    is cancelled between `seconds` and 1.25 x `seconds` after it began.
+    """
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._period = min(seconds / 4, 1.0)
+        self._reading: dict[asyncio.Task[Any], float] = {}  # read -> when it must be done
+        self._expired: set[asyncio.Task[Any]] = set()  # cancelled by us, not told yet
+        self._armed = False
+
+    def begin(self) -> asyncio.Task[Any]:
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - only ever called from a request's task
-        self._task = task
-        self.expired = False
-        self._handle = asyncio.get_running_loop().call_later(seconds, self._expire)
+        loop = task.get_loop()
+        self._reading[task] = loop.time() + self.seconds
+        if not self._armed:
+            self._armed = True
+            loop.call_later(self._period, self._sweep, loop)
+        return task
 
-    def _expire(self) -> None:
-        self.expired = True
-        self._task.cancel()
+    def end(self, task: asyncio.Task[Any]) -> bool:
+        """The read is over; True when it was cancelled for its time (the cancellation is then
+        taken back, so the task goes on to answer 408)."""
+        self._reading.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()
+            return True
+        return False
 
-    def cancel(self) -> None:
-        self._handle.cancel()
-
-    def timed_out(self) -> bool:
-        """After a CancelledError: True when it was ours (then it is taken back)."""
-        if self.expired:
-            self._task.uncancel()
-        return self.expired
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        late = [task for task, due in self._reading.items() if due <= now]
+        for task in late:
+            del self._reading[task]
+            self._expired.add(task)
+            task.cancel()
+        self._armed = bool(self._reading)
+        if self._armed:
+            loop.call_later(self._period, self._sweep, loop)
 
 
 def _refused(status: int, message: str, outcome: Outcome = Outcome.REJECTED) -> Answer:
@@ -217,6 +239,8 @@ class Intake:
         self.in_flight = 0  # webhook requests being handled now
         self.buffered = 0  # body bytes held by requests still reading theirs
         self._buffer_limit = BUFFERED_BODIES * settings.max_body_bytes
+        self._deadlines = BodyDeadlines(settings.body_timeout_seconds)
+        self._scoped: dict[str, bool] = {}  # repository name -> in scope (see _in_scope)
         # The deliveries counter's children by (event label, outcome): both come from fixed
         # sets (metric_event, Outcome), so this holds at most their product.
         self._counters: dict[tuple[str, Outcome], Any] = {}
@@ -319,18 +343,18 @@ class Intake:
         """The whole body within body_timeout_seconds, read in chunks and abandoned as soon as
         it passes max_body_bytes or the bytes buffered by all requests pass their limit."""
         chunks: list[bytes] = []
-        deadline = _Deadline(self.settings.body_timeout_seconds)
+        task = self._deadlines.begin()
         try:
             await self._receive_body(receive, chunks)
         except asyncio.CancelledError:
-            if not deadline.timed_out():
+            if not self._deadlines.end(task):
                 raise
             seconds = self.settings.body_timeout_seconds
             raise _refused(408, f"body not received within {seconds:g}s") from None
         except Disconnected:
             raise Answer(400, "client disconnected mid-body", Outcome.DISCONNECTED) from None
         finally:
-            deadline.cancel()
+            self._deadlines.end(task)
             # What is read is joined and checked with no await in between: once this returns,
             # no other request can run while the body is held.
             self.buffered -= sum(len(chunk) for chunk in chunks)
@@ -353,6 +377,17 @@ class Intake:
             self.buffered += len(chunk)
             chunks.append(chunk)
 
+    def _in_scope(self, repo: str) -> bool:
+        """`in_scope` of the setting, remembered per repository name: the glob matching was a
+        twentieth of a delivery's time. The names come from signed payloads only, and the
+        memory is dropped whole when it reaches SCOPE_MEMORY names."""
+        known = self._scoped.get(repo)
+        if known is None:
+            if len(self._scoped) >= SCOPE_MEMORY:
+                self._scoped.clear()
+            known = self._scoped[repo] = in_scope(self.settings.repositories, repo)
+        return known
+
     def _accept(self, event: str, label: str, delivery: str, body: bytes) -> Answer:
         """A verified delivery: dedupe, decode, scope, classify, and act on what it asks."""
         if delivery in self.seen:
@@ -363,7 +398,7 @@ class Intake:
         try:
             payload = decode(event, body)
             repo = repository_of(payload) if payload is not None else None
-            if repo is not None and not in_scope(self.settings.repositories, repo):
+            if repo is not None and not self._in_scope(repo):
                 self.seen.add(delivery)
                 ctx = {"delivery": delivery, "repo": repo}
                 out = Answer(202, "repository not in scope", Outcome.OUT_OF_SCOPE)

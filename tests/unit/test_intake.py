@@ -617,6 +617,22 @@ async def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
     body.released.set()
 
 
+async def test_one_timer_times_out_the_slow_bodies_only_and_disarms_when_none_is_read() -> None:
+    it = intake(body_timeout_seconds=0.2)
+    slow = [Body(b"{", stall=True) for _ in range(2)]
+    late = Body(b"{", stall=True)  # arrives in time, after a while
+    tasks = [asyncio.create_task(webhook(it, body)) for body in [*slow, late]]
+    await asyncio.sleep(0.1)
+    late.released.set()
+    answers = await asyncio.gather(*tasks)
+    assert [outcome_of(a)[0] for a in answers] == [408, 408, 401]  # 401: a made-up signature
+    for body in slow:
+        body.released.set()
+    await asyncio.sleep(0.1)  # the sweep after the last read ends finds none and stops
+    assert not it._deadlines._armed and not it._deadlines._reading
+    assert outcome_of(await webhook(it, Body(b"{}"))) == (401, "rejected")  # and re-arms
+
+
 async def test_a_client_that_leaves_mid_body_is_logged_at_debug(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
