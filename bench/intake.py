@@ -60,6 +60,37 @@ SERVER = textwrap.dedent(
             await request.body()
             return Response(status_code=202)
         app = Starlette(routes=[Route("/webhook", ok, methods=["POST"])])
+    elif variant == "floor":
+        # What any intake of this payload must do, and nothing else: read the body, check its
+        # HMAC, decode the fields the work needs, write one JSON log line, answer JSON.
+        import logging, msgspec
+        from bot.logs import setup_logging
+        from bot.webhooks import decode, signature_digest, signs
+        setup_logging("INFO")
+        log = logging.getLogger("bot.app")
+        encode = msgspec.json.Encoder().encode
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            headers = dict(scope["headers"])
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            digest = signature_digest(headers[b"x-hub-signature-256"].decode())
+            assert digest is not None and signs(b"bench-secret", body, digest)
+            event = decode("pull_request", body)
+            repo = event.repository.full_name
+            log.info("%s#%d queued", repo, event.number, extra={
+                "event": "pull_request", "outcome": "queued",
+                "delivery": headers[b"x-github-delivery"].decode(), "repo": repo})
+            answer = encode({"outcome": "queued", "message": f"{repo}#{event.number} queued"})
+            await send({"type": "http.response.start", "status": 202, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer)).encode())]})
+            await send({"type": "http.response.body", "body": answer})
     else:
         settings = Settings(github_app_id=1, github_private_key="unused",
                             github_webhook_secret="bench-secret", queue_size=10_000_000,
@@ -262,6 +293,11 @@ def main() -> None:
         action="store_true",
         help="the real `preview-bot serve` (workers, watch; GitHub and cluster unreachable)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="add `floor`: a handler doing only what any intake must (HMAC, decode, a log line)",
+    )
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds between start and load")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -278,6 +314,8 @@ def main() -> None:
         script = tmp / "post.lua"
         script.write_text(LUA.format(body=body_file, signature=sign(SECRET, body)))
         results: dict[str, list[dict[str, float]]] = {"bare": [], other: []}
+        if args.floor:
+            results["floor"] = []
         for _ in range(args.rounds):
             for variant in results:
                 results[variant].append(run(variant, script, args, tmp))
@@ -304,16 +342,21 @@ def report(
             f"p99 {med.get('p99_ms', 0):6.2f} ms  non-2xx {med['errors']:.0f}  "
             f"CPU {med['cpu_us']:5.0f} us/request"
         )
-    ratios = [o["rps"] / b["rps"] for o, b in zip(results[other], results["bare"], strict=True)]
-    ratio = medians[other]["rps"] / medians["bare"]["rps"]
-    print(
-        f"{other} / bare throughput: {ratio:.2f}x "
-        f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})"
-    )
-    # On a shared machine throughput depends on how much CPU the scheduler gives each process;
-    # CPU time per request does not, so its ratio is the steadier figure of the two.
-    cpu_ratio = medians["bare"]["cpu_us"] / medians[other]["cpu_us"]
-    print(f"{other} / bare CPU efficiency (bare CPU per request / {other}'s): {cpu_ratio:.2f}x")
+    for variant in results:
+        if variant == "bare":
+            continue
+        ratios = [
+            o["rps"] / b["rps"] for o, b in zip(results[variant], results["bare"], strict=True)
+        ]
+        ratio = medians[variant]["rps"] / medians["bare"]["rps"]
+        print(
+            f"{variant} / bare throughput: {ratio:.2f}x "
+            f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+        # On a shared machine throughput depends on how much CPU the scheduler gives each
+        # process; CPU time per request does not, so its ratio is the steadier figure.
+        cpu_ratio = medians["bare"]["cpu_us"] / medians[variant]["cpu_us"]
+        print(f"{variant} / bare CPU efficiency (bare CPU per request / its): {cpu_ratio:.2f}x")
     hook = medians[other]
     if other == "production":
         print(
