@@ -605,22 +605,25 @@ class RepoClient:
     # ---- checks ---------------------------------------------------------------------------
 
     async def check_states(self, sha: str) -> dict[str, tuple[str, str | None]]:
-        """Check runs and commit statuses of `sha` by name: (success | pending | failure, link)."""
-        states: dict[str, tuple[str, str | None]] = {}
-        combined = await self._call("GET", "/repos/{+repo}/commits/{ref}/status", ref=sha)
-        for status in combined.get("statuses") or []:
-            state = _STATUSES.get(str(status.get("state")), "pending")
-            states[str(status.get("context"))] = (state, status.get("target_url"))
-        runs = await self._call(
-            "GET", "/repos/{+repo}/commits/{ref}/check-runs{?per_page}", ref=sha, per_page=100
+        """Check runs and commit statuses of `sha` by name: (success | pending | failure, link).
+
+        Every page of both, through the conditional cache: a head waiting for its checks is
+        asked again on each sync, and while nothing finished the answers are free 304s."""
+        vars_ = {"repo": self.repo, "ref": sha, "per_page": 100}
+        statuses = await self._github.get_cached_pages(
+            self.installation_id,
+            "/repos/{+repo}/commits/{ref}/status{?per_page}",
+            vars_,
+            _status_page,
         )
-        for run in runs.get("check_runs") or []:
-            if run.get("status") != "completed":
-                state = "pending"
-            else:
-                state = _CONCLUSIONS.get(str(run.get("conclusion")), "failure")
-            states[str(run.get("name"))] = (state, run.get("html_url"))
-        return states
+        runs = await self._github.get_cached_pages(
+            self.installation_id,
+            "/repos/{+repo}/commits/{ref}/check-runs{?per_page}",
+            vars_,
+            _check_runs_page,
+        )
+        # Statuses first, check runs after: a check run wins a name both use, as before.
+        return {name: (state, link) for name, state, link in (*statuses, *runs)}
 
     async def report_check(self, report: CheckReport) -> int:
         data: dict[str, Any] = {
@@ -725,6 +728,32 @@ def _repositories_page(data: Any) -> tuple[tuple[str, str], ...]:
     return tuple(
         (str(r["full_name"]), str(r.get("default_branch") or "main"))
         for r in data.get("repositories") or []
+    )
+
+
+def _status_page(data: Any) -> tuple[tuple[str, str, str | None], ...]:
+    """A page of a commit's combined status, kept compact: (context, state, link) of each."""
+    return tuple(
+        (
+            str(status.get("context")),
+            _STATUSES.get(str(status.get("state")), "pending"),
+            status.get("target_url"),
+        )
+        for status in (data or {}).get("statuses") or []
+    )
+
+
+def _check_runs_page(data: Any) -> tuple[tuple[str, str, str | None], ...]:
+    """A page of a commit's check runs, kept compact: (name, state, link) of each."""
+    return tuple(
+        (
+            str(run.get("name")),
+            "pending"
+            if run.get("status") != "completed"
+            else _CONCLUSIONS.get(str(run.get("conclusion")), "failure"),
+            run.get("html_url"),
+        )
+        for run in (data or {}).get("check_runs") or []
     )
 
 

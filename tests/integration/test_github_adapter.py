@@ -96,3 +96,27 @@ async def test_a_secondary_rate_limit_mid_deploy_is_retried_to_completion(
     assert len(h.deployments(3)) == 1
     assert len(h.comments(3)) == 1
     assert await h.app(3) is not None
+
+
+async def test_check_states_read_every_page_and_cost_nothing_while_unchanged(
+    github: FakeGitHub,
+) -> None:
+    github.create_repo(OWNER, NAME, files=skeleton_files())
+    pr = github.create_pull(OWNER, NAME, 1)
+    inst = github.installation_for(OWNER).id
+    for i in range(120):  # more check runs than one page holds
+        github.complete_check(OWNER, NAME, pr.head_sha, f"lint-{i}", "success")
+    github.complete_check(OWNER, NAME, pr.head_sha, "build", "failure")
+    github.set_status(OWNER, NAME, pr.head_sha, "ci/legacy", "pending")
+    async with aiohttp.ClientSession() as session:
+        repo = GitHub(session, settings_for(github)).repo(inst, f"{OWNER}/{NAME}")
+        states = await repo.check_states(pr.head_sha)
+        assert len(states) == 122
+        assert states["build"][0] == "failure" and states["lint-119"][0] == "success"
+        assert states["ci/legacy"][0] == "pending"
+        github.reset_counts()
+        assert await repo.check_states(pr.head_sha) == states
+        # The status, then the two pages of check runs: all unchanged, all free.
+        assert github.count() == 3 and github.count(status=304) == 3
+        github.complete_check(OWNER, NAME, pr.head_sha, "build", "success")
+        assert (await repo.check_states(pr.head_sha))["build"][0] == "success"
