@@ -7,7 +7,9 @@ contextvar, so each worker task has its own); every line logged inside it carrie
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import logging
 import sys
 import time
@@ -32,11 +34,18 @@ _NOT_EXTRA = frozenset(_STANDARD | {"log_context"})
 _ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 
+# LogRecord.__init__ sets these many attributes, always the same, always first: what a
+# LogRecord holds after them is the factory's log_context and `extra=`'s fields.
+_SET_BY_INIT = len(vars(logging.makeLogRecord({})))
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     """The context of the line: its log_context, then what `extra=` gave (which wins)."""
     attributes = record.__dict__
     fields = dict(attributes.get("log_context", ()))
-    for k, v in attributes.items():
+    # A subclass may set attributes before LogRecord's own: look at all of them then.
+    start = _SET_BY_INIT if type(record) is logging.LogRecord else 0
+    for k, v in itertools.islice(attributes.items(), start, None):
         if k not in _NOT_EXTRA and k[0] != "_":
             fields[k] = v  # in the order given
     return fields
@@ -91,15 +100,25 @@ def _install_record_factory() -> None:
     logging.setLogRecordFactory(factory)
 
 
+# Level names as the JSON lines write them; another level number falls back to its name.
+_LEVEL_NAMES = {
+    level: logging.getLevelName(level).lower()
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors."""
 
     def format(self, record: logging.LogRecord) -> str:
+        # A message without arguments is the message itself: getMessage's str() and %
+        # formatting skipped on the line every delivery writes.
+        msg = record.msg
         line: dict[str, Any] = {
             "time": _timestamp(record.created),
-            "level": record.levelname.lower(),
+            "level": _LEVEL_NAMES.get(record.levelno) or record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": msg if type(msg) is str and not record.args else record.getMessage(),
         }
         line.update(_extras(record))
         if record.exc_info:
@@ -121,10 +140,49 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class LineHandler(logging.StreamHandler[TextIO]):
+    """A StreamHandler that, on an event loop's thread, flushes once per turn of the loop: a
+    burst of deliveries answered in one turn is one write, not one a line. Lines at WARNING or
+    above, and lines from other threads or with no loop, are flushed at once. A process
+    killed with SIGKILL may lose the lines of the turn it was in; an orderly exit loses none
+    (logging flushes every handler at exit)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        # The loop a flush is planned on. A loop closed before it ran the flush is never
+        # waited for: a line on another loop plans its own.
+        self._planned_on: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING or not self._plan_flush():
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _plan_flush(self) -> bool:
+        """Flush at the end of this turn of the running loop; False when none runs here."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if self._planned_on is not loop:
+            self._planned_on = loop
+            loop.call_soon(self._planned_flush)
+        return True
+
+    def _planned_flush(self) -> None:
+        self._planned_on = None
+        self.flush()
+
+
 def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Route all logs to `stream` (stdout) in the format that suits it."""
     out = stream if stream is not None else sys.stdout
-    handler = logging.StreamHandler(out)
+    handler = LineHandler(out)
     handler.setFormatter(TextFormatter() if out.isatty() else JsonFormatter())
     _install_record_factory()
     # What no line shows is not gathered for each line (the logging HOWTO's "Optimization"):

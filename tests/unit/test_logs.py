@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -78,3 +79,56 @@ def test_line_times_are_iso_8601_utc_with_milliseconds_as_datetime_writes_them()
     for created in (0.0004, 1.2344, 59.9994, 86_399.5004, 1_796_300_835.1234, 1_796_300_836.0):
         expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
         assert _timestamp(created) == expected
+
+
+class Counted(io.StringIO):
+    """A stream that counts its flushes."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+async def test_lines_on_the_loop_are_flushed_once_per_turn_warnings_at_once() -> None:
+    out = Counted()
+    setup_logging("INFO", out)
+    log = logging.getLogger("bot.app")
+    for i in range(3):
+        log.info("delivery %d", i)
+    assert out.flushes == 0 and out.getvalue().count("\n") == 3  # written, not yet flushed
+    await asyncio.sleep(0)  # the turn ends
+    assert out.flushes == 1
+    log.warning("refused")
+    assert out.flushes == 2
+
+
+def test_lines_off_the_loop_are_flushed_at_once() -> None:
+    out = Counted()
+    setup_logging("INFO", out)
+    logging.getLogger("bot.app").info("one")
+    logging.getLogger("bot.app").info("two")
+    assert out.flushes == 2
+
+
+def test_a_loop_closed_before_its_flush_does_not_hold_later_lines() -> None:
+    out = Counted()
+    setup_logging("INFO", out)
+    loop = asyncio.new_event_loop()
+
+    def log_and_stop() -> None:
+        logging.getLogger("bot.app").info("its flush is planned for the next turn")
+        loop.stop()  # there is none
+
+    loop.call_soon(log_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert out.flushes == 0
+
+    async def later() -> None:
+        logging.getLogger("bot.app").info("on another loop")
+        await asyncio.sleep(0)
+
+    asyncio.run(later())
+    assert out.flushes == 1 and out.getvalue().count("\n") == 2
