@@ -491,6 +491,14 @@ class DeleteApplication:
 
 
 @dataclass(frozen=True)
+class ReleaseApplication:
+    """Remove the bot's finalizer from a terminating Application Argo CD has pruned, so it
+    goes. Always the plan's last action: after it the Application and its record are gone."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class CreateDeployment:
     """A deployment of `sha` to `environment`, then an in_progress status with its URL.
 
@@ -596,6 +604,7 @@ Action = (
     | UpsertComment
     | Requeue
     | RecordState
+    | ReleaseApplication
 )
 
 
