@@ -71,8 +71,10 @@ class Watcher:
         before = self._seen.get(app.name)
         if kind == "DELETED":
             self._seen.pop(app.name, None)
-            if app.record.comment_state == State.DESTROYED.value and not app.held:
-                return  # the bot released it after saying destroyed: nothing left to do
+            if app.record.comment_state == State.DESTROYED.value:
+                # Its last state says destroyed: only the bot's release, after the comment,
+                # lets an Application go with that record on it. Nothing left to do.
+                return
         else:
             self._seen[app.name] = verdict
             if kind != "SYNCED" and not self._worth_a_sync(before, app):
