@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bot.errors import ClusterUnavailable, Conflict, PermanentError
+from bot.errors import ClusterUnavailable, PermanentError, TemporaryError
 from bot.kubeapi import ApiError, KubeApi, Resource, unavailable
 from bot.model import BOT, MANAGED_BY, TEARDOWN_FINALIZER, ObservedApp
 from bot.parse import app_from_object
@@ -27,7 +27,7 @@ APPLICATIONS = Resource("argoproj.io", "v1alpha1", "applications")
 FIELD_MANAGER = "preview-bot"
 STATE_MANAGER = "preview-bot-state"
 MANAGED = f"{MANAGED_BY}={BOT}"
-RELEASE_ATTEMPTS = 3  # reads and guarded writes of the finalizers before a Conflict
+RELEASE_ATTEMPTS = 3  # reads and guarded writes of the finalizers before a TemporaryError
 # The watch's retry delay while the API server is unreachable: doubles up to the cap.
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 T = TypeVar("T")
@@ -151,7 +151,8 @@ class ArgoCD:
                     continue
                 raise
             return True
-        raise Conflict(f"{what}: its finalizers kept changing")
+        # Retried with backoff like any temporary failure (a sync, or the next resync).
+        raise TemporaryError(f"{what}: it kept changing under the write (409)")
 
     async def list_managed(self) -> list[ObservedApp]:
         result = await self._do("list Applications", self.api.list(self._path(), MANAGED))
