@@ -499,10 +499,10 @@ def _plan_teardown(b: _Builder, reason: str, expired: bool = False) -> Plan:
 
     The comment is written once Argo CD has pruned (in seconds; the watch then queues a sync),
     so a normal teardown edits it once, to destroyed. Pruned means gone, or (the Applications
-    the bot applies) terminating with only the bot's finalizer left: then the GitHub steps
-    still missing are done, the comment says destroyed, and `finish` releases the Application
-    last. Only if it is still terminating after `teardown_grace_seconds` (Argo CD down, a
-    stuck finalizer) does the comment say teardown pending.
+    the bot applies) terminating with Argo CD's finalizer gone and the bot's left: then the
+    GitHub steps still missing are done, the comment says destroyed, and `finish` releases the
+    Application last. Only if it is still terminating after `teardown_grace_seconds` (Argo CD
+    down, a stuck finalizer) does the comment say teardown pending.
     """
     obs, settings, pr = b.obs, b.settings, b.pr
     n = names(settings, pr.repo, pr.number)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # What the watch remembers of an Application: Argo CD's verdict, whether it is terminating, and
-# whether Argo CD has pruned it so that only the bot's finalizer holds it.
+# whether Argo CD has pruned it while the bot's finalizer holds it (releasable).
 Verdict = tuple[tuple[str | None, str | None, str | None, str | None], bool, bool]
 
 

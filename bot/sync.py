@@ -401,7 +401,7 @@ class Syncer:
 
     async def _release(self, run: _Execution, action: ReleaseApplication) -> None:
         await self.cluster.release(action.name)
-        run.app_gone = True  # no finalizer left on it: it goes
+        run.app_gone = True  # it goes (once no other finalizer holds it): no more writes to it
 
     async def _request_sync(self, _run: _Execution, action: RequestSync) -> None:
         await self.cluster.request_sync(action.name)
