@@ -276,7 +276,7 @@ class Settings:
         default=30.0,
         env="PREVIEW_BOT_TEARDOWN_GRACE_SECONDS",
         help="How long a deleted Application may take to be pruned before the comment says "
-        "teardown pending (it says destroyed as soon as the Application is gone).",
+        "teardown pending (it says destroyed as soon as Argo CD has pruned it).",
         kind=Kind.FLOAT,
     )
     resync_seconds: int = setting(

@@ -15,9 +15,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bot.errors import ClusterUnavailable, PermanentError
+from bot.errors import ClusterUnavailable, PermanentError, TemporaryError
 from bot.kubeapi import ApiError, KubeApi, Resource, unavailable
-from bot.model import BOT, MANAGED_BY, ObservedApp
+from bot.model import BOT, MANAGED_BY, TEARDOWN_FINALIZER, ObservedApp
 from bot.parse import app_from_object
 from bot.ports import OnAlive, OnEvent
 
@@ -27,6 +27,7 @@ APPLICATIONS = Resource("argoproj.io", "v1alpha1", "applications")
 FIELD_MANAGER = "preview-bot"
 STATE_MANAGER = "preview-bot-state"
 MANAGED = f"{MANAGED_BY}={BOT}"
+RELEASE_ATTEMPTS = 3  # reads and guarded writes of the finalizers before a TemporaryError
 # The watch's retry delay while the API server is unreachable: doubles up to the cap.
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 T = TypeVar("T")
@@ -119,6 +120,39 @@ class ArgoCD:
         return result.get("kind") == "Status" or not (result.get("metadata") or {}).get(
             "deletionTimestamp"
         )
+
+    async def release(self, name: str) -> bool:
+        """Remove the bot's finalizer, leaving every other one as it is.
+
+        A merge patch replaces the whole list, so it carries the resourceVersion it was read
+        at: if anything changed the object meanwhile (Argo CD dropping its own finalizer, say)
+        the API server answers 409 and the list is read again, never clobbered.
+        """
+        what = f"release Application {name}"
+        for _ in range(RELEASE_ATTEMPTS):
+            try:
+                obj = await self._do(what, self.api.get(self._path(name)))
+            except ApiError as exc:
+                if exc.status == 404:
+                    return True
+                raise
+            meta = obj.get("metadata") or {}
+            finalizers = list(meta.get("finalizers") or [])
+            if TEARDOWN_FINALIZER not in finalizers:
+                return True
+            kept = [f for f in finalizers if f != TEARDOWN_FINALIZER]
+            body = {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": kept}}
+            try:
+                await self._do(what, self.api.merge_patch(self._path(name), body, STATE_MANAGER))
+            except ApiError as exc:
+                if exc.status == 404:
+                    return True
+                if exc.status == 409:
+                    continue
+                raise
+            return True
+        # Retried with backoff like any temporary failure (a sync, or the next resync).
+        raise TemporaryError(f"{what}: it kept changing under the write (409)")
 
     async def list_managed(self) -> list[ObservedApp]:
         result = await self._do("list Applications", self.api.list(self._path(), MANAGED))

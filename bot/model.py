@@ -13,7 +13,12 @@ SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 BOT = "preview-bot"
+# Argo CD's cascade-delete finalizer: deleting the Application prunes what it deployed first.
 FINALIZER = "resources-finalizer.argocd.argoproj.io"
+# The bot's own finalizer, after Argo CD's: once Argo CD has pruned, the Application stays
+# (terminating) until the bot has written the PR's last comment and released it, so a teardown
+# always ends on GitHub too, even when the bot was down when Argo CD finished.
+TEARDOWN_FINALIZER = "preview-bot.io/teardown"
 
 # Annotations the bot applies with the Application: whose preview it is.
 A_REPO = "preview-bot.io/repo"
@@ -282,6 +287,14 @@ class ObservedApp:
     head_sha: str | None = None  # the head SHA the last apply deployed (annotation)
     record: Record = Record()
     status: AppStatus = AppStatus()
+    held: bool = False  # carries the bot's finalizer (TEARDOWN_FINALIZER)
+    pruned: bool = False  # Argo CD's resources finalizer (any variant) is not (or no more) on it
+
+    @property
+    def releasable(self) -> bool:
+        """Being deleted, Argo CD done pruning, and the bot's finalizer still on it: the bot
+        finishes the teardown on GitHub, then releases it (ReleaseApplication)."""
+        return self.terminating and self.pruned and self.held
 
     def owned_by(self, repo: str) -> bool:
         """The ownership rule: the bot's label and this repository's annotation, both.
@@ -478,6 +491,14 @@ class DeleteApplication:
 
 
 @dataclass(frozen=True)
+class ReleaseApplication:
+    """Remove the bot's finalizer from a terminating Application Argo CD has pruned, so it
+    goes. Always the plan's last action: after it the Application and its record are gone."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class CreateDeployment:
     """A deployment of `sha` to `environment`, then an in_progress status with its URL.
 
@@ -583,6 +604,7 @@ Action = (
     | UpsertComment
     | Requeue
     | RecordState
+    | ReleaseApplication
 )
 
 

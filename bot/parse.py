@@ -11,7 +11,9 @@ from bot.model import (
     A_PR,
     A_REPO,
     BOT,
+    FINALIZER,
     MANAGED_BY,
+    TEARDOWN_FINALIZER,
     AppStatus,
     IssueComment,
     ObservedApp,
@@ -60,9 +62,16 @@ def _int(text: str | None) -> int | None:
     return int(text) if text and text.isdigit() else None
 
 
+def is_argocd_finalizer(finalizer: str) -> bool:
+    """Argo CD's resources finalizer, plain or with its propagation ("/background",
+    "/foreground"): all of them mean "prune first"."""
+    return finalizer == FINALIZER or finalizer.startswith(FINALIZER + "/")
+
+
 def app_from_object(obj: Mapping[str, Any]) -> ObservedApp:
     """The parts of an Argo CD Application object the bot looks at."""
     meta = obj.get("metadata") or {}
+    finalizers = [str(f) for f in meta.get("finalizers") or []]
     annotations: Mapping[str, str] = meta.get("annotations") or {}
     status = obj.get("status") or {}
     sync = status.get("sync") or {}
@@ -84,4 +93,6 @@ def app_from_object(obj: Mapping[str, Any]) -> ObservedApp:
             operation_phase=op.get("phase"),
             message=op.get("message") or health.get("message"),
         ),
+        held=TEARDOWN_FINALIZER in finalizers,
+        pruned=not any(is_argocd_finalizer(f) for f in finalizers),
     )

@@ -8,7 +8,9 @@ follows from comparing that wish with what was observed: write only what differs
 or stale event plans nothing. Order matters and is chosen for safety: the overlay is committed
 before the Application points at it; on teardown the Application goes first so Argo CD prunes
 before its source disappears; the comment is written last, so it never claims more than was
-done. Every plan ends with the record of what the bot now knows.
+done. Every plan ends with the record of what the bot now knows, and then, when Argo CD has
+pruned an Application being deleted, with the bot's release of it (its finalizer goes last, so
+a teardown cut short is always found again: the Application is still there).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from bot.model import (
     PutSharedFile,
     Record,
     RecordState,
+    ReleaseApplication,
     ReportCheck,
     RequestSync,
     Requeue,
@@ -124,6 +127,9 @@ class _Builder:
     record: Record
     actions: list[Action] = field(default_factory=list)
     follow_up: float | None = None
+    # Release an Application Argo CD has pruned at the end (not after a failure: the teardown
+    # on GitHub may be unfinished, and the Application holds its record).
+    release: bool = True
 
     @property
     def pr(self) -> PullRequest:
@@ -189,6 +195,12 @@ class _Builder:
         if actions or self.record != obs.record:
             name = names(self.settings, self.pr.repo, self.pr.number).app
             actions.append(RecordState(name, self.record))
+        app = obs.app
+        if self.release and app is not None and app.releasable and app.owned_by(self.pr.repo):
+            # Whatever this plan is (a teardown finishing, a PR labeled again while its old
+            # preview went), nothing else lets the pruned Application go: last, after the
+            # comment and the record.
+            actions.append(ReleaseApplication(app.name))
         return Plan(state, tuple(actions), reason)
 
     def _label_changes(self) -> list[Action]:
@@ -323,7 +335,7 @@ def _plan_collision(b: _Builder, wanted: bool) -> Plan:
 def plan_failure(obs: Observed, settings: Settings, now: datetime, reason: str) -> Plan:
     """Say once on the PR that a sync failed for good, and why; no retry on this head until the
     PR changes (a push, or `/preview redeploy`)."""
-    b = _Builder(obs, settings, now, (), obs.record)
+    b = _Builder(obs, settings, now, (), obs.record, release=False)
     detail = f"preview-bot could not finish: {escape(reason, 500)}"
     b.record = replace(b.record, failure_sha=obs.pr.head_sha)
     b.check(State.FAILED, detail)
@@ -374,7 +386,8 @@ def _plan_deploy(b: _Builder) -> Plan:
         return b.finish(State.FAILED, "base overlay missing")
     if app is not None and app.terminating:
         # The previous preview is still being pruned; applying now would be refused by the API
-        # server. The watch sees it vanish and queues this PR again.
+        # server. The watch sees it vanish and queues this PR again (once pruned, `finish`
+        # releases it, or it would wait for ever).
         b.comment(State.TEARDOWN_PENDING)
         return b.finish(State.TEARDOWN_PENDING, "old Application pruning")
 
@@ -484,16 +497,19 @@ def _deployment(b: _Builder, state: State) -> None:
 def _plan_teardown(b: _Builder, reason: str, expired: bool = False) -> Plan:
     """Undo what is left, Application first; the comment follows the Application's fate.
 
-    The comment is written once the Application is gone (Argo CD prunes in seconds and the
-    watch then queues a sync), so a normal teardown edits it once, to destroyed. Only if the
-    Application is still terminating after `teardown_grace_seconds` (Argo CD down, a stuck
-    finalizer) does the comment say teardown pending.
+    The comment is written once Argo CD has pruned (in seconds; the watch then queues a sync),
+    so a normal teardown edits it once, to destroyed. Pruned means gone, or (the Applications
+    the bot applies) terminating with Argo CD's finalizer gone and the bot's left: then the
+    GitHub steps still missing are done, the comment says destroyed, and `finish` releases the
+    Application last. Only if it is still terminating after `teardown_grace_seconds` (Argo CD
+    down, a stuck finalizer) does the comment say teardown pending.
     """
     obs, settings, pr = b.obs, b.settings, b.pr
     n = names(settings, pr.repo, pr.number)
     app = obs.app
+    gone = app is None or app.releasable
     comment_state = obs.comment.state if obs.comment else None
-    if app is None and (obs.comment is None or comment_state in _FINAL):
+    if gone and (obs.comment is None or comment_state in _FINAL):
         state = State.DESTROYED if obs.comment else State.NOT_DEPLOYED
         return b.finish(state, "nothing deployed")
 
@@ -521,7 +537,7 @@ def _plan_teardown(b: _Builder, reason: str, expired: bool = False) -> Plan:
     if expired:
         b.record = replace(b.record, expired_at=int(b.now.timestamp()))
     detail = f"Torn down because {reason}." if reason else ""
-    if app is None:
+    if app is None or gone:
         b.comment(State.DESTROYED, detail)
         return b.finish(State.DESTROYED, "teardown finished")
     if not app.terminating:

@@ -173,6 +173,11 @@ class ClusterPort(Protocol):
         """Delete the Application; True when it is gone, False while its finalizer holds it."""
         ...
 
+    async def release(self, name: str) -> bool:
+        """Remove the bot's finalizer from the Application (then a pending deletion ends);
+        True when it is off or the Application is gone."""
+        ...
+
     async def list_managed(self) -> list[ObservedApp]: ...
 
     async def request_sync(self, name: str) -> bool:

@@ -23,6 +23,7 @@ from bot.model import (
     L_PR,
     L_REPO,
     MANAGED_BY,
+    TEARDOWN_FINALIZER,
     PullRequest,
     State,
     label_safe,
@@ -221,8 +222,9 @@ def render_application(
         "metadata": {
             "name": n.app,
             "namespace": settings.argocd_namespace,
-            # Deleting the Application makes Argo CD prune what it deployed before it goes.
-            "finalizers": [FINALIZER],
+            # Deleting the Application makes Argo CD prune what it deployed before it goes;
+            # then the bot's finalizer keeps it until the PR's comment says destroyed.
+            "finalizers": [FINALIZER, TEARDOWN_FINALIZER],
             "labels": {
                 MANAGED_BY: BOT,
                 L_PR: str(pr.number),

@@ -368,7 +368,8 @@ class Resyncer:
         report: ResyncReport,
     ) -> None:
         """Remove the Applications of repositories the App no longer covers (uninstalled or
-        deleted); their overlays stay, since the App can no longer write there."""
+        deleted); their overlays stay, since the App can no longer write there. With no PR to
+        tell, the bot's finalizer goes as soon as Argo CD has pruned (at a later resync)."""
         for app in apps:
             if (
                 app.repo is None
@@ -378,6 +379,11 @@ class Resyncer:
                 continue
             if app.installation_id in deferred:
                 continue  # its installation was not read this round
+            if app.terminating:
+                if app.releasable:
+                    await self.cluster.release(app.name)
+                    log.info("released Application %s: Argo CD pruned it", app.name)
+                continue  # Argo CD still prunes: released at a later resync
             log.warning(
                 "removing Application %s: the App no longer covers %s (uninstalled or deleted); "
                 "its overlay %s stays in git, as the App can no longer write there",

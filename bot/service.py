@@ -21,7 +21,7 @@ from bot.config import Settings
 from bot.errors import PermanentError, TemporaryError
 from bot.logs import log_context
 from bot.metrics import Metrics
-from bot.model import AppStatus, ObservedApp, Work, WorkKey
+from bot.model import ObservedApp, State, Work, WorkKey
 from bot.ports import ClusterPort, GitHubPort, ImagePort
 from bot.queue import KeyedQueue
 from bot.resync import Resyncer, ResyncReport
@@ -33,8 +33,9 @@ from bot.webhooks import Outcome, ResyncRequest, ShaHint
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# A change of Argo CD's verdict, or the start of a deletion, is news to a sync.
-Verdict = tuple[tuple[str | None, str | None, str | None, str | None], bool]
+# What the watch remembers of an Application: Argo CD's verdict, whether it is terminating, and
+# whether Argo CD has pruned it while the bot's finalizer holds it (releasable).
+Verdict = tuple[tuple[str | None, str | None, str | None, str | None], bool, bool]
 
 
 class Watcher:
@@ -66,24 +67,32 @@ class Watcher:
                     work.key.repo,
                 )
             return
-        verdict = (app.status.verdict, app.terminating)
+        verdict = (app.status.verdict, app.terminating, app.releasable)
         before = self._seen.get(app.name)
         if kind == "DELETED":
             self._seen.pop(app.name, None)
+            if app.record.comment_state == State.DESTROYED.value:
+                # Its last state says destroyed: only the bot's release, after the comment,
+                # lets an Application go with that record on it. Nothing left to do.
+                return
         else:
             self._seen[app.name] = verdict
-            if kind != "SYNCED" and not self._worth_a_sync(before, app.status):
+            if kind != "SYNCED" and not self._worth_a_sync(before, app):
                 return
         self.queue.put_nowait(work)
 
     @staticmethod
-    def _worth_a_sync(before: Verdict | None, now: AppStatus) -> bool:
+    def _worth_a_sync(before: Verdict | None, app: ObservedApp) -> bool:
         """Argo CD rewrites status often and the bot's own writes echo back as events: only a
         change of Argo CD's verdict (sync, health, operation phase, revision) calls for a sync.
-        The start of a deletion is the bot's own doing; its end (DELETED) always counts."""
+        The start of a deletion is the bot's own doing; the end of Argo CD's part (its
+        finalizer gone, the bot's left) counts, and so does the end (DELETED) of an
+        Application without the bot's finalizer."""
+        if app.releasable and (before is None or not before[2]):
+            return True
         if before is None:
-            return any(v is not None for v in now.verdict)
-        return before[0] != now.verdict
+            return any(v is not None for v in app.status.verdict)
+        return before[0] != app.status.verdict
 
 
 class Elector(Protocol):

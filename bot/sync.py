@@ -49,6 +49,7 @@ from bot.model import (
     PutSharedFile,
     Record,
     RecordState,
+    ReleaseApplication,
     ReportCheck,
     RequestSync,
     Requeue,
@@ -392,10 +393,15 @@ class Syncer:
             ReportCheck: self._report_check,
             Requeue: self._requeue,
             RecordState: self._record,
+            ReleaseApplication: self._release,
         }
 
     async def _delete_application(self, run: _Execution, action: DeleteApplication) -> None:
         run.app_gone = await self.cluster.delete(action.name)
+
+    async def _release(self, run: _Execution, action: ReleaseApplication) -> None:
+        await self.cluster.release(action.name)
+        run.app_gone = True  # it goes (once no other finalizer holds it): no more writes to it
 
     async def _request_sync(self, _run: _Execution, action: RequestSync) -> None:
         await self.cluster.request_sync(action.name)

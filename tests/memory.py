@@ -14,6 +14,7 @@ from typing import Any
 
 from bot.errors import Conflict
 from bot.model import (
+    TEARDOWN_FINALIZER,
     CheckReport,
     DeploymentStatus,
     IssueComment,
@@ -23,7 +24,7 @@ from bot.model import (
     PullRequest,
     git_blob_sha,
 )
-from bot.parse import app_from_object
+from bot.parse import app_from_object, is_argocd_finalizer
 from bot.ports import OnAlive, OnEvent, RepoInfo
 
 REPO = "data-literate/DEX"
@@ -355,8 +356,19 @@ class MemoryCluster:
         self._emit("MODIFIED", obj)
 
     def finish_deletion(self, name: str) -> None:
-        """Play Argo CD after pruning: the finalizer goes, and so does the object."""
-        obj = self.objects.pop(name)
+        """Play Argo CD after pruning: its finalizer goes, and so does the object unless
+        another finalizer (the bot's) still holds it."""
+        meta = self.objects[name]["metadata"]
+        meta["finalizers"] = [f for f in meta.get("finalizers") or [] if not is_argocd_finalizer(f)]
+        self._let_go(name)
+
+    def _let_go(self, name: str) -> None:
+        """A terminating object with no finalizer left is gone; with some, it changed."""
+        obj = self.objects[name]
+        if obj["metadata"].get("finalizers"):
+            self._emit("MODIFIED", obj)
+            return
+        self.objects.pop(name)
         self._emit("DELETED", obj)
 
     async def get(self, name: str) -> ObservedApp | None:
@@ -395,7 +407,23 @@ class MemoryCluster:
             obj["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
             self._emit("MODIFIED", obj)
             return False
-        self.finish_deletion(name)
+        self.objects.pop(name)
+        self._emit("DELETED", obj)
+        return True
+
+    async def release(self, name: str) -> bool:
+        self._call("release")
+        obj = self.objects.get(name)
+        if obj is None:
+            return True
+        meta = obj["metadata"]
+        finalizers = meta.get("finalizers") or []
+        if TEARDOWN_FINALIZER in finalizers:
+            meta["finalizers"] = [f for f in finalizers if f != TEARDOWN_FINALIZER]
+            if meta.get("deletionTimestamp"):
+                self._let_go(name)
+            else:
+                self._emit("MODIFIED", obj)
         return True
 
     async def list_managed(self) -> list[ObservedApp]:

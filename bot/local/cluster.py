@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bot.local.layout import iso, now, write_atomic
-from bot.model import ObservedApp
+from bot.model import TEARDOWN_FINALIZER, ObservedApp
 from bot.parse import app_from_object
 from bot.ports import OnAlive, OnEvent
 
@@ -127,6 +127,27 @@ class FileCluster:
             path.unlink(missing_ok=True)
         if existed:
             log.info("Application %s deleted: %s", name, NO_ARGOCD_NOTE, extra={"app": name})
+        return True
+
+    async def release(self, name: str) -> bool:
+        """Drop the bot's finalizer from the file. `delete` removes a file at once (nothing to
+        prune here), so this only matters for a hand-written terminating one: with no
+        finalizer left, it goes as it would on a cluster."""
+        async with self._lock:
+            path = self._path(name)
+            obj = self._read(path)
+            if obj is None:
+                return True
+            meta = obj.get("metadata") or {}
+            finalizers = list(meta.get("finalizers") or [])
+            if TEARDOWN_FINALIZER not in finalizers:
+                return True
+            meta["finalizers"] = [f for f in finalizers if f != TEARDOWN_FINALIZER]
+            if meta.get("deletionTimestamp") and not meta["finalizers"]:
+                path.unlink(missing_ok=True)
+                return True
+            self._bump(meta, obj)
+            self._write(obj)
         return True
 
     async def request_sync(self, name: str) -> bool:

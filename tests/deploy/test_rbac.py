@@ -247,6 +247,10 @@ async def _run_every_operation(argocd: ArgoCD) -> None:
             await watching
     # Argo CD's finalizer holds it (no Argo CD here): the delete is accepted, the object stays.
     assert await argocd.delete(name) is False
+    # The bot's own finalizer comes off with a read and a patch (Argo CD's stays).
+    assert await argocd.release(name) is True
+    held = await argocd.get(name)
+    assert held is not None and held.terminating and not held.held
 
 
 async def test_role_allows_every_operation_and_grants_nothing_unused(

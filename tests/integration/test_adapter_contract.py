@@ -28,6 +28,7 @@ from bot.local.layout import Layout
 from bot.local.repo import LocalRepo, skeleton_infra
 from bot.model import (
     A_COMMENT,
+    FINALIZER,
     SHA_RE,
     DeploymentStatus,
     ListedDeployment,
@@ -280,8 +281,7 @@ class ArgoCDBackend:
             standin = ArgoCDStandIn(standin_client, self.namespace)
 
             async def finish(name: str) -> None:
-                await standin.finish_deletion(name)
-                await standin.wait_gone(name)
+                await standin.finish_deletion(name)  # the bot's finalizer still holds it
 
             yield ClusterSide(argocd, argocd.watch, finish, standin.find)
 
@@ -356,12 +356,29 @@ async def test_delete_then_get_is_none(cluster_backend: ClusterBackend) -> None:
     async with cluster_backend.open() as side:
         await side.port.apply(manifest())
         if not await side.port.delete("dex-pr-7"):
-            # A real cluster keeps it terminating until Argo CD has pruned (the finalizer).
+            # A real cluster keeps it terminating until Argo CD has pruned (its finalizer),
+            # then until the bot releases it (its own).
             pending = await side.port.get("dex-pr-7")
             assert pending is not None
-            assert pending.terminating
+            assert pending.terminating and pending.held and not pending.pruned
             await side.finish_deletion("dex-pr-7")
+            pruned = await side.port.get("dex-pr-7")
+            assert pruned is not None and pruned.releasable
+            assert await side.port.release("dex-pr-7") is True
         assert await side.port.get("dex-pr-7") is None
+        assert await side.port.release("dex-pr-7") is True  # gone: nothing to release
+
+
+async def test_a_fresh_application_is_held_and_release_leaves_it_running(
+    cluster_backend: ClusterBackend,
+) -> None:
+    async with cluster_backend.open() as side:
+        await side.port.apply(manifest())
+        seen = await side.port.get("dex-pr-7")
+        assert seen is not None and seen.held and not seen.pruned and not seen.releasable
+        assert await side.port.release("dex-pr-7") is True
+        got = await side.raw("dex-pr-7")
+        assert got is not None and got["metadata"]["finalizers"] == [FINALIZER]
 
 
 async def test_watch_reports_an_applied_application(cluster_backend: ClusterBackend) -> None:

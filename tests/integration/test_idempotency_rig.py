@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 
 from bot.comment import parse_comment_state
+from bot.model import TEARDOWN_FINALIZER
 from tests.rig.github.server import FakeGitHub
 from tests.rig.harness import NAME, OWNER, Harness
 
@@ -358,3 +359,72 @@ async def test_a_fault_after_each_create_converges(rig: Rig, fault: str) -> None
     before = len(rig.h.commits())
     await first.teardown()
     await first.assert_converged(False, rig.h.commits()[: len(rig.h.commits()) - before])
+
+
+# ---- the teardown's blind spot: Argo CD done while the bot is down -------------------------
+
+
+async def _pruned_and_held(h: Harness, n: int) -> None:
+    """Wait until Argo CD (the stand-in) has dropped its finalizer; the bot's still holds."""
+    for _ in range(400):
+        app = await h.app(n)
+        assert app is not None, "gone: nothing held the Application for the bot"
+        if app["metadata"]["finalizers"] == [TEARDOWN_FINALIZER]:
+            assert app["metadata"]["deletionTimestamp"]
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("Argo CD's stand-in did not prune")
+
+
+@pytest.mark.parametrize("killed", ["after the first teardown sync", "in the first teardown sync"])
+async def test_a_teardown_argocd_finished_while_the_bot_was_down_ends_on_github(
+    rig: Rig, killed: str
+) -> None:
+    # Without the bot's finalizer the Application would be gone by the restart: a closed PR
+    # is in no list the resync reads, and its comment would say "deploying" for ever.
+    h, fake, n = rig.h, rig.fake, 42
+    await h.restart(check_run=True, teardown_grace_seconds=3600)  # no "teardown pending"
+    fake.create_pull(OWNER, NAME, n)
+    fake.add_label(OWNER, NAME, n, "preview")
+    await h.deliver("labeled", n)
+    await rig.settle()
+    app = f"dex-pr-{n}"
+    fake.close(OWNER, NAME, n)
+    if killed == "after the first teardown sync":
+        h.standin.stick(app)  # Argo CD slow: the first sync ends while it prunes
+        await h.deliver("closed", n)
+        await h.settle(follow_ups=False)
+        assert h.overlay(n) is None  # the first sync did its part ...
+        await rig.kill()
+        h.standin.unstick(app)  # ... and Argo CD finishes while the bot is down
+    else:
+        # Killed while the overlay's delete (the first GitHub write after the Application's)
+        # is in flight; GitHub applies it, Argo CD prunes meanwhile.
+        path = OVERLAY.format(n=n)
+        fake.delay_next("DELETE", path, HOLD)
+        delay = fake._delays[-1]  # no public view of held requests
+        await h.deliver("closed", n)
+        await _until(lambda: delay.count == 0, "the overlay's delete held")
+        served = fake.count("DELETE", path)
+        await rig.kill()
+        await _until(lambda: fake.count("DELETE", path) > served, "the held delete served")
+    await _pruned_and_held(h, n)
+    ours = [c for c in h.comments(n) if c.via_app]
+    assert parse_comment_state(ours[0].body)[0] == "deploying"  # nobody said it yet
+
+    fake.reset_counts()
+    await rig.start()
+    await h.resync()
+    await h.standin.wait_gone(app)
+    await rig.settle()
+    recovery = _requests(fake)
+    print(
+        f"\nrecovery of a teardown killed {killed}: {len(recovery)} GitHub requests "
+        f"(token requests aside): {', '.join(_label(r) for r in recovery)}"
+    )
+    case = Case(rig, n, "kill")
+    assert case.comment_state() == "destroyed"
+    assert await h.app(n) is None and h.overlay(n) is None
+    assert_tidy(fake, app, None)  # every deployment inactive
+    runs = [r for r in fake.repo(OWNER, NAME).check_runs.values() if r.name == "preview"]
+    assert len(runs) == 1 and runs[0].status == "completed"

@@ -25,7 +25,7 @@ from bot.kubeapi import (
     load_config,
     unavailable,
 )
-from bot.model import ObservedApp
+from bot.model import TEARDOWN_FINALIZER, ObservedApp
 from tests.rig.argocd import RESOURCES_FINALIZER
 from tests.rig.kube import KubeRig
 from tests.rig.net import free_port
@@ -111,6 +111,62 @@ async def test_delete_with_a_finalizer_is_terminating_until_it_is_dropped(
     with pytest.raises(ApiError) as gone:
         await admin_api.get(path)
     assert gone.value.status == 404
+
+
+class StaleFirstRead(KubeApi):
+    """A KubeApi whose first GET answers what the object was before `change` ran: the race of
+    a release with Argo CD dropping its own finalizer."""
+
+    def __init__(self, api: KubeApi, change: Any) -> None:
+        super().__init__(api.config)
+        self._change = change
+        self.gets = 0
+
+    async def get(self, path: str) -> dict[str, Any]:
+        self.gets += 1
+        got = await super().get(path)
+        if self.gets == 1:
+            await self._change()
+        return got
+
+
+async def test_release_never_clobbers_finalizers_changed_since_its_read(
+    admin_api: KubeApi, argocd_ns: str
+) -> None:
+    path = APPLICATIONS.path(argocd_ns, "dex-pr-42")
+    body = application()
+    body["metadata"]["finalizers"] = [RESOURCES_FINALIZER, TEARDOWN_FINALIZER]
+    await admin_api.apply(path, body, "preview-bot")
+    await admin_api.delete(path)
+
+    async def argocd_pruned() -> None:
+        await admin_api.merge_patch(path, {"metadata": {"finalizers": [TEARDOWN_FINALIZER]}})
+
+    stale = StaleFirstRead(admin_api, argocd_pruned)
+    try:
+        # The list read first still names Argo CD's finalizer: written back blindly it would
+        # put it on again. The resourceVersion makes that write a 409; the second read wins.
+        assert await ArgoCD(stale, argocd_ns).release("dex-pr-42") is True
+    finally:
+        await stale.close()
+    assert stale.gets == 2
+    with pytest.raises(ApiError) as gone:
+        await admin_api.get(path)
+    assert gone.value.status == 404
+
+
+async def test_release_of_a_live_application_drops_only_the_bots_finalizer(
+    admin_api: KubeApi, argocd_ns: str
+) -> None:
+    path = APPLICATIONS.path(argocd_ns, "dex-pr-42")
+    body = application()
+    body["metadata"]["finalizers"] = [RESOURCES_FINALIZER, TEARDOWN_FINALIZER]
+    await admin_api.apply(path, body, "preview-bot")
+    argocd = ArgoCD(admin_api, argocd_ns)
+    assert await argocd.release("dex-pr-42") is True
+    assert (await admin_api.get(path))["metadata"]["finalizers"] == [RESOURCES_FINALIZER]
+    assert await argocd.release("dex-pr-42") is True  # nothing of ours left: no write
+    assert await argocd.release("dex-pr-404") is True  # gone is released
 
 
 async def test_missing_and_duplicate_objects(admin_api: KubeApi, argocd_ns: str) -> None:

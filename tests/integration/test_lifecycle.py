@@ -14,7 +14,7 @@ import pytest
 
 from bot.comment import parse_comment_state
 from bot.kube import APPLICATIONS
-from bot.model import A_HEAD_SHA, FINALIZER
+from bot.model import A_HEAD_SHA, FINALIZER, TEARDOWN_FINALIZER
 from tests.rig.harness import NAME, OWNER, Harness
 
 pytestmark = pytest.mark.rig
@@ -69,7 +69,8 @@ async def test_full_lifecycle(harness: Harness, tmp_path: Path) -> None:
     commits_before += 2
     app = await h.app(42)
     assert app is not None
-    assert app["metadata"]["finalizers"] == [FINALIZER]
+    # Argo CD's first (it prunes), then the bot's (it says destroyed, then lets it go).
+    assert app["metadata"]["finalizers"] == [FINALIZER, TEARDOWN_FINALIZER]
     assert app["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "preview-bot"
     assert app["spec"]["source"]["path"] == "infra/argocd/previews/pr-42"
     # Pinned to the commit that wrote the overlay: Argo CD's synced revision says what runs.

@@ -232,7 +232,10 @@ def test_label_push_close_walkthrough_with_files(tmp_path: Path) -> None:
 
         app = server.wait("the Application file", lambda: app_at(head))
         assert app["spec"] == _expected_spec(server)
-        assert app["metadata"]["finalizers"] == ["resources-finalizer.argocd.argoproj.io"]
+        assert app["metadata"]["finalizers"] == [
+            "resources-finalizer.argocd.argoproj.io",
+            "preview-bot.io/teardown",
+        ]
         server.wait("the first comment", server.comment_history)
 
         # play Argo CD, as the file's header suggests: its watch turns the comment to ready

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bot import kubeapi
+from bot.errors import TemporaryError
+from bot.kube import RELEASE_ATTEMPTS, ArgoCD
 from bot.kubeapi import (
     LEASES,
     ApiError,
@@ -31,6 +33,7 @@ from bot.kubeapi import (
     read_kubeconfig,
     unavailable,
 )
+from bot.model import TEARDOWN_FINALIZER
 
 
 def self_signed() -> tuple[bytes, bytes]:
@@ -258,3 +261,27 @@ def test_resource_paths() -> None:
     assert apps.path("argocd") == "/apis/argoproj.io/v1alpha1/namespaces/argocd/applications"
     assert LEASES.path("ns", "bot") == "/apis/coordination.k8s.io/v1/namespaces/ns/leases/bot"
     assert Resource("", "v1", "secrets").path("a", "b") == "/api/v1/namespaces/a/secrets/b"
+
+
+class _AlwaysMoved:
+    """A KubeApi stand-in whose object changes between every read and write (a 409 each)."""
+
+    def __init__(self) -> None:
+        self.patches = 0
+
+    async def get(self, path: str) -> dict[str, Any]:
+        meta = {"resourceVersion": str(self.patches), "finalizers": [TEARDOWN_FINALIZER]}
+        return {"metadata": meta}
+
+    async def merge_patch(
+        self, path: str, body: dict[str, Any], field_manager: str | None = None
+    ) -> dict[str, Any]:
+        self.patches += 1
+        raise ApiError(409, "Conflict", {"reason": "Conflict"})
+
+
+async def test_a_release_that_keeps_conflicting_is_a_temporary_error() -> None:
+    api = _AlwaysMoved()
+    with pytest.raises(TemporaryError, match="kept changing"):
+        await ArgoCD(api, "argocd").release("dex-pr-42")  # type: ignore[arg-type]
+    assert api.patches == RELEASE_ATTEMPTS

@@ -13,6 +13,7 @@ from bot.config import Settings
 from bot.model import (
     ApplyApplication,
     AppStatus,
+    ChecksSeen,
     CreateDeployment,
     DeactivateDeployments,
     DeleteApplication,
@@ -25,6 +26,7 @@ from bot.model import (
     PutOverlay,
     Record,
     RecordState,
+    ReleaseApplication,
     Requeue,
     SetDeploymentStatus,
     State,
@@ -32,7 +34,7 @@ from bot.model import (
     git_blob_sha,
     label_safe,
 )
-from bot.plan import plan_sync
+from bot.plan import plan_failure, plan_sync
 from bot.render import render_overlay
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -260,6 +262,70 @@ def test_terminating_past_the_grace_says_pending_once() -> None:
     assert plan_sync(observed(pr(state="closed"), app=app2), SETTINGS, NOW).actions == ()
 
 
+def pruned_app(**changes: Any) -> ObservedApp:
+    """A deleted Application Argo CD has pruned: terminating, the bot's finalizer left."""
+    app = replace(deployed_app(), terminating=True, held=True, pruned=True, **changes)
+    assert app.releasable
+    return app
+
+
+def test_pruned_and_held_counts_as_gone_the_comment_says_destroyed_then_release() -> None:
+    app = pruned_app(record=done_record())
+    plan = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
+    assert kinds(plan) == ["UpsertComment", "RecordState", "ReleaseApplication"]
+    assert plan.state is State.DESTROYED
+    assert plan.actions[0].text.state is State.DESTROYED  # type: ignore[union-attr]
+    assert plan.actions[-1] == ReleaseApplication("dex-pr-42")
+    # Killed between the comment and the release: the next sync only releases.
+    done = replace(app, record=executed(plan))
+    again = plan_sync(observed(pr(state="closed"), app=done), SETTINGS, NOW)
+    assert kinds(again) == ["ReleaseApplication"]
+
+
+def test_pruned_and_held_after_a_teardown_cut_short_finishes_the_github_steps_first() -> None:
+    # Killed in the first teardown sync, after the delete: the record still names the overlay
+    # and the deployment, and Argo CD has pruned meanwhile.
+    app = pruned_app()
+    plan = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
+    assert kinds(plan) == [
+        "DeleteOverlay",
+        "DeactivateDeployments",
+        "UpsertComment",
+        "RecordState",
+        "ReleaseApplication",
+    ]
+    assert plan.state is State.DESTROYED
+
+
+def test_terminating_and_held_but_not_pruned_waits_for_argocd() -> None:
+    app = replace(pruned_app(record=done_record()), pruned=False)
+    plan = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
+    assert plan.state is State.TEARDOWN_PENDING
+    assert not any(isinstance(a, ReleaseApplication) for a in plan.actions)
+
+
+def test_without_the_bots_finalizer_the_old_path_stands() -> None:
+    # Applied before the bot had a finalizer: pruned, it vanishes by itself, and the watch's
+    # DELETED brings the sync that says destroyed (app None, tested above).
+    app = replace(pruned_app(record=done_record()), held=False)
+    plan = plan_sync(observed(pr(state="closed"), app=app), SETTINGS, NOW)
+    assert kinds(plan) == ["UpsertComment", "RecordState"]
+    assert plan.state is State.TEARDOWN_PENDING
+
+
+def test_a_failure_report_never_releases() -> None:
+    app = pruned_app(record=done_record())
+    plan = plan_failure(observed(pr(state="closed"), app=app), SETTINGS, NOW, "boom")
+    assert not any(isinstance(a, ReleaseApplication) for a in plan.actions)
+
+
+def test_an_application_not_ours_is_never_released() -> None:
+    app = replace(pruned_app(), repo="other/repo")
+    for p in (pr(), pr(state="closed")):
+        plan = plan_sync(observed(p, app=app), SETTINGS, NOW)
+        assert not any(isinstance(a, ReleaseApplication) for a in plan.actions)
+
+
 def test_never_deployed_pr_closing_plans_nothing() -> None:
     plan = plan_sync(observed(pr(state="closed", labels=frozenset())), SETTINGS, NOW)
     assert plan.actions == ()
@@ -327,6 +393,23 @@ def test_relabel_while_old_app_terminates_waits() -> None:
     plan = plan_sync(observed(app=app), SETTINGS, NOW)
     assert plan.state is State.TEARDOWN_PENDING
     assert not any(isinstance(a, ApplyApplication | PutOverlay) for a in plan.actions)
+
+
+def test_relabel_while_old_app_is_pruned_releases_it_and_waits() -> None:
+    # Without the release it would wait for ever: only the bot's finalizer holds it.
+    plan = plan_sync(observed(app=pruned_app()), SETTINGS, NOW)
+    assert plan.state is State.TEARDOWN_PENDING
+    assert not any(isinstance(a, ApplyApplication | PutOverlay) for a in plan.actions)
+    assert plan.actions[-1] == ReleaseApplication("dex-pr-42")
+
+
+def test_a_held_pr_whose_old_app_is_pruned_releases_it() -> None:
+    # Labeled again, but the head waits for a check: the hold path must release it too.
+    checks = replace(SETTINGS, required_checks=("ci",))
+    pending = ChecksSeen("pending", "ci")
+    plan = plan_sync(observed(pr(head_sha=SHA2), app=pruned_app(), checks=pending), checks, NOW)
+    assert plan.state is State.WAITING
+    assert plan.actions[-1] == ReleaseApplication("dex-pr-42")
 
 
 def test_lost_annotations_write_with_unknown_sha_and_find_the_comment() -> None:

@@ -12,7 +12,15 @@ from datetime import timedelta
 import pytest
 
 from bot.errors import Conflict, TemporaryError
-from bot.model import AppStatus, ListedDeployment, Work, WorkKey, record_annotation
+from bot.model import (
+    FINALIZER,
+    TEARDOWN_FINALIZER,
+    AppStatus,
+    ListedDeployment,
+    Work,
+    WorkKey,
+    record_annotation,
+)
 from bot.queue import KeyedQueue
 from bot.resync import (
     STRAY_DESCRIPTION,
@@ -65,6 +73,14 @@ def test_a_preview_of_a_closed_or_unlabeled_pr_is_torn_down() -> None:
     unlabeled = pr(labels=frozenset())
     plan = plan_resync(view([unlabeled], apps), SETTINGS, NOW, set())
     assert plan.sync == (9, 42)
+
+
+def test_a_pruned_application_the_bot_holds_is_visited() -> None:
+    # The bot was down when Argo CD finished: only the resync finds the PR again (closed: no
+    # longer in the open list; relabeled: its Application is terminating).
+    held = replace(deployed_app(SHA1), terminating=True, held=True, pruned=True)
+    assert plan_resync(view([], [held]), SETTINGS, NOW, set()).sync == (42,)
+    assert plan_resync(view([pr()], [held]), SETTINGS, NOW, set()).sync == (42,)
 
 
 def test_orphan_overlays_are_those_no_open_labeled_pr_owns() -> None:
@@ -161,6 +177,40 @@ async def test_applications_of_an_uninstalled_repository_are_removed() -> None:
     finally:
         await bot.stop()
     assert report.removed_apps == 1 and "dex-pr-5" not in cluster.objects
+
+
+async def test_applications_of_an_uninstalled_repository_are_released_once_pruned() -> None:
+    cluster = MemoryCluster()
+    await cluster.apply(
+        {
+            "metadata": {
+                "name": "dex-pr-5",
+                "finalizers": [FINALIZER, TEARDOWN_FINALIZER],
+                "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
+                "annotations": {
+                    "preview-bot.io/repo": "data-literate/gone",
+                    "preview-bot.io/pr": "5",
+                    "preview-bot.io/installation": "77",
+                },
+            },
+            "spec": {},
+        }
+    )
+    bot = Bot(replace(SETTINGS, repositories=("data-literate/*",)))
+    bot.resync_at_start = False
+    bot.start(MemoryGitHub(MemoryRepo(files=BASE)), cluster)
+    try:
+        report = await bot.resync_once()
+        assert report.removed_apps == 1
+        app = await cluster.get("dex-pr-5")
+        assert app is not None and app.terminating and not app.pruned
+        await bot.resync_once()  # Argo CD still prunes: left alone
+        assert cluster.calls.count("delete") == 1 and "release" not in cluster.calls
+        cluster.finish_deletion("dex-pr-5")
+        await bot.resync_once()
+    finally:
+        await bot.stop()
+    assert cluster.calls.count("release") == 1 and "dex-pr-5" not in cluster.objects
 
 
 # ---- supervision -----------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from bot.model import (
     A_COMMENT,
     A_DEPLOYMENT,
     A_OVERLAY_BLOB,
+    FINALIZER,
+    TEARDOWN_FINALIZER,
     UNKNOWN,
     ObservedApp,
     Record,
@@ -163,8 +165,12 @@ async def test_health_then_a_push_then_a_close(world: World) -> None:
     assert OVERLAY not in world.repo.branches["main"]
     assert (await world.app()).terminating
     world.cluster.finish_deletion("dex-pr-42")
+    # Argo CD has pruned; the bot's finalizer keeps the Application (and the record on it).
+    assert (await world.app()).releasable
     world.repo.calls.clear()
-    await world.syncer.sync(WORK)
+    outcome = await world.syncer.sync(WORK)
+    assert outcome.executed == ["UpsertComment", "RecordState", "ReleaseApplication"]
+    assert "dex-pr-42" not in world.cluster.objects
     assert "Preview destroyed" in world.comment()
     # The Application is gone, but the last record found the comment: no listing of comments.
     assert "comments" not in world.repo.calls
@@ -270,6 +276,34 @@ async def test_watcher_queues_only_news() -> None:
     unmanaged = _app_object(health="Healthy")
     unmanaged["metadata"]["labels"] = {}  # type: ignore[index]
     await watcher.on_event("MODIFIED", app_from_object(unmanaged))
+    assert len(queue) == 1
+
+
+async def test_watcher_queues_the_end_of_pruning_and_not_the_echo_of_its_own_release() -> None:
+    queue = KeyedQueue(10)
+    watcher = Watcher(queue)
+    obj = _app_object(health="Healthy")
+    meta: dict[str, object] = obj["metadata"]  # type: ignore[assignment]
+    meta["finalizers"] = [FINALIZER, TEARDOWN_FINALIZER]
+    await watcher.on_event("SYNCED", app_from_object(obj))
+    queue.done((await queue.get()).key)
+    meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    await watcher.on_event("MODIFIED", app_from_object(obj))
+    assert len(queue) == 0  # the start of a deletion is the bot's own doing
+    meta["finalizers"] = [TEARDOWN_FINALIZER]  # Argo CD has pruned
+    await watcher.on_event("MODIFIED", app_from_object(obj))
+    assert len(queue) == 1
+    queue.done((await queue.get()).key)
+    annotations: dict[str, str] = meta["annotations"]  # type: ignore[assignment]
+    annotations["preview-bot.io/comment-state"] = "destroyed"  # the sync's record, echoed
+    await watcher.on_event("MODIFIED", app_from_object(obj))
+    assert len(queue) == 0
+    # Released, it goes (the DELETED event carries the state before the release).
+    await watcher.on_event("DELETED", app_from_object(obj))
+    assert len(queue) == 0
+    # Without the bot's finalizer (applied by an older bot) the end still counts.
+    annotations["preview-bot.io/comment-state"] = "ready"
+    await watcher.on_event("DELETED", app_from_object(obj))
     assert len(queue) == 1
 
 
