@@ -219,7 +219,7 @@ class Resyncer:
                     covered[info.full_name] = info
         report.deferred = len(deferred)
         for name, info in sorted(covered.items()):
-            repo_apps = [a for a in apps if a.repo == name]
+            repo_apps = [a for a in apps if a.owned_by(name)]
             await self._repository(info, repo_apps, now, report)
         await self._uninstalled(apps, covered, deferred, report)
         log.info(
@@ -370,10 +370,13 @@ class Resyncer:
         """Remove the Applications of repositories the App no longer covers (uninstalled or
         deleted); their overlays stay, since the App can no longer write there. With no PR to
         tell, the bot's finalizer goes as soon as Argo CD has pruned (at a later resync)."""
+        # GitHub's names ignore case: an Application annotated Acme/Dex belongs to acme/dex, and
+        # must not be taken for a repository the App lost (and deleted) when its case changed.
+        covered_names = {name.lower() for name in covered}
         for app in apps:
             if (
                 app.repo is None
-                or app.repo in covered
+                or app.repo.lower() in covered_names
                 or not in_scope(self.settings.repositories, app.repo)
             ):
                 continue

@@ -179,6 +179,35 @@ async def test_applications_of_an_uninstalled_repository_are_removed() -> None:
     assert report.removed_apps == 1 and "dex-pr-5" not in cluster.objects
 
 
+async def test_an_application_annotated_in_another_case_is_its_repositorys_not_a_stray() -> None:
+    # GitHub's names ignore case (an owner renamed from Data-Literate to data-literate): the
+    # Application stays and its PR is resynced as the repository's.
+    cluster = MemoryCluster()
+    await cluster.apply(
+        {
+            "metadata": {
+                "name": "dex-pr-5",
+                "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
+                "annotations": {
+                    "preview-bot.io/repo": REPO.upper(),
+                    "preview-bot.io/pr": "5",
+                    "preview-bot.io/installation": "5",
+                },
+            },
+            "spec": {},
+        }
+    )
+    bot = Bot(replace(SETTINGS, repositories=("data-literate/*",)))
+    bot.resync_at_start = False
+    bot.start(MemoryGitHub(MemoryRepo(files=BASE)), cluster)
+    try:
+        report = await bot.resync_once()
+    finally:
+        await bot.stop()
+    assert report.removed_apps == 0 and "dex-pr-5" in cluster.objects
+    assert report.queued == 1  # its PR is gone from GitHub: a teardown, through the PR
+
+
 async def test_applications_of_an_uninstalled_repository_are_released_once_pruned() -> None:
     cluster = MemoryCluster()
     await cluster.apply(
