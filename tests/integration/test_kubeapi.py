@@ -130,13 +130,19 @@ class StaleFirstRead(KubeApi):
         return got
 
 
+async def held_application(api: KubeApi, namespace: str) -> str:
+    """dex-pr-42 applied with Argo CD's finalizer and the bot's; its path."""
+    path = APPLICATIONS.path(namespace, "dex-pr-42")
+    body = application()
+    body["metadata"]["finalizers"] = [RESOURCES_FINALIZER, TEARDOWN_FINALIZER]
+    await api.apply(path, body, "preview-bot")
+    return path
+
+
 async def test_release_never_clobbers_finalizers_changed_since_its_read(
     admin_api: KubeApi, argocd_ns: str
 ) -> None:
-    path = APPLICATIONS.path(argocd_ns, "dex-pr-42")
-    body = application()
-    body["metadata"]["finalizers"] = [RESOURCES_FINALIZER, TEARDOWN_FINALIZER]
-    await admin_api.apply(path, body, "preview-bot")
+    path = await held_application(admin_api, argocd_ns)
     await admin_api.delete(path)
 
     async def argocd_pruned() -> None:
@@ -158,10 +164,7 @@ async def test_release_never_clobbers_finalizers_changed_since_its_read(
 async def test_release_of_a_live_application_drops_only_the_bots_finalizer(
     admin_api: KubeApi, argocd_ns: str
 ) -> None:
-    path = APPLICATIONS.path(argocd_ns, "dex-pr-42")
-    body = application()
-    body["metadata"]["finalizers"] = [RESOURCES_FINALIZER, TEARDOWN_FINALIZER]
-    await admin_api.apply(path, body, "preview-bot")
+    path = await held_application(admin_api, argocd_ns)
     argocd = ArgoCD(admin_api, argocd_ns)
     assert await argocd.release("dex-pr-42") is True
     assert (await admin_api.get(path))["metadata"]["finalizers"] == [RESOURCES_FINALIZER]

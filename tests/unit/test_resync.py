@@ -153,29 +153,41 @@ async def test_orphan_removal_tries_again_when_a_commit_moved_the_branch() -> No
     assert OVERLAY.format(3) not in repo.branches["main"]
 
 
-async def test_applications_of_an_uninstalled_repository_are_removed() -> None:
-    cluster = MemoryCluster()
-    await cluster.apply(
-        {
-            "metadata": {
-                "name": "dex-pr-5",
-                "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
-                "annotations": {
-                    "preview-bot.io/repo": "data-literate/gone",
-                    "preview-bot.io/pr": "5",
-                    "preview-bot.io/installation": "77",
-                },
-            },
-            "spec": {},
-        }
-    )
+async def app_of(
+    cluster: MemoryCluster, repo: str, installation: int, finalizers: tuple[str, ...] = ()
+) -> None:
+    """Application dex-pr-5 of the bot, annotated for `repo` under `installation`."""
+    meta: dict[str, object] = {
+        "name": "dex-pr-5",
+        "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
+        "annotations": {
+            "preview-bot.io/repo": repo,
+            "preview-bot.io/pr": "5",
+            "preview-bot.io/installation": str(installation),
+        },
+    }
+    if finalizers:
+        meta["finalizers"] = list(finalizers)
+    await cluster.apply({"metadata": meta, "spec": {}})
+
+
+@asynccontextmanager
+async def resyncing(cluster: MemoryCluster) -> AsyncIterator[Bot]:
+    """A bot over `cluster` and the in-memory GitHub (installation 5, REPO), no resync yet."""
     bot = Bot(replace(SETTINGS, repositories=("data-literate/*",)))
     bot.resync_at_start = False
     bot.start(MemoryGitHub(MemoryRepo(files=BASE)), cluster)
     try:
-        report = await bot.resync_once()
+        yield bot
     finally:
         await bot.stop()
+
+
+async def test_applications_of_an_uninstalled_repository_are_removed() -> None:
+    cluster = MemoryCluster()
+    await app_of(cluster, "data-literate/gone", 77)
+    async with resyncing(cluster) as bot:
+        report = await bot.resync_once()
     assert report.removed_apps == 1 and "dex-pr-5" not in cluster.objects
 
 
@@ -183,52 +195,17 @@ async def test_an_application_annotated_in_another_case_is_its_repositorys_not_a
     # GitHub's names ignore case (an owner renamed from Data-Literate to data-literate): the
     # Application stays and its PR is resynced as the repository's.
     cluster = MemoryCluster()
-    await cluster.apply(
-        {
-            "metadata": {
-                "name": "dex-pr-5",
-                "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
-                "annotations": {
-                    "preview-bot.io/repo": REPO.upper(),
-                    "preview-bot.io/pr": "5",
-                    "preview-bot.io/installation": "5",
-                },
-            },
-            "spec": {},
-        }
-    )
-    bot = Bot(replace(SETTINGS, repositories=("data-literate/*",)))
-    bot.resync_at_start = False
-    bot.start(MemoryGitHub(MemoryRepo(files=BASE)), cluster)
-    try:
+    await app_of(cluster, REPO.upper(), 5)
+    async with resyncing(cluster) as bot:
         report = await bot.resync_once()
-    finally:
-        await bot.stop()
     assert report.removed_apps == 0 and "dex-pr-5" in cluster.objects
     assert report.queued == 1  # its PR is gone from GitHub: a teardown, through the PR
 
 
 async def test_applications_of_an_uninstalled_repository_are_released_once_pruned() -> None:
     cluster = MemoryCluster()
-    await cluster.apply(
-        {
-            "metadata": {
-                "name": "dex-pr-5",
-                "finalizers": [FINALIZER, TEARDOWN_FINALIZER],
-                "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
-                "annotations": {
-                    "preview-bot.io/repo": "data-literate/gone",
-                    "preview-bot.io/pr": "5",
-                    "preview-bot.io/installation": "77",
-                },
-            },
-            "spec": {},
-        }
-    )
-    bot = Bot(replace(SETTINGS, repositories=("data-literate/*",)))
-    bot.resync_at_start = False
-    bot.start(MemoryGitHub(MemoryRepo(files=BASE)), cluster)
-    try:
+    await app_of(cluster, "data-literate/gone", 77, (FINALIZER, TEARDOWN_FINALIZER))
+    async with resyncing(cluster) as bot:
         report = await bot.resync_once()
         assert report.removed_apps == 1
         app = await cluster.get("dex-pr-5")
@@ -237,8 +214,6 @@ async def test_applications_of_an_uninstalled_repository_are_released_once_prune
         assert cluster.calls.count("delete") == 1 and "release" not in cluster.calls
         cluster.finish_deletion("dex-pr-5")
         await bot.resync_once()
-    finally:
-        await bot.stop()
     assert cluster.calls.count("release") == 1 and "dex-pr-5" not in cluster.objects
 
 
