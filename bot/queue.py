@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 
 from bot.model import Work, WorkKey
 from bot.webhooks import Outcome
@@ -160,22 +159,3 @@ class KeyedQueue:
             "held": len(self._held),
             "followups": len(self._followups),
         }
-
-
-Handler = Callable[[Work], Awaitable[None]]
-
-
-async def run_worker(queue: KeyedQueue, handle: Handler) -> None:
-    """Take keys one at a time and run `handle` on each; errors are the handler's to report."""
-    while True:
-        work = await queue.get()
-        try:
-            await handle(work)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The handler classifies and logs its own errors; this is the last line of defence
-            # so that one bad PR never stops a worker.
-            log.exception("sync crashed", extra={"repo": work.key.repo, "pr": work.key.number})
-        finally:
-            queue.done(work.key)

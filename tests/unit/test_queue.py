@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from bot.model import Command, Work, WorkKey
-from bot.queue import KeyedQueue, run_worker
+from bot.queue import KeyedQueue
 from bot.webhooks import Outcome
 
 
@@ -27,6 +28,16 @@ async def test_a_key_arriving_while_it_runs_runs_again_after_with_the_latest_wor
     assert again.installation_id == 3
 
 
+async def worker(q: KeyedQueue, handle: Callable[[Work], Awaitable[None]]) -> None:
+    """What each of the Bot's workers does with the queue: take a key, sync it, say done."""
+    while True:
+        taken = await q.get()
+        try:
+            await handle(taken)
+        finally:
+            q.done(taken.key)
+
+
 async def test_never_two_syncs_of_one_key_at_once() -> None:
     q = KeyedQueue(100)
     running: set[WorkKey] = set()
@@ -42,7 +53,7 @@ async def test_never_two_syncs_of_one_key_at_once() -> None:
         running.discard(w.key)
         done += 1
 
-    workers = [asyncio.create_task(run_worker(q, handle)) for _ in range(4)]
+    workers = [asyncio.create_task(worker(q, handle)) for _ in range(4)]
     for _ in range(5):
         for n in range(3):
             q.put_nowait(work(n))
