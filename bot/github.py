@@ -22,10 +22,11 @@ from cachetools import LRUCache
 from gidgethub import BadRequest, GitHubBroken, RateLimitExceeded, sansio
 from gidgethub.aiohttp import GitHubAPI
 
+from bot import USER_AGENT
 from bot.config import Settings
 from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.github_auth import AppAuth
-from bot.github_http import USER_AGENT, ConditionalCache, Held, Transport
+from bot.github_http import ConditionalCache, Held, Transport
 from bot.metrics import Metrics
 from bot.model import (
     CheckReport,

@@ -18,6 +18,7 @@ import aiohttp
 from cachetools import LRUCache
 from gidgethub.aiohttp import GitHubAPI
 
+from bot import USER_AGENT
 from bot.errors import TemporaryError
 from bot.metrics import Metrics
 from bot.throttle import (
@@ -33,7 +34,6 @@ from bot.throttle import (
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "preview-bot"
 # GitHub answers or gives up within 10 s; a longer silence is an outage, and an outage must
 # reach the breaker rather than hold a worker for aiohttp's default five minutes.
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)

@@ -20,6 +20,8 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
+from bot import USER_AGENT
+
 log = logging.getLogger(__name__)
 
 # Where a pod finds its service account's token, CA and namespace.
@@ -411,7 +413,7 @@ class KubeApi:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self.config.ssl_context),
-                headers={"Accept": "application/json", "User-Agent": "preview-bot"},
+                headers={"Accept": "application/json", "User-Agent": USER_AGENT},
                 trace_configs=self._trace_configs or None,
             )
         return self._session

@@ -21,6 +21,7 @@ from cachetools import TLRUCache
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from bot import USER_AGENT
 from bot.config import SPECS_BY_NAME, Settings
 from bot.errors import PermanentError, TemporaryError
 
@@ -40,7 +41,6 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
-USER_AGENT = "preview-bot"
 REQUEST_TIMEOUT = 30.0  # seconds per request, connecting included; a hung registry is a retry
 DEFAULT_TOKEN_SECONDS = 60.0  # the token spec's lifetime when the answer has no expires_in
 TOKEN_MARGIN = 5.0  # seconds before expiry at which a token is renewed, so none lapses in flight
