@@ -118,27 +118,29 @@ class BodyDeadlines:
         self._period = min(seconds / 4, 1.0)
         self._reading: dict[asyncio.Task[Any], float] = {}  # read -> when it must be done
         self._expired: set[asyncio.Task[Any]] = set()  # cancelled by us, not told yet
-        self._armed = False
+        # The loop the sweep is armed on: one closed with a sweep pending never disarms it,
+        # so reads on another loop arm their own.
+        self._armed_on: asyncio.AbstractEventLoop | None = None
 
     def begin(self) -> asyncio.Task[Any]:
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - only ever called from a request's task
         loop = task.get_loop()
         self._reading[task] = loop.time() + self.seconds
-        if not self._armed:
-            self._armed = True
+        if self._armed_on is not loop:
+            self._armed_on = loop
             loop.call_later(self._period, self._sweep, loop)
         return task
 
     def end(self, task: asyncio.Task[Any]) -> bool:
-        """The read is over; True when it was cancelled for its time (the cancellation is then
-        taken back, so the task goes on to answer 408)."""
+        """The read is over; True when it was cancelled for its time and by nothing else (the
+        cancellation is then taken back, so the task goes on to answer 408). A cancellation
+        from elsewhere in the same turn (a server shutting down) still stands."""
         self._reading.pop(task, None)
-        if task in self._expired:
-            self._expired.discard(task)
-            task.uncancel()
-            return True
-        return False
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        return task.uncancel() == 0
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
@@ -147,9 +149,10 @@ class BodyDeadlines:
             del self._reading[task]
             self._expired.add(task)
             task.cancel()
-        self._armed = bool(self._reading)
-        if self._armed:
+        if self._reading:
             loop.call_later(self._period, self._sweep, loop)
+        else:
+            self._armed_on = None
 
 
 def _refused(status: int, message: str, outcome: Outcome = Outcome.REJECTED) -> Answer:

@@ -46,7 +46,7 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     # A subclass may set attributes before LogRecord's own: look at all of them then.
     start = _SET_BY_INIT if type(record) is logging.LogRecord else 0
     for k, v in itertools.islice(attributes.items(), start, None):
-        if k not in _NOT_EXTRA and k[0] != "_":
+        if k not in _NOT_EXTRA and not k.startswith("_"):
             fields[k] = v  # in the order given
     return fields
 

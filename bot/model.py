@@ -39,12 +39,27 @@ L_PR = "preview-bot.io/pr"
 L_REPO = "preview-bot.io/repo"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class WorkKey:
-    """One PR of one repository: the unit of work. Deliveries for the same key coalesce."""
+    """One PR of one repository: the unit of work. Deliveries for the same key coalesce.
+
+    Equal whatever the case of the name, as GitHub's names are: the watch keys a PR by its
+    Application's annotation, which may spell the repository as it was before a rename of
+    case, and one PR must never be two keys (two syncs of it at once).
+    """
 
     repo: str  # owner/name, as GitHub spells it
     number: int
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, WorkKey)
+            and self.number == other.number
+            and self.repo.lower() == other.repo.lower()
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.repo.lower(), self.number))
 
     def __str__(self) -> str:
         return f"{self.repo}#{self.number}"

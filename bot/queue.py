@@ -148,7 +148,8 @@ class KeyedQueue:
     def busy(self, repo: str) -> set[int]:
         """PRs of `repo` with a sync pending, running or waiting to retry."""
         keys = [*self._pending, *self._running, *self._dirty, *self._held]
-        return {key.number for key in keys if key.repo == repo}
+        name = repo.lower()  # GitHub's names ignore case (see WorkKey)
+        return {key.number for key in keys if key.repo.lower() == name}
 
     def sizes(self) -> dict[str, int]:
         """How many keys each per-key structure holds (tests prove they stay bounded)."""

@@ -629,8 +629,23 @@ async def test_one_timer_times_out_the_slow_bodies_only_and_disarms_when_none_is
     for body in slow:
         body.released.set()
     await asyncio.sleep(0.1)  # the sweep after the last read ends finds none and stops
-    assert not it._deadlines._armed and not it._deadlines._reading
+    assert it._deadlines._armed_on is None and not it._deadlines._reading
     assert outcome_of(await webhook(it, Body(b"{}"))) == (401, "rejected")  # and re-arms
+
+
+async def test_a_shutdowns_cancel_in_the_sweeps_turn_still_cancels_the_request() -> None:
+    it = intake(body_timeout_seconds=60)
+    body = Body(b"{", stall=True)
+    task = asyncio.create_task(webhook(it, body))
+    await body.stalled.wait()
+    deadlines = it._deadlines
+    deadlines._reading[task] = 0.0  # overdue: the next sweep cancels it
+    deadlines._sweep(asyncio.get_running_loop())
+    task.cancel()  # and the server, shutting down, in the same turn
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert it.in_flight == 0 and it.buffered == 0 and not deadlines._expired
+    body.released.set()
 
 
 async def test_a_client_that_leaves_mid_body_is_logged_at_debug(

@@ -150,3 +150,11 @@ async def test_ten_thousand_keys_leave_nothing_behind() -> None:
         work = await asyncio.wait_for(q.get(), 1)
         q.done(work.key)
     assert q.sizes() == {"pending": 0, "running": 0, "dirty": 0, "held": 0, "followups": 0}
+
+
+def test_one_pr_is_one_key_whatever_the_case_of_its_repository() -> None:
+    q = KeyedQueue(10)
+    assert q.put_nowait(Work(WorkKey("Acme/Dex", 7), 1)) is Outcome.QUEUED
+    # The watch keys a PR by its Application's annotation, spelled as before a rename of case.
+    assert q.put_nowait(Work(WorkKey("acme/dex", 7), 1)) is Outcome.COALESCED
+    assert len(q) == 1 and q.busy("ACME/DEX") == {7}
