@@ -44,6 +44,40 @@ def view(pulls: list, apps: list, overlays: list[int] = ()) -> RepoView:  # type
     return RepoView(REPO, tuple(pulls), tuple(apps), overlays_by_pr(SETTINGS, files))
 
 
+async def app_of(
+    cluster: MemoryCluster, repo: str, installation: int, finalizers: tuple[str, ...] = ()
+) -> None:
+    """Application dex-pr-5 of the bot, annotated for `repo` under `installation`."""
+    meta: dict[str, object] = {
+        "name": "dex-pr-5",
+        "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
+        "annotations": {
+            "preview-bot.io/repo": repo,
+            "preview-bot.io/pr": "5",
+            "preview-bot.io/installation": str(installation),
+        },
+    }
+    if finalizers:
+        meta["finalizers"] = list(finalizers)
+    await cluster.apply({"metadata": meta, "spec": {}})
+
+
+@asynccontextmanager
+async def resyncing(
+    cluster: MemoryCluster | None = None,
+    repo: MemoryRepo | None = None,
+    scope: tuple[str, ...] = ("data-literate/*",),
+) -> AsyncIterator[Bot]:
+    """A bot over the in-memory GitHub (installation 5, REPO) and cluster, no resync yet."""
+    bot = Bot(replace(SETTINGS, repositories=scope))
+    bot.resync_at_start = False
+    bot.start(MemoryGitHub(repo or MemoryRepo(files=BASE)), cluster or MemoryCluster())
+    try:
+        yield bot
+    finally:
+        await bot.stop()
+
+
 def test_overlay_directories_are_matched_to_their_prs() -> None:
     files = [
         OVERLAY.format(7),
@@ -128,13 +162,8 @@ async def test_an_out_of_scope_repository_is_never_touched() -> None:
 async def test_orphans_are_removed_in_one_commit() -> None:
     files = {**BASE, OVERLAY.format(3): "a", OVERLAY.format(4): "b"}
     repo = MemoryRepo(files=files)
-    bot = Bot(replace(SETTINGS, repositories=(REPO,)))
-    bot.resync_at_start = False
-    bot.start(MemoryGitHub(repo), MemoryCluster())
-    try:
+    async with resyncing(repo=repo, scope=(REPO,)) as bot:
         report = await bot.resync_once()
-    finally:
-        await bot.stop()
     assert report.orphans_removed == 2 and len(repo.commits) == 1
     assert OVERLAY.format(3) not in repo.branches["main"]
 
@@ -142,45 +171,10 @@ async def test_orphans_are_removed_in_one_commit() -> None:
 async def test_orphan_removal_tries_again_when_a_commit_moved_the_branch() -> None:
     repo = MemoryRepo(files={**BASE, OVERLAY.format(3): "a"})
     repo.fail_next("delete_files", Conflict("not a fast forward"), Conflict("again"))
-    bot = Bot(replace(SETTINGS, repositories=(REPO,)))
-    bot.resync_at_start = False
-    bot.start(MemoryGitHub(repo), MemoryCluster())
-    try:
+    async with resyncing(repo=repo, scope=(REPO,)) as bot:
         report = await bot.resync_once()
-    finally:
-        await bot.stop()
     assert report.orphans_removed == 1 and repo.calls.count("delete_files") == 3
     assert OVERLAY.format(3) not in repo.branches["main"]
-
-
-async def app_of(
-    cluster: MemoryCluster, repo: str, installation: int, finalizers: tuple[str, ...] = ()
-) -> None:
-    """Application dex-pr-5 of the bot, annotated for `repo` under `installation`."""
-    meta: dict[str, object] = {
-        "name": "dex-pr-5",
-        "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
-        "annotations": {
-            "preview-bot.io/repo": repo,
-            "preview-bot.io/pr": "5",
-            "preview-bot.io/installation": str(installation),
-        },
-    }
-    if finalizers:
-        meta["finalizers"] = list(finalizers)
-    await cluster.apply({"metadata": meta, "spec": {}})
-
-
-@asynccontextmanager
-async def resyncing(cluster: MemoryCluster) -> AsyncIterator[Bot]:
-    """A bot over `cluster` and the in-memory GitHub (installation 5, REPO), no resync yet."""
-    bot = Bot(replace(SETTINGS, repositories=("data-literate/*",)))
-    bot.resync_at_start = False
-    bot.start(MemoryGitHub(MemoryRepo(files=BASE)), cluster)
-    try:
-        yield bot
-    finally:
-        await bot.stop()
 
 
 async def test_applications_of_an_uninstalled_repository_are_removed() -> None:
@@ -407,13 +401,8 @@ async def test_a_stray_deployment_is_marked_inactive_once() -> None:
 async def test_a_repository_without_a_running_preview_reads_no_deployments() -> None:
     repo = MemoryRepo(files=BASE)
     repo.add_foreign_deployment(SHA1, "dex-pr-8")  # a leftover, but no preview runs
-    bot = Bot(replace(SETTINGS, repositories=(REPO,)))
-    bot.resync_at_start = False
-    bot.start(MemoryGitHub(repo), MemoryCluster())
-    try:
+    async with resyncing(repo=repo, scope=(REPO,)) as bot:
         report = await bot.resync_once()
-    finally:
-        await bot.stop()
     assert report.repositories == 1 and "recent_deployments" not in repo.calls
     assert "set_deployment_status" not in repo.calls
 
