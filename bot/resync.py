@@ -382,17 +382,26 @@ class Resyncer:
                 continue
             if app.installation_id in deferred:
                 continue  # its installation was not read this round
-            if app.terminating:
-                if app.releasable:
-                    await self.cluster.release(app.name)
-                    log.info("released Application %s: Argo CD pruned it", app.name)
-                continue  # Argo CD still prunes: released at a later resync
-            log.warning(
-                "removing Application %s: the App no longer covers %s (uninstalled or deleted); "
-                "its overlay %s stays in git, as the App can no longer write there",
-                app.name,
-                app.repo,
-                names(self.settings, app.repo, app.number or 0).overlay_dir,
-            )
-            await self.cluster.delete(app.name)
-            report.removed_apps += 1
+            try:
+                await self._remove_uncovered(app, report)
+            except PermanentError as exc:
+                # No PR to tell: said here, and tried again by the next resync (its period is
+                # the backoff); the other Applications go on.
+                log.warning("Application %s left for the next resync: %s", app.name, exc)
+
+    async def _remove_uncovered(self, app: ObservedApp, report: ResyncReport) -> None:
+        """Delete an uncovered repository's Application, or release it once Argo CD pruned."""
+        if app.terminating:
+            if app.releasable:
+                await self.cluster.release(app.name)
+                log.info("released Application %s: Argo CD pruned it", app.name)
+            return  # Argo CD still prunes: released at a later resync
+        log.warning(
+            "removing Application %s: the App no longer covers %s (uninstalled or deleted); "
+            "its overlay %s stays in git, as the App can no longer write there",
+            app.name,
+            app.repo,
+            names(self.settings, app.repo or "", app.number or 0).overlay_dir,
+        )
+        await self.cluster.delete(app.name)
+        report.removed_apps += 1

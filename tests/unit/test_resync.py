@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from bot.errors import Conflict, TemporaryError
+from bot.errors import Conflict, PermanentError, TemporaryError
 from bot.model import (
     FINALIZER,
     TEARDOWN_FINALIZER,
@@ -45,15 +45,19 @@ def view(pulls: list, apps: list, overlays: list[int] = ()) -> RepoView:  # type
 
 
 async def app_of(
-    cluster: MemoryCluster, repo: str, installation: int, finalizers: tuple[str, ...] = ()
+    cluster: MemoryCluster,
+    repo: str,
+    installation: int,
+    finalizers: tuple[str, ...] = (),
+    number: int = 5,
 ) -> None:
-    """Application dex-pr-5 of the bot, annotated for `repo` under `installation`."""
+    """Application dex-pr-`number` of the bot, annotated for `repo` under `installation`."""
     meta: dict[str, object] = {
-        "name": "dex-pr-5",
+        "name": f"dex-pr-{number}",
         "labels": {"app.kubernetes.io/managed-by": "preview-bot"},
         "annotations": {
             "preview-bot.io/repo": repo,
-            "preview-bot.io/pr": "5",
+            "preview-bot.io/pr": str(number),
             "preview-bot.io/installation": str(installation),
         },
     }
@@ -183,6 +187,18 @@ async def test_applications_of_an_uninstalled_repository_are_removed() -> None:
     async with resyncing(cluster) as bot:
         report = await bot.resync_once()
     assert report.removed_apps == 1 and "dex-pr-5" not in cluster.objects
+
+
+async def test_a_refused_removal_is_said_and_tried_again_and_the_others_go_on() -> None:
+    cluster = MemoryCluster()
+    await app_of(cluster, "data-literate/gone", 77)
+    await app_of(cluster, "data-literate/gone", 77, number=6)
+    cluster.fail_next("delete", PermanentError("403 Forbidden: applications is forbidden", 403))
+    async with resyncing(cluster) as bot:
+        first = await bot.resync_once()
+        assert first.removed_apps == 1 and len(cluster.objects) == 1  # one refused, one gone
+        second = await bot.resync_once()
+    assert second.removed_apps == 1 and cluster.objects == {}
 
 
 async def test_an_application_annotated_in_another_case_is_its_repositorys_not_a_stray() -> None:
