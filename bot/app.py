@@ -60,8 +60,6 @@ log = logging.getLogger(__name__)
 # then costs this much memory at most, not max_in_flight bodies. GitHub's payloads are tens of
 # KB, so real deliveries never come near it.
 BUFFERED_BODIES = 2
-# Repository names whose scope the intake remembers (see Intake._in_scope).
-SCOPE_MEMORY = 10_000
 # Longest X-GitHub-Delivery written to a log line for a request that failed verification.
 LOGGED_DELIVERY = 64
 # The request headers the intake reads, as ASGI gives them (lower-case bytes).
@@ -243,7 +241,6 @@ class Intake:
         self.buffered = 0  # body bytes held by requests still reading theirs
         self._buffer_limit = BUFFERED_BODIES * settings.max_body_bytes
         self._deadlines = BodyDeadlines(settings.body_timeout_seconds)
-        self._scoped: dict[str, bool] = {}  # repository name -> in scope (see _in_scope)
         # The deliveries counter's children by (event label, outcome): both come from fixed
         # sets (metric_event, Outcome), so this holds at most their product.
         self._counters: dict[tuple[str, Outcome], Any] = {}
@@ -380,17 +377,6 @@ class Intake:
             self.buffered += len(chunk)
             chunks.append(chunk)
 
-    def _in_scope(self, repo: str) -> bool:
-        """`in_scope` of the setting, remembered per repository name: the glob matching was a
-        twentieth of a delivery's time. The names come from signed payloads only, and the
-        memory is dropped whole when it reaches SCOPE_MEMORY names."""
-        known = self._scoped.get(repo)
-        if known is None:
-            if len(self._scoped) >= SCOPE_MEMORY:
-                self._scoped.clear()
-            known = self._scoped[repo] = in_scope(self.settings.repositories, repo)
-        return known
-
     def _accept(self, event: str, label: str, delivery: str, body: bytes) -> Answer:
         """A verified delivery: dedupe, decode, scope, classify, and act on what it asks."""
         if delivery in self.seen:
@@ -401,7 +387,7 @@ class Intake:
         try:
             payload = decode(event, body)
             repo = repository_of(payload) if payload is not None else None
-            if repo is not None and not self._in_scope(repo):
+            if repo is not None and not in_scope(self.settings.repositories, repo):
                 self.seen.add(delivery)
                 ctx = {"delivery": delivery, "repo": repo}
                 out = Answer(202, "repository not in scope", Outcome.OUT_OF_SCOPE)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
 EVERYTHING = "*"
+
+
+# Answers remembered, by (patterns, name): every delivery and every watch event asks, always
+# with the same patterns and a few names, and the glob matching was a twentieth of a delivery.
+SCOPE_MEMORY = 4096
 
 
 def in_scope(patterns: Iterable[str], full_name: str) -> bool:
@@ -17,6 +23,12 @@ def in_scope(patterns: Iterable[str], full_name: str) -> bool:
     matter, as in GitHub's own names. No pattern: nothing is in scope (the setting is required;
     an empty one must not mean everything).
     """
+    return _in_scope(patterns if isinstance(patterns, tuple) else tuple(patterns), full_name)
+
+
+@functools.lru_cache(maxsize=SCOPE_MEMORY)
+def _in_scope(patterns: tuple[str, ...], full_name: str) -> bool:
+    """in_scope's answer, remembered (see SCOPE_MEMORY)."""
     owner, slash, name = full_name.lower().partition("/")
     if not slash or not owner or not name or "/" in name:
         return False
