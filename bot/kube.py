@@ -73,24 +73,18 @@ class ArgoCD:
                 ) from exc
             raise
 
-    async def _unless_gone(self, what: str, call: Awaitable[Any]) -> bool:
-        """Run a call on one Application; False when it does not exist (404)."""
+    async def _found(self, what: str, call: Awaitable[T]) -> T | None:
+        """Run a call on one Application; None when it does not exist (404)."""
         try:
-            await self._do(what, call)
-        except ApiError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    async def get(self, name: str) -> ObservedApp | None:
-        try:
-            obj = await self._do(f"get Application {name}", self.api.get(self._path(name)))
+            return await self._do(what, call)
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        return app_from_object(obj)
+
+    async def get(self, name: str) -> ObservedApp | None:
+        obj = await self._found(f"get Application {name}", self.api.get(self._path(name)))
+        return None if obj is None else app_from_object(obj)
 
     async def apply(self, manifest: dict[str, Any]) -> None:
         """Create or update the Application in one server-side apply."""
@@ -103,19 +97,17 @@ class ArgoCD:
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
         """Merge the annotations into the Application; False when it is gone."""
         body = {"metadata": {"annotations": annotations}}
-        return await self._unless_gone(
+        patched = await self._found(
             f"annotate Application {name}",
             self.api.merge_patch(self._path(name), body, STATE_MANAGER),
         )
+        return patched is not None
 
     async def delete(self, name: str) -> bool:
         """Delete the Application; True when it is gone, False while its finalizer holds it."""
-        try:
-            result = await self._do(f"delete Application {name}", self.api.delete(self._path(name)))
-        except ApiError as exc:
-            if exc.status == 404:
-                return True
-            raise
+        result = await self._found(f"delete Application {name}", self.api.delete(self._path(name)))
+        if result is None:
+            return True
         # A Status object means it is gone; the object itself means a finalizer keeps it.
         return result.get("kind") == "Status" or not (result.get("metadata") or {}).get(
             "deletionTimestamp"
@@ -130,12 +122,9 @@ class ArgoCD:
         """
         what = f"release Application {name}"
         for _ in range(RELEASE_ATTEMPTS):
-            try:
-                obj = await self._do(what, self.api.get(self._path(name)))
-            except ApiError as exc:
-                if exc.status == 404:
-                    return True
-                raise
+            obj = await self._found(what, self.api.get(self._path(name)))
+            if obj is None:
+                return True
             meta = obj.get("metadata") or {}
             finalizers = list(meta.get("finalizers") or [])
             if TEARDOWN_FINALIZER not in finalizers:
@@ -143,14 +132,12 @@ class ArgoCD:
             kept = [f for f in finalizers if f != TEARDOWN_FINALIZER]
             body = {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": kept}}
             try:
-                await self._do(what, self.api.merge_patch(self._path(name), body, STATE_MANAGER))
+                await self._found(what, self.api.merge_patch(self._path(name), body, STATE_MANAGER))
             except ApiError as exc:
-                if exc.status == 404:
-                    return True
                 if exc.status == 409:
                     continue
                 raise
-            return True
+            return True  # off, or gone
         # Retried with backoff like any temporary failure (a sync, or the next resync).
         raise TemporaryError(f"{what}: it kept changing under the write (409)")
 
@@ -166,9 +153,10 @@ class ArgoCD:
     async def request_sync(self, name: str) -> bool:
         """Ask Argo CD to sync now: set the Application's `operation`, as `argocd app sync` does."""
         body = {"operation": {"initiatedBy": {"username": FIELD_MANAGER}, "sync": {}}}
-        return await self._unless_gone(
+        patched = await self._found(
             f"request a sync of Application {name}", self.api.merge_patch(self._path(name), body)
         )
+        return patched is not None
 
     async def watch(
         self, on_event: OnEvent, alive: OnAlive | None = None, timeout_seconds: int = 300
