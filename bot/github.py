@@ -503,11 +503,7 @@ class RepoClient:
             environment=environment,
             per_page=20,
         )
-        for d in found:
-            payload = d.get("payload")
-            if isinstance(payload, dict) and DEPLOYMENT_MARKER in payload:
-                return int(d["id"])
-        return None
+        return next((int(d["id"]) for d in found if _made_by_bot(d)), None)
 
     async def set_deployment_status(self, deployment_id: int, status: DeploymentStatus) -> bool:
         """Add a status; False when the deployment no longer exists."""
@@ -771,6 +767,12 @@ def _label_events_page(data: Any) -> tuple[tuple[str, LabelEvent], ...]:
     return tuple(kept)
 
 
+def _made_by_bot(deployment: Any) -> bool:
+    """A deployment carrying the bot's payload marker (see create_deployment)."""
+    payload = deployment.get("payload")
+    return isinstance(payload, dict) and DEPLOYMENT_MARKER in payload
+
+
 def _deployments_page(data: Any) -> tuple[ListedDeployment, ...]:
     """A page of GET /deployments, kept compact: id, sha, environment, and whether the bot's
     payload marker is on it."""
@@ -779,7 +781,7 @@ def _deployments_page(data: Any) -> tuple[ListedDeployment, ...]:
             int(d["id"]),
             str(d["sha"]),
             str(d.get("environment") or ""),
-            isinstance(d.get("payload"), dict) and DEPLOYMENT_MARKER in d["payload"],
+            _made_by_bot(d),
         )
         for d in data or []
     )
