@@ -326,12 +326,8 @@ async def test_watcher_leaves_applications_out_of_scope_alone(
     assert len(queue) == 1
 
 
-async def test_bot_retries_with_backoff_and_logs_each_retry_once(
-    world: World, caplog: pytest.LogCaptureFixture
-) -> None:
-    world.repo.open_pull(42, SHA1)
-    world.repo.fail_next("get_pull", TemporaryError("GitHub answered 502"))
-    world.repo.fail_next("get_pull", TemporaryError("GitHub answered 503"))
+async def sync_until_idle(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """A Bot syncs WORK, retries and all, until idle; its warnings captured."""
     bot = Bot(SETTINGS)
     bot.start(world.github, world.cluster)
     try:
@@ -340,6 +336,15 @@ async def test_bot_retries_with_backoff_and_logs_each_retry_once(
             await bot.idle(quiet=0.1, limit=5)
     finally:
         await bot.stop()
+
+
+async def test_bot_retries_with_backoff_and_logs_each_retry_once(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.repo.open_pull(42, SHA1)
+    world.repo.fail_next("get_pull", TemporaryError("GitHub answered 502"))
+    world.repo.fail_next("get_pull", TemporaryError("GitHub answered 503"))
+    await sync_until_idle(world, caplog)
     retries = [r for r in caplog.records if "retry" in r.getMessage()]
     assert [r.getMessage() for r in retries] == [
         "retry 1 in 0.0s: GitHub answered 502",
@@ -354,14 +359,7 @@ async def test_a_crashing_sync_is_retried_and_the_worker_lives_on(
 ) -> None:
     world.repo.open_pull(42, SHA1)
     world.repo.fail_next("get_pull", KeyError("a bug"))
-    bot = Bot(SETTINGS)
-    bot.start(world.github, world.cluster)
-    try:
-        with caplog.at_level(logging.WARNING, logger="bot"):
-            bot.queue.put_nowait(WORK)
-            await bot.idle(quiet=0.1, limit=5)
-    finally:
-        await bot.stop()
+    await sync_until_idle(world, caplog)
     messages = [r.getMessage() for r in caplog.records]
     assert "sync crashed" in messages
     assert "retry 1 in 0.0s: sync crashed: KeyError: 'a bug'" in messages
