@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar, Union
 
+import msgspec
+
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -39,8 +41,12 @@ L_PR = "preview-bot.io/pr"
 L_REPO = "preview-bot.io/repo"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class WorkKey:
+# WorkKey, Command and Work are made for every delivery: frozen msgspec Structs, built in C,
+# cost a seventh of a frozen dataclass (whose __init__ sets each field through
+# object.__setattr__) and behave alike (immutable, compared and hashed by field).
+
+
+class WorkKey(msgspec.Struct, frozen=True):
     """One PR of one repository: the unit of work. Deliveries for the same key coalesce.
 
     Equal whatever the case of the name, as GitHub's names are: the watch keys a PR by its
@@ -55,7 +61,8 @@ class WorkKey:
         return (
             isinstance(other, WorkKey)
             and self.number == other.number
-            and self.repo.lower() == other.repo.lower()
+            # Spelled alike is the common case: no lower() then (every delivery asks).
+            and (self.repo == other.repo or self.repo.lower() == other.repo.lower())
         )
 
     def __hash__(self) -> int:
@@ -69,8 +76,7 @@ class WorkKey:
 MAX_COMMANDS = 20
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(msgspec.Struct, frozen=True):
     """A `/preview ...` line from a newly created PR comment, as the delivery gave it.
 
     Commands are the one edge-triggered input: each is acted on once, acknowledged with a
@@ -82,8 +88,7 @@ class Command:
     words: tuple[str, ...]  # after "/preview": () for a bare /preview, ("approve",), ...
 
 
-@dataclass(frozen=True, slots=True)
-class Work:
+class Work(msgspec.Struct, frozen=True):
     """A key plus what the worker needs to reach GitHub for it, and hints from deliveries.
 
     Hints are facts a delivery carried that the API would charge a request for: who added the

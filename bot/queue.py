@@ -61,12 +61,14 @@ class KeyedQueue:
     def put_nowait(self, work: Work) -> Outcome:
         """Queue `work`, coalescing with a waiting, held or running sync of the same key."""
         key = work.key
-        if key in self._pending:
-            self._pending[key] = self._pending[key].merged(work)
+        # One lookup per structure (get, not `in` then [key]): this runs for every delivery.
+        pending = self._pending.get(key)
+        if pending is not None:
+            self._pending[key] = pending.merged(work)
             return Outcome.COALESCED
-        if key in self._held:
-            held, handle = self._held[key]
-            self._held[key] = (held.merged(work), handle)
+        held = self._held.get(key)
+        if held is not None:
+            self._held[key] = (held[0].merged(work), held[1])
             return Outcome.COALESCED
         if key in self._running:
             if key not in self._dirty and self.full():
