@@ -30,6 +30,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from bot.config import Settings
+from bot.logs import log_line
 from bot.metrics import Metrics
 from bot.queue import KeyedQueue
 from bot.scope import in_scope
@@ -68,10 +69,11 @@ _CONTENT_TYPE = b"content-type"
 _EVENT = EVENT_HEADER.lower().encode()
 _DELIVERY = DELIVERY_HEADER.lower().encode()
 _SIGNATURE = SIGNATURE_HEADER.lower().encode()
-_READ = frozenset({_CONTENT_LENGTH, _CONTENT_TYPE, _EVENT, _DELIVERY, _SIGNATURE})
+_APPLICATION_JSON = b"application/json"
 _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
 _ENCODE = msgspec.json.Encoder().encode
+_MISMATCH = "X-Hub-Signature-256 does not match the body and the webhook secret"
 LEVELS = {
     Outcome.REJECTED: logging.WARNING,
     Outcome.BUSY: logging.WARNING,
@@ -241,21 +243,13 @@ class Intake:
         self.buffered = 0  # body bytes held by requests still reading theirs
         self._buffer_limit = BUFFERED_BODIES * settings.max_body_bytes
         self._deadlines = BodyDeadlines(settings.body_timeout_seconds)
-        # The deliveries counter's children by (event label, outcome): both come from fixed
-        # sets (metric_event, Outcome), so this holds at most their product.
-        self._counters: dict[tuple[str, Outcome], Any] = {}
 
     def _answer(self, answer: Answer, event: str, **ctx: Any) -> Answer:
         """Count and log an answer; `event` is already a metric label."""
         outcome = answer.outcome
-        counted = self._counters.get((event, outcome))
-        if counted is None:  # labels() validates and locks: looked up once per pair
-            counted = self.metrics.deliveries.labels(event=event, outcome=outcome.value)
-            self._counters[(event, outcome)] = counted
-        counted.inc()
+        self.metrics.intake.delivered(event, outcome.value)
         level = LEVELS.get(outcome, logging.INFO)
-        if log.isEnabledFor(level):
-            log.log(level, str(answer), extra={"event": event, "outcome": outcome.value, **ctx})
+        log_line(log, level, str(answer), {"event": event, "outcome": outcome.value, **ctx})
         return answer
 
     async def webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -273,15 +267,13 @@ class Intake:
             finally:
                 self.in_flight -= 1
         await _send_answer(answer, send)
-        self.metrics.intake_seconds.observe(time.perf_counter() - started)
+        self.metrics.intake.observe(time.perf_counter() - started)
 
     async def _webhook(self, raw_headers: list[tuple[bytes, bytes]], receive: Receive) -> Answer:
-        headers: dict[bytes, str] = {}
-        for name, value in raw_headers:
-            if name in _READ and name not in headers:  # the first of repeated ones, as Starlette
-                headers[name] = value.decode("latin-1")
-        event = headers.get(_EVENT, "")
-        delivery = headers.get(_DELIVERY, "")
+        # Reversed: the first of repeated headers wins, as in Starlette.
+        headers = dict(reversed(raw_headers))
+        event = headers.get(_EVENT, b"").decode("latin-1")
+        delivery = headers.get(_DELIVERY, b"").decode("latin-1")
         label = UNVERIFIED  # until the signature matches, the headers are anyone's words
         if self.health.started and not self.health.leading():
             # Not acknowledged, so nothing is lost: GitHub shows the failure (and can redeliver),
@@ -305,17 +297,18 @@ class Intake:
             return self._answer(failed, label)
 
     async def _verified_body(
-        self, headers: dict[bytes, str], receive: Receive, event: str, delivery: str
+        self, headers: dict[bytes, bytes], receive: Receive, event: str, delivery: str
     ) -> bytes:
         """The body, once every check passed; Answer otherwise. Each check that needs no
         body comes before reading it."""
         length = headers.get(_CONTENT_LENGTH)
-        if length is not None and not length.isdigit():
-            raise _refused(400, "Content-Length is not a number")
-        if length is not None and int(length) > self.settings.max_body_bytes:
-            raise _refused(413, self._too_large())
-        ctype = headers.get(_CONTENT_TYPE, "").split(";")[0].strip().lower()
-        if ctype != "application/json":
+        if length is not None:
+            if not length.isdigit():  # bytes.isdigit: ASCII digits only
+                raise _refused(400, "Content-Length is not a number")
+            if int(length) > self.settings.max_body_bytes:
+                raise _refused(413, self._too_large())
+        ctype = headers.get(_CONTENT_TYPE, b"")
+        if ctype != _APPLICATION_JSON and ctype.split(b";")[0].strip().lower() != _APPLICATION_JSON:
             raise _refused(
                 415, "Content-Type must be application/json (set it in the App's webhook settings)"
             )
@@ -327,13 +320,12 @@ class Intake:
         signature = headers.get(_SIGNATURE)
         if not signature:
             raise _refused(401, "missing X-Hub-Signature-256 header")
-        mismatch = "X-Hub-Signature-256 does not match the body and the webhook secret"
-        digest = signature_digest(signature)
+        digest = signature_digest(signature.decode("latin-1"))
         if digest is None:
-            raise _refused(401, mismatch)
+            raise _refused(401, _MISMATCH)
         body = await self._read_body(receive)
         if not signs(self._secret, body, digest):
-            raise Answer(401, mismatch)
+            raise Answer(401, _MISMATCH)
         return body
 
     def _too_large(self) -> str:
@@ -357,7 +349,7 @@ class Intake:
             self._deadlines.end(task)
             # What is read is joined and checked with no await in between: once this returns,
             # no other request can run while the body is held.
-            self.buffered -= sum(len(chunk) for chunk in chunks)
+            self.buffered -= sum(map(len, chunks))
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _receive_body(self, receive: Receive, chunks: list[bytes]) -> None:
@@ -417,14 +409,25 @@ class Intake:
         elif not found.works:
             answer = Answer(202, found.reason, Outcome.IGNORED)
         else:
-            outcomes = [self.queue.put_nowait(work) for work in found.works]
-            if Outcome.QUEUE_FULL in outcomes:
+            works = found.works
+            if len(works) == 1:  # a PR's delivery: every one but a check naming several PRs
+                outcome = self.queue.put_nowait(works[0])
+                keys = str(works[0].key)
+            else:
+                outcomes = [self.queue.put_nowait(work) for work in works]
+                outcome = (
+                    Outcome.QUEUE_FULL
+                    if Outcome.QUEUE_FULL in outcomes
+                    else Outcome.QUEUED
+                    if Outcome.QUEUED in outcomes
+                    else Outcome.COALESCED
+                )
+                keys = " ".join(str(work.key) for work in works)
+            if outcome is Outcome.QUEUE_FULL:
                 # Not remembered as seen: GitHub's "redeliver" button should work once there's
                 # room, and the keys that did fit coalesce with it then.
                 full = Answer(503, "queue full, try again later", Outcome.QUEUE_FULL)
                 return self._answer(full, label, **ctx)
-            outcome = Outcome.QUEUED if Outcome.QUEUED in outcomes else Outcome.COALESCED
-            keys = " ".join(str(work.key) for work in found.works)
             answer = Answer(202, f"{keys} {outcome.value}", outcome)
         self.seen.add(delivery)
         return self._answer(answer, label, **ctx)

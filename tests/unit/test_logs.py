@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.logs import _timestamp, log_context, setup_logging
+from bot.logs import _sole_json_handler, _timestamp, log_context, log_line, setup_logging
 from tests.unit.test_intake import SECRET, Rig, labeled
 
 
@@ -132,3 +132,59 @@ def test_a_loop_closed_before_its_flush_does_not_hold_later_lines() -> None:
 
     asyncio.run(later())
     assert out.flushes == 1 and out.getvalue().count("\n") == 2
+
+
+def test_a_hot_path_line_is_the_line_logging_writes() -> None:
+    # log_line writes straight to setup_logging's handler: the line must be the one
+    # logger.log would have written through the JsonFormatter, context and fields included.
+    out = io.StringIO()
+    setup_logging("INFO", out)
+    log = logging.getLogger("bot.app")
+    fields = {"event": "pull_request", "outcome": "queued", "delivery": "d-1", "pr": 2, "x": None}
+    assert _sole_json_handler(log, logging.INFO) is logging.getLogger().handlers[0]  # short cut
+    with log_context(repo="o/r", pr=1):
+        log_line(log, logging.INFO, "o/r#2 queued", fields)
+        log.log(logging.INFO, "o/r#2 queued", extra=fields)
+        log_line(log, logging.DEBUG, "below the level: not written", fields)
+    fast, slow = (json.loads(line) for line in out.getvalue().splitlines())
+    assert fast.pop("time")[:19] == slow.pop("time")[:19]
+    assert fast == slow
+    assert list(fast) == list(slow)  # the same order of fields too
+    assert fast["pr"] == 2 and fast["repo"] == "o/r"
+
+
+def test_a_hot_path_line_goes_through_logging_when_anything_else_would_see_it() -> None:
+    out = io.StringIO()
+    setup_logging("INFO", out)
+    log = logging.getLogger("bot.app")
+    seen: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger("bot").addHandler(other)
+    try:
+        log_line(log, logging.INFO, "to both", {"event": "ping"})
+        assert [r.getMessage() for r in seen] == ["to both"] and seen[0].event == "ping"  # type: ignore[attr-defined]
+        assert json.loads(out.getvalue())["event"] == "ping"
+    finally:
+        logging.getLogger("bot").removeHandler(other)
+    log.addFilter(lambda record: record.getMessage() != "filtered")
+    try:
+        log_line(log, logging.INFO, "filtered", {})
+        assert out.getvalue().count("\n") == 1  # the filter was asked, and dropped it
+    finally:
+        log.filters.clear()
+    with pytest.raises(KeyError):  # as logging: a field may not overwrite a record's own
+        log_line(log, logging.INFO, "clash", {"message": "x"})
+
+
+async def test_a_hot_path_line_is_flushed_as_other_lines_are() -> None:
+    out = Counted()
+    setup_logging("INFO", out)
+    log = logging.getLogger("bot.app")
+    log_line(log, logging.INFO, "one", {})
+    log_line(log, logging.INFO, "two", {})
+    assert out.flushes == 0 and out.getvalue().count("\n") == 2
+    await asyncio.sleep(0)
+    assert out.flushes == 1
+    log_line(log, logging.WARNING, "refused", {})
+    assert out.flushes == 2
