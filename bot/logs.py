@@ -189,28 +189,51 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+# Most lines a LineHandler holds before writing them, even within one turn of the loop.
+MAX_HELD_LINES = 256
+
+
 class LineHandler(logging.StreamHandler[TextIO]):
-    """A StreamHandler that, on an event loop's thread, flushes once per turn of the loop: a
-    burst of deliveries answered in one turn is one write, not one a line. Lines at WARNING or
-    above, and lines from other threads or with no loop, are flushed at once. A process
-    killed with SIGKILL may lose the lines of the turn it was in; an orderly exit loses none
-    (logging flushes every handler at exit)."""
+    """A StreamHandler that, on an event loop's thread, writes once per turn of the loop: a
+    burst of deliveries answered in one turn is one write, not one a line, even on an
+    unbuffered stream (the image sets PYTHONUNBUFFERED, which made each line a system call).
+    Lines at WARNING or above, and lines from other threads or with no loop, are written at
+    once, after the ones held. A process killed with SIGKILL may lose the lines of the turn
+    it was in; an orderly exit loses none (logging flushes every handler at exit)."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         # The loop a flush is planned on. A loop closed before it ran the flush is never
         # waited for: a line on another loop plans its own.
         self._planned_on: asyncio.AbstractEventLoop | None = None
+        self._held: list[str] = []  # lines of this turn, not yet written
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
-            if record.levelno >= logging.WARNING or not self._plan_flush():
-                self.flush()
+            self._put(self.format(record) + self.terminator, record.levelno)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def _put(self, line: str, level: int) -> None:
+        """Hold `line` until the end of the turn, or write it now (see the class). Called with
+        the handler's lock held."""
+        self._held.append(line)
+        if level >= logging.WARNING or len(self._held) >= MAX_HELD_LINES or not self._plan_flush():
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the lines held, then flush the stream."""
+        self.acquire()
+        try:
+            if self._held:
+                text = "".join(self._held)
+                self._held.clear()
+                self.stream.write(text)
+            super().flush()
+        finally:
+            self.release()
 
     def write_line(self, level: int, name: str, msg: str, fields: Mapping[str, Any]) -> None:
         """The line JsonFormatter writes for a record of `level` from logger `name` with
@@ -226,9 +249,7 @@ class LineHandler(logging.StreamHandler[TextIO]):
         text = _ENCODER.encode(line).decode() + self.terminator
         self.acquire()  # as Handler.handle: another thread may write a line meanwhile
         try:
-            self.stream.write(text)
-            if level >= logging.WARNING or not self._plan_flush():
-                self.flush()
+            self._put(text, level)
         except RecursionError:
             raise
         except Exception:

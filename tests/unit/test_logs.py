@@ -10,7 +10,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.logs import _sole_json_handler, _timestamp, log_context, log_line, setup_logging
+from bot.logs import (
+    MAX_HELD_LINES,
+    _sole_json_handler,
+    _timestamp,
+    log_context,
+    log_line,
+    setup_logging,
+)
 from tests.unit.test_intake import SECRET, Rig, labeled
 
 
@@ -82,9 +89,14 @@ def test_line_times_are_iso_8601_utc_with_milliseconds_as_datetime_writes_them()
 
 
 class Counted(io.StringIO):
-    """A stream that counts its flushes."""
+    """A stream that counts its writes and flushes."""
 
+    writes = 0
     flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
 
     def flush(self) -> None:
         self.flushes += 1
@@ -97,11 +109,31 @@ async def test_lines_on_the_loop_are_flushed_once_per_turn_warnings_at_once() ->
     log = logging.getLogger("bot.app")
     for i in range(3):
         log.info("delivery %d", i)
-    assert out.flushes == 0 and out.getvalue().count("\n") == 3  # written, not yet flushed
+    assert (out.writes, out.flushes) == (0, 0)  # held until the turn ends
     await asyncio.sleep(0)  # the turn ends
-    assert out.flushes == 1
-    log.warning("refused")
-    assert out.flushes == 2
+    assert (out.writes, out.flushes) == (1, 1)  # one write for the three lines
+    assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()] == [
+        "delivery 0",
+        "delivery 1",
+        "delivery 2",
+    ]
+    log.info("held")
+    log.warning("refused")  # at once, after the line held before it
+    assert (out.writes, out.flushes) == (2, 2)
+    assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()][-2:] == [
+        "held",
+        "refused",
+    ]
+
+
+async def test_a_long_turn_writes_its_lines_in_bounded_batches() -> None:
+    out = Counted()
+    setup_logging("INFO", out)
+    for i in range(MAX_HELD_LINES * 2 + 1):
+        logging.getLogger("bot.app").info("line %d", i)
+    assert out.writes == 2  # two full batches written; the last line waits for the turn's end
+    await asyncio.sleep(0)
+    assert out.writes == 3 and out.getvalue().count("\n") == MAX_HELD_LINES * 2 + 1
 
 
 def test_lines_off_the_loop_are_flushed_at_once() -> None:
@@ -187,8 +219,8 @@ async def test_a_hot_path_line_is_flushed_as_other_lines_are() -> None:
     log = logging.getLogger("bot.app")
     log_line(log, logging.INFO, "one", {})
     log_line(log, logging.INFO, "two", {})
-    assert out.flushes == 0 and out.getvalue().count("\n") == 2
+    assert (out.writes, out.flushes) == (0, 0)
     await asyncio.sleep(0)
-    assert out.flushes == 1
+    assert (out.writes, out.flushes) == (1, 1) and out.getvalue().count("\n") == 2
     log_line(log, logging.WARNING, "refused", {})
-    assert out.flushes == 2
+    assert (out.writes, out.flushes) == (2, 2)
