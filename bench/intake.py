@@ -11,9 +11,9 @@ Variants: `bare` (Starlette answering 202 after reading the body) and, by defaul
 (the intake alone: no workers, no watch). With `--production`, `webhook` is replaced by the real
 `preview-bot serve` (`python -m bot serve`: workers, watch, resync, probe) with GitHub and the
 cluster unreachable (GITHUB_API_URL and a kubeconfig pointing at closed 127.0.0.1 ports) and a
-real RSA App key, logging JSON lines to a file as in a container (PYTHONUNBUFFERED=1, as the
-image sets it). Its retries and connection
-attempts during the run are counted from that log.
+real RSA App key, logging JSON lines to a file as in a container. Every variant runs with
+PYTHONUNBUFFERED=1, as the image sets it. The production bot's retries and connection attempts
+during the run are counted from its log.
 
     .venv/bin/python bench/intake.py [--production] [--seconds 5] [--rounds 3] [--connections 16]
 """
@@ -206,7 +206,8 @@ def unreachable_kubeconfig(path: Path) -> Path:
 
 def command_for(variant: str, port: int, tmp: Path) -> tuple[list[str], dict[str, str]]:
     """The server process of `variant` and its environment."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Every variant as the image runs the bot (Dockerfile): stdout unbuffered.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     if variant != "production":
         return [sys.executable, "-c", SERVER, variant, str(port)], env
     key_file = tmp / "app-key.pem"
@@ -219,8 +220,6 @@ def command_for(variant: str, port: int, tmp: Path) -> tuple[list[str], dict[str
             "GITHUB_API_URL": f"http://127.0.0.1:{closed_port()}",
             "KUBECONFIG": str(unreachable_kubeconfig(tmp / "kubeconfig")),
             "PREVIEW_BOT_REPOSITORIES": REPOSITORY,
-            # As the image runs it (Dockerfile): stdout unbuffered, each write a system call.
-            "PYTHONUNBUFFERED": "1",
         }
     )
     command = [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)]
