@@ -27,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from bot.config import Settings
 from bot.logs import log_line
@@ -74,12 +74,14 @@ _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
 _ENCODE = msgspec.json.Encoder().encode
 _MISMATCH = "X-Hub-Signature-256 does not match the body and the webhook secret"
+# The level of an answer's log line by its outcome's value (INFO for the others). Keyed by
+# the value: an Enum member's hash and its .value are Python calls, and every delivery asks.
 LEVELS = {
-    Outcome.REJECTED: logging.WARNING,
-    Outcome.BUSY: logging.WARNING,
-    Outcome.QUEUE_FULL: logging.WARNING,
-    Outcome.ERROR: logging.ERROR,
-    Outcome.DISCONNECTED: logging.DEBUG,
+    Outcome.REJECTED.value: logging.WARNING,
+    Outcome.BUSY.value: logging.WARNING,
+    Outcome.QUEUE_FULL.value: logging.WARNING,
+    Outcome.ERROR.value: logging.ERROR,
+    Outcome.DISCONNECTED.value: logging.DEBUG,
 }
 
 
@@ -246,10 +248,10 @@ class Intake:
 
     def _answer(self, answer: Answer, event: str, **ctx: Any) -> Answer:
         """Count and log an answer; `event` is already a metric label."""
-        outcome = answer.outcome
-        self.metrics.intake.delivered(event, outcome.value)
+        outcome = answer.outcome._value_  # .value is a property: a Python call
+        self.metrics.intake.delivered(event, outcome)
         level = LEVELS.get(outcome, logging.INFO)
-        log_line(log, level, str(answer), {"event": event, "outcome": outcome.value, **ctx})
+        log_line(log, level, str(answer), {"event": event, "outcome": outcome, **ctx})
         return answer
 
     async def webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -266,7 +268,9 @@ class Intake:
                 answer = await self._webhook(scope["headers"], receive)
             finally:
                 self.in_flight -= 1
-        await _send_answer(answer, send)
+        start, body = _answer_messages(answer)
+        await send(start)
+        await send(body)
         self.metrics.intake.observe(time.perf_counter() - started)
 
     async def _webhook(self, raw_headers: list[tuple[bytes, bytes]], receive: Receive) -> Answer:
@@ -337,7 +341,21 @@ class Intake:
         chunks: list[bytes] = []
         task = self._deadlines.begin()
         try:
-            await self._receive_body(receive, chunks)
+            more = True
+            size = 0
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise Disconnected
+                chunk: bytes = message.get("body", b"")
+                more = message.get("more_body", False)
+                size += len(chunk)
+                if size > self.settings.max_body_bytes:
+                    raise _refused(413, self._too_large())
+                if self.buffered + len(chunk) > self._buffer_limit:
+                    raise _refused(503, "too many body bytes in flight", Outcome.BUSY)
+                self.buffered += len(chunk)
+                chunks.append(chunk)
         except asyncio.CancelledError:
             if not self._deadlines.end(task):
                 raise
@@ -351,23 +369,6 @@ class Intake:
             # no other request can run while the body is held.
             self.buffered -= sum(map(len, chunks))
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    async def _receive_body(self, receive: Receive, chunks: list[bytes]) -> None:
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise Disconnected
-            chunk: bytes = message.get("body", b"")
-            more = message.get("more_body", False)
-            size += len(chunk)
-            if size > self.settings.max_body_bytes:
-                raise _refused(413, self._too_large())
-            if self.buffered + len(chunk) > self._buffer_limit:
-                raise _refused(503, "too many body bytes in flight", Outcome.BUSY)
-            self.buffered += len(chunk)
-            chunks.append(chunk)
 
     def _accept(self, event: str, label: str, delivery: str, body: bytes) -> Answer:
         """A verified delivery: dedupe, decode, scope, classify, and act on what it asks."""
@@ -428,7 +429,7 @@ class Intake:
                 # room, and the keys that did fit coalesce with it then.
                 full = Answer(503, "queue full, try again later", Outcome.QUEUE_FULL)
                 return self._answer(full, label, **ctx)
-            answer = Answer(202, f"{keys} {outcome.value}", outcome)
+            answer = Answer(202, f"{keys} {outcome._value_}", outcome)
         self.seen.add(delivery)
         return self._answer(answer, label, **ctx)
 
@@ -461,14 +462,16 @@ class Intake:
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
-async def _send_answer(answer: Answer, send: Send) -> None:
-    """The answer as JSON: {"outcome": ..., "message": ...}."""
-    body = _ENCODE({"outcome": answer.outcome.value, "message": str(answer)})
-    headers = [_JSON, (b"content-length", str(len(body)).encode())]
+def _answer_messages(answer: Answer) -> tuple[Message, Message]:
+    """The ASGI messages of the answer as JSON: {"outcome": ..., "message": ...}."""
+    body = _ENCODE({"outcome": answer.outcome._value_, "message": str(answer)})
+    headers = [_JSON, (b"content-length", b"%d" % len(body))]
     if answer.close:
         headers.append(_CLOSE)
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return (
+        {"type": "http.response.start", "status": answer.status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
 
 
 class Server:

@@ -224,3 +224,21 @@ async def test_a_hot_path_line_is_flushed_as_other_lines_are() -> None:
     assert (out.writes, out.flushes) == (1, 1) and out.getvalue().count("\n") == 2
     log_line(log, logging.WARNING, "refused", {})
     assert (out.writes, out.flushes) == (2, 2)
+
+
+async def test_a_held_line_that_cannot_be_written_does_not_take_the_others_with_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    out = Counted()
+    setup_logging("INFO", out)
+    log = logging.getLogger("bot.app")
+    log_line(log, logging.INFO, "before", {})
+    log_line(log, logging.INFO, "bad", {"value": Unprintable()})
+    log_line(log, logging.INFO, "after", {})
+    await asyncio.sleep(0)
+    assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["before", "after"]
+    assert "Logging error" in capsys.readouterr().err  # said, as logging says its own errors
