@@ -415,13 +415,11 @@ class Intake:
                 outcome = self.queue.put_nowait(works[0])
                 keys = str(works[0].key)
             else:
-                outcomes = [self.queue.put_nowait(work) for work in works]
-                outcome = (
-                    Outcome.QUEUE_FULL
-                    if Outcome.QUEUE_FULL in outcomes
-                    else Outcome.QUEUED
-                    if Outcome.QUEUED in outcomes
-                    else Outcome.COALESCED
+                outcomes = {self.queue.put_nowait(work) for work in works}
+                # Refused if any was refused, else queued if any was new.
+                outcome = next(
+                    (o for o in (Outcome.QUEUE_FULL, Outcome.QUEUED) if o in outcomes),
+                    Outcome.COALESCED,
                 )
                 keys = " ".join(str(work.key) for work in works)
             if outcome is Outcome.QUEUE_FULL:
