@@ -274,8 +274,10 @@ class Intake:
         self.metrics.intake.observe(time.perf_counter() - started)
 
     async def _webhook(self, raw_headers: list[tuple[bytes, bytes]], receive: Receive) -> Answer:
-        # Reversed: the first of repeated headers wins, as in Starlette.
-        headers = dict(reversed(raw_headers))
+        # Reversed: the first of repeated headers wins, as in Starlette. (ASGI promises an
+        # iterable; uvicorn gives a list.)
+        listed = raw_headers if isinstance(raw_headers, list) else list(raw_headers)
+        headers = dict(reversed(listed))
         event = headers.get(_EVENT, b"").decode("latin-1")
         delivery = headers.get(_DELIVERY, b"").decode("latin-1")
         label = UNVERIFIED  # until the signature matches, the headers are anyone's words

@@ -297,6 +297,14 @@ class LineHandler(logging.StreamHandler[TextIO]):
         self.flush()
 
 
+def flush_logs() -> None:
+    """Write the lines the root logger's handlers hold. Safe in a signal handler: a flush the
+    signal interrupted is left to finish (a stream refuses a write inside its own write)."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(RuntimeError):
+            handler.flush()
+
+
 def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Route all logs to `stream` (stdout) in the format that suits it."""
     out = stream if stream is not None else sys.stdout

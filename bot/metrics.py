@@ -12,6 +12,7 @@ from prometheus_client.utils import floatToGoString
 
 # Upper bounds of preview_bot_intake_seconds' buckets.
 INTAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_INTAKE_SECONDS_HELP = "Time from request to response on POST /webhook."
 
 
 class IntakeCounts(Collector):
@@ -38,12 +39,13 @@ class IntakeCounts(Collector):
         self._buckets[bisect_left(INTAKE_BUCKETS, seconds)] += 1
         self._seconds += seconds
 
+    def describe(self) -> Iterator[Metric]:
+        """The metrics without samples: the registry checks their names against the others'."""
+        yield self._deliveries()
+        yield HistogramMetricFamily("preview_bot_intake_seconds", _INTAKE_SECONDS_HELP)
+
     def collect(self) -> Iterator[Metric]:
-        deliveries = CounterMetricFamily(
-            "preview_bot_deliveries",
-            "Webhook deliveries by event (a known GitHub event, other, or unverified) and outcome.",
-            labels=["event", "outcome"],
-        )
+        deliveries = self._deliveries()
         for (event, outcome), count in sorted(self.deliveries.items()):
             deliveries.add_metric([event, outcome], count)
         yield deliveries
@@ -54,9 +56,17 @@ class IntakeCounts(Collector):
             cumulative.append((bound, float(total)))
         yield HistogramMetricFamily(
             "preview_bot_intake_seconds",
-            "Time from request to response on POST /webhook.",
+            _INTAKE_SECONDS_HELP,
             buckets=cumulative,
             sum_value=self._seconds,
+        )
+
+    @staticmethod
+    def _deliveries() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "preview_bot_deliveries",
+            "Webhook deliveries by event (a known GitHub event, other, or unverified) and outcome.",
+            labels=["event", "outcome"],
         )
 
 

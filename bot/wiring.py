@@ -26,6 +26,7 @@ from bot.config import Settings
 from bot.github import GitHub
 from bot.kube import ArgoCD
 from bot.leader import elector_for
+from bot.logs import flush_logs
 from bot.ports import ClusterPort
 from bot.registry import Registry
 from bot.service import PROBE_SECONDS, Bot
@@ -151,6 +152,9 @@ def serve(settings: Settings, host: str, port: int) -> None:
     class StopsReady(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             bot.intake.health.stopping = True  # not ready from this moment
+            # The lines of the turn the loop is in are held until it ends: a loop stuck in
+            # that turn (why a pod gets killed) would take them with it at the SIGKILL.
+            flush_logs()
             super().handle_exit(sig, frame)
 
     impl = server_impl()

@@ -8,6 +8,7 @@ is a closed loopback port, so the process starts with both noted as unreachable 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from bot.webhooks import delivery_headers
+from tests.rig.artifacts import official_example
 from tests.rig.keys import app_key_pem
 from tests.rig.net import free_port, http, stop_process
 
@@ -202,3 +204,20 @@ def test_slow_hostile_uploads_do_not_grow_memory_and_leave_no_metric_series(
     assert gone in metrics, metrics
     log = server.log.read_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+def test_serve_writes_each_deliverys_line_as_json_through_its_short_cut(server: Server) -> None:
+    # In `serve` the intake's line takes log_line's short cut (one JSON handler, nothing else
+    # listening), which the in-process tests never do (pytest's capture handlers listen).
+    body = json.dumps(official_example("pull_request", "labeled")).encode()
+    for n in range(3):
+        headers = delivery_headers(SECRET, "pull_request", body, f"serve-line-{n}")
+        assert http(server.base + "/webhook", body, headers)[0] == 202
+    stop_process(server.proc)  # the lines held in the last turn are written on the way out
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line]
+    ours = [line for line in lines if str(line.get("delivery", "")).startswith("serve-line-")]
+    assert [line["delivery"] for line in ours] == [f"serve-line-{n}" for n in range(3)]
+    for line in ours:
+        assert (line["logger"], line["level"], line["event"]) == ("bot.app", "info", "pull_request")
+        assert line["outcome"] == "out_of_scope"  # the example's repository: not data-literate/dex
+        assert line["repo"] == "Codertocat/Hello-World" and line["time"].endswith("+00:00")

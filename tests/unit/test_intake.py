@@ -699,3 +699,27 @@ def test_a_hundred_thousand_deliveries_stay_bounded() -> None:
         seen.add(delivery)
     assert len(seen) == 1000 and len(seen._order) == 1000
     assert ids[-1] in seen and ids[0] not in seen
+
+
+async def test_headers_as_any_iterable_and_the_first_of_repeated_ones() -> None:
+    # ASGI promises an iterable of header pairs (uvicorn gives a list); when a header is
+    # repeated, the first counts, as in Starlette.
+    it = intake()
+    body = json.dumps(labeled()).encode()
+    pairs = [
+        (b"content-type", b"application/json"),
+        (b"x-github-event", b"pull_request"),
+        (b"x-github-delivery", b"d-first"),
+        (b"x-github-delivery", b"d-second"),
+        (b"x-hub-signature-256", sign(SECRET, body).encode()),
+        (b"x-hub-signature-256", b"sha256=" + b"0" * 64),
+    ]
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/webhook", "headers": iter(pairs)}
+    await it.webhook(scope, Body(body), send)
+    assert sent[0]["status"] == 202
+    assert "d-first" in it.seen and "d-second" not in it.seen

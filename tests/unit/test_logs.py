@@ -14,6 +14,7 @@ from bot.logs import (
     MAX_HELD_LINES,
     _sole_json_handler,
     _timestamp,
+    flush_logs,
     log_context,
     log_line,
     setup_logging,
@@ -242,3 +243,14 @@ async def test_a_held_line_that_cannot_be_written_does_not_take_the_others_with_
     await asyncio.sleep(0)
     assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["before", "after"]
     assert "Logging error" in capsys.readouterr().err  # said, as logging says its own errors
+
+
+async def test_flush_logs_writes_the_lines_held_in_this_turn() -> None:
+    # What `serve` calls on SIGTERM: a loop stuck in its turn never reaches its own flush.
+    out = Counted()
+    setup_logging("INFO", out)
+    logging.getLogger("bot.app").info("held")
+    log_line(logging.getLogger("bot.app"), logging.INFO, "held too", {})
+    assert out.writes == 0
+    flush_logs()
+    assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["held", "held too"]

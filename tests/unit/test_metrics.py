@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from bot.metrics import INTAKE_BUCKETS, IntakeCounts
+from bot.metrics import INTAKE_BUCKETS, IntakeCounts, Metrics
 
 
 def test_intake_counts_export_what_prometheus_clients_counter_and_histogram_would() -> None:
@@ -47,3 +48,11 @@ def test_intake_counts_export_what_prometheus_clients_counter_and_histogram_woul
         if not line.startswith("# HELP") and "_created" not in line
     ]
     assert sorted(lines) == sorted(theirs_lines)
+
+
+def test_a_second_metric_of_the_same_name_is_refused_as_for_prometheus_clients_own() -> None:
+    registry = Metrics().registry
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("preview_bot_deliveries", "again", registry=registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Histogram("preview_bot_intake_seconds", "again", registry=registry)
