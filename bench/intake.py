@@ -351,9 +351,11 @@ def report(
             o["rps"] / b["rps"] for o, b in zip(results[variant], results["bare"], strict=True)
         ]
         ratio = medians[variant]["rps"] / medians["bare"]["rps"]
+        # Each round measures bare and the variant back to back: the median of those ratios is
+        # the figure a machine whose speed drifts between rounds moves least.
         print(
-            f"{variant} / bare throughput: {ratio:.2f}x "
-            f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})"
+            f"{variant} / bare throughput: {ratio:.2f}x; median of the rounds' ratios "
+            f"{statistics.median(ratios):.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)})"
         )
         # On a shared machine throughput depends on how much CPU the scheduler gives each
         # process; CPU time per request does not, so its ratio is the steadier figure.
