@@ -104,7 +104,9 @@ class Work(msgspec.Struct, frozen=True):
     def merged(self, newer: Work) -> Work:
         """What a waiting key holds once `newer` arrives for it: the newest delivery's ids, the
         newest label actor, and every command (oldest first, at most MAX_COMMANDS)."""
-        commands = (self.commands + newer.commands)[-MAX_COMMANDS:]
+        commands = self.commands
+        if newer.commands:  # most deliveries carry none: no new tuple then
+            commands = (commands + newer.commands)[-MAX_COMMANDS:]
         return Work(
             self.key,
             newer.installation_id,
