@@ -158,3 +158,22 @@ def test_one_pr_is_one_key_whatever_the_case_of_its_repository() -> None:
     # The watch keys a PR by its Application's annotation, spelled as before a rename of case.
     assert q.put_nowait(Work(WorkKey("acme/dex", 7), 1)) is Outcome.COALESCED
     assert len(q) == 1 and q.busy("ACME/DEX") == {7}
+
+
+def test_a_waiting_key_keeps_every_command_oldest_first_and_the_newest_ids() -> None:
+    from bot.model import MAX_COMMANDS
+
+    q = KeyedQueue(10)
+    key = WorkKey("o/r", 1)
+    q.put_nowait(Work(key, 1, "d-0", "alice", (Command(1, "alice", ("approve",)),)))
+    q.put_nowait(Work(key, 2, "d-1"))  # a delivery without a command or a label actor
+    for n in range(MAX_COMMANDS + 3):
+        q.put_nowait(Work(key, 3, f"d-{n + 2}", None, (Command(n + 2, "bob", ()),)))
+    waiting = q._pending[key]
+    assert (waiting.installation_id, waiting.delivery, waiting.label_actor) == (
+        3,
+        f"d-{MAX_COMMANDS + 4}",
+        "alice",
+    )
+    ids = [c.comment_id for c in waiting.commands]
+    assert ids == list(range(5, MAX_COMMANDS + 5))  # the newest MAX_COMMANDS, oldest first
