@@ -112,9 +112,10 @@ def log_line(logger: logging.Logger, level: int, msg: str, fields: Mapping[str, 
     When the line would reach nothing but setup_logging's JSON handler (production), it is
     written straight to that handler: logging's record, filters and handler layers were over
     half of what a delivery's line cost, measured in `preview-bot serve`. Anywhere else (a
-    test's capture, a terminal, another handler, a filter) it goes through logging. One
-    difference: a field named with a leading `_` is written, where the JSON formatter leaves
-    out such record attributes (the callers name none so)."""
+    test's capture, a terminal, another handler, a filter) it goes through logging. The
+    short cut encodes `fields` when the turn's lines are written: pass values that will not
+    change. One difference: a field named with a leading `_` is written, where the JSON
+    formatter leaves out such record attributes (the callers name none so)."""
     if not logger.isEnabledFor(level):
         return
     handler = _sole_json_handler(logger, level)
