@@ -118,26 +118,30 @@ class ArgoCD:
 
         A merge patch replaces the whole list, so it carries the resourceVersion it was read
         at: if anything changed the object meanwhile (Argo CD dropping its own finalizer, say)
-        the API server answers 409 and the list is read again, never clobbered.
+        the API server answers 409 and the list is read again, never clobbered. True when this
+        call's write took the finalizer off; False when the Application is gone or carries no
+        finalizer of the bot's (nothing written).
         """
         what = f"release Application {name}"
         for _ in range(RELEASE_ATTEMPTS):
             obj = await self._found(what, self.api.get(self._path(name)))
             if obj is None:
-                return True
+                return False
             meta = obj.get("metadata") or {}
             finalizers = list(meta.get("finalizers") or [])
             if TEARDOWN_FINALIZER not in finalizers:
-                return True
+                return False
             kept = [f for f in finalizers if f != TEARDOWN_FINALIZER]
             body = {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": kept}}
             try:
-                await self._found(what, self.api.merge_patch(self._path(name), body, STATE_MANAGER))
+                patched = await self._found(
+                    what, self.api.merge_patch(self._path(name), body, STATE_MANAGER)
+                )
             except ApiError as exc:
                 if exc.status == 409:
                     continue
                 raise
-            return True  # off, or gone
+            return patched is not None  # off by this write, or gone meanwhile (404)
         # Retried with backoff like any temporary failure (a sync, or the next resync).
         raise TemporaryError(f"{what}: it kept changing under the write (409)")
 

@@ -10,6 +10,10 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+# Why the bot released an Application (preview_bot_applications_released_total's `reason`):
+# a sync's plan finished its PR's teardown, or the resync let go of an Application of a
+# repository the App no longer covers.
+RELEASE_REASONS = ("teardown", "uninstalled")
 # Upper bounds of preview_bot_intake_seconds' buckets.
 INTAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _INTAKE_SECONDS_HELP = "Time from request to response on POST /webhook."
@@ -123,6 +127,15 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.applications_released = Counter(
+            "preview_bot_applications_released",
+            "Applications whose teardown finalizer the bot took off, by reason (teardown: a "
+            "sync's plan; uninstalled: the resync, for a repository the App no longer covers).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in RELEASE_REASONS:  # both series exported from the start, at 0
+            self.applications_released.labels(reason)
         self.github_requests = Counter(
             "preview_bot_github_requests",
             "Requests sent to GitHub by method and status.",

@@ -175,7 +175,9 @@ class ClusterPort(Protocol):
 
     async def release(self, name: str) -> bool:
         """Remove the bot's finalizer from the Application (then a pending deletion ends);
-        True when it is off or the Application is gone."""
+        True when this call took it off, False when there was nothing to take off (the
+        Application is gone, or no longer carries it: released already, by another replica or
+        an attempt whose answer was lost)."""
         ...
 
     async def list_managed(self) -> list[ObservedApp]: ...

@@ -392,10 +392,11 @@ class Resyncer:
     async def _remove_uncovered(self, app: ObservedApp, report: ResyncReport) -> None:
         """Delete an uncovered repository's Application, or release it once Argo CD pruned."""
         if app.terminating:
-            if app.releasable:
-                await self.cluster.release(app.name)
+            if app.releasable and await self.cluster.release(app.name):
                 log.info("released Application %s: Argo CD pruned it", app.name)
-            return  # Argo CD still prunes: released at a later resync
+                if self.metrics is not None:
+                    self.metrics.applications_released.labels("uninstalled").inc()
+            return  # Argo CD still prunes (released at a later resync), or it is gone already
         log.warning(
             "removing Application %s: the App no longer covers %s (uninstalled or deleted); "
             "its overlay %s stays in git, as the App can no longer write there",

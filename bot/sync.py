@@ -400,7 +400,10 @@ class Syncer:
         run.app_gone = await self.cluster.delete(action.name)
 
     async def _release(self, run: _Execution, action: ReleaseApplication) -> None:
-        await self.cluster.release(action.name)
+        # Counted only when this call took the finalizer off: not when it raised, nor when the
+        # Application was gone or released already (another replica, a retry after a lost answer).
+        if await self.cluster.release(action.name) and self.metrics is not None:
+            self.metrics.applications_released.labels("teardown").inc()
         run.app_gone = True  # it goes (once no other finalizer holds it): no more writes to it
 
     async def _request_sync(self, _run: _Execution, action: RequestSync) -> None:

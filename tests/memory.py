@@ -415,15 +415,16 @@ class MemoryCluster:
         self._call("release")
         obj = self.objects.get(name)
         if obj is None:
-            return True
+            return False
         meta = obj["metadata"]
         finalizers = meta.get("finalizers") or []
-        if TEARDOWN_FINALIZER in finalizers:
-            meta["finalizers"] = [f for f in finalizers if f != TEARDOWN_FINALIZER]
-            if meta.get("deletionTimestamp"):
-                self._let_go(name)
-            else:
-                self._emit("MODIFIED", obj)
+        if TEARDOWN_FINALIZER not in finalizers:
+            return False
+        meta["finalizers"] = [f for f in finalizers if f != TEARDOWN_FINALIZER]
+        if meta.get("deletionTimestamp"):
+            self._let_go(name)
+        else:
+            self._emit("MODIFIED", obj)
         return True
 
     async def list_managed(self) -> list[ObservedApp]:

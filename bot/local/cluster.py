@@ -132,16 +132,17 @@ class FileCluster:
     async def release(self, name: str) -> bool:
         """Drop the bot's finalizer from the file. `delete` removes a file at once (nothing to
         prune here), so this only matters for a hand-written terminating one: with no
-        finalizer left, it goes as it would on a cluster."""
+        finalizer left, it goes as it would on a cluster. False when there is no file, or no
+        finalizer of the bot's in it."""
         async with self._lock:
             path = self._path(name)
             obj = self._read(path)
             if obj is None:
-                return True
+                return False
             meta = obj.get("metadata") or {}
             finalizers = list(meta.get("finalizers") or [])
             if TEARDOWN_FINALIZER not in finalizers:
-                return True
+                return False
             meta["finalizers"] = [f for f in finalizers if f != TEARDOWN_FINALIZER]
             if meta.get("deletionTimestamp") and not meta["finalizers"]:
                 path.unlink(missing_ok=True)

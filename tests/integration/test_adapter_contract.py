@@ -366,7 +366,7 @@ async def test_delete_then_get_is_none(cluster_backend: ClusterBackend) -> None:
             assert pruned is not None and pruned.releasable
             assert await side.port.release("dex-pr-7") is True
         assert await side.port.get("dex-pr-7") is None
-        assert await side.port.release("dex-pr-7") is True  # gone: nothing to release
+        assert await side.port.release("dex-pr-7") is False  # gone: nothing to release
 
 
 async def test_a_fresh_application_is_held_and_release_leaves_it_running(
@@ -379,6 +379,7 @@ async def test_a_fresh_application_is_held_and_release_leaves_it_running(
         assert await side.port.release("dex-pr-7") is True
         got = await side.raw("dex-pr-7")
         assert got is not None and got["metadata"]["finalizers"] == [FINALIZER]
+        assert await side.port.release("dex-pr-7") is False  # off already: nothing written
 
 
 async def test_watch_reports_an_applied_application(cluster_backend: ClusterBackend) -> None:

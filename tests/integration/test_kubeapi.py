@@ -168,8 +168,8 @@ async def test_release_of_a_live_application_drops_only_the_bots_finalizer(
     argocd = ArgoCD(admin_api, argocd_ns)
     assert await argocd.release("dex-pr-42") is True
     assert (await admin_api.get(path))["metadata"]["finalizers"] == [RESOURCES_FINALIZER]
-    assert await argocd.release("dex-pr-42") is True  # nothing of ours left: no write
-    assert await argocd.release("dex-pr-404") is True  # gone is released
+    assert await argocd.release("dex-pr-42") is False  # nothing of ours left: no write
+    assert await argocd.release("dex-pr-404") is False  # gone: nothing to release
 
 
 async def test_missing_and_duplicate_objects(admin_api: KubeApi, argocd_ns: str) -> None:

@@ -33,7 +33,7 @@ from bot.kubeapi import (
     read_kubeconfig,
     unavailable,
 )
-from bot.model import TEARDOWN_FINALIZER
+from bot.model import FINALIZER, TEARDOWN_FINALIZER
 
 
 def self_signed() -> tuple[bytes, bytes]:
@@ -285,3 +285,45 @@ async def test_a_release_that_keeps_conflicting_is_a_temporary_error() -> None:
     with pytest.raises(TemporaryError, match="kept changing"):
         await ArgoCD(api, "argocd").release("dex-pr-42")  # type: ignore[arg-type]
     assert api.patches == RELEASE_ATTEMPTS
+
+
+class _OneApplication:
+    """A KubeApi stand-in holding one Application (dex-pr-42), or none once `gone`; with
+    `vanish`, it goes between the release's read and its write (another replica released it)."""
+
+    def __init__(self, finalizers: list[str], vanish: bool = False) -> None:
+        self.meta: dict[str, Any] = {"resourceVersion": "1", "finalizers": finalizers}
+        self.gone = False
+        self.vanish = vanish
+        self.patches: list[dict[str, Any]] = []
+
+    async def get(self, path: str) -> dict[str, Any]:
+        if self.gone or not path.endswith("/dex-pr-42"):
+            raise ApiError(404, "Not Found", {"reason": "NotFound"})
+        self.gone = self.vanish
+        return {"metadata": dict(self.meta)}
+
+    async def merge_patch(
+        self, path: str, body: dict[str, Any], field_manager: str | None = None
+    ) -> dict[str, Any]:
+        self.patches.append(body)
+        if self.gone:
+            raise ApiError(404, "Not Found", {"reason": "NotFound"})
+        self.meta = {**self.meta, **body["metadata"]}
+        return {"metadata": dict(self.meta)}
+
+
+async def test_release_is_true_only_when_its_own_write_took_the_finalizer_off() -> None:
+    api = _OneApplication([FINALIZER, TEARDOWN_FINALIZER])
+    argocd = ArgoCD(api, "argocd")  # type: ignore[arg-type]
+    assert await argocd.release("dex-pr-42") is True
+    assert api.meta["finalizers"] == [FINALIZER]  # Argo CD's stays
+    assert await argocd.release("dex-pr-42") is False  # nothing of ours left: no write
+    assert await argocd.release("dex-pr-404") is False  # gone: nothing to release
+    assert len(api.patches) == 1
+
+
+async def test_a_release_that_finds_the_application_gone_at_its_write_is_false() -> None:
+    api = _OneApplication([TEARDOWN_FINALIZER], vanish=True)
+    assert await ArgoCD(api, "argocd").release("dex-pr-42") is False  # type: ignore[arg-type]
+    assert len(api.patches) == 1  # the write was tried, and answered 404

@@ -227,6 +227,65 @@ async def test_applications_of_an_uninstalled_repository_are_released_once_prune
     assert cluster.calls.count("release") == 1 and "dex-pr-5" not in cluster.objects
 
 
+def released(bot: Bot, reason: str) -> float | None:
+    """preview_bot_applications_released_total{reason} as a scrape would read it."""
+    return bot.metrics.registry.get_sample_value(
+        "preview_bot_applications_released_total", {"reason": reason}
+    )
+
+
+async def pruned_uninstalled(cluster: MemoryCluster, bot: Bot) -> None:
+    """dex-pr-5 of an uninstalled repository, deleted by a resync and pruned by Argo CD: only
+    the bot's finalizer holds it."""
+    await app_of(cluster, "data-literate/gone", 77, (FINALIZER, TEARDOWN_FINALIZER))
+    await bot.resync_once()
+    cluster.finish_deletion("dex-pr-5")
+    app = await cluster.get("dex-pr-5")
+    assert app is not None and app.releasable
+
+
+async def test_the_release_of_an_uninstalled_repositorys_application_is_counted() -> None:
+    cluster = MemoryCluster()
+    async with resyncing(cluster) as bot:
+        await pruned_uninstalled(cluster, bot)
+        assert released(bot, "uninstalled") == 0  # deleted, not released yet
+        await bot.resync_once()
+        assert "dex-pr-5" not in cluster.objects
+        assert released(bot, "uninstalled") == 1
+        assert released(bot, "teardown") == 0
+        await bot.resync_once()  # gone: nothing more to release or count
+        assert released(bot, "uninstalled") == 1
+
+
+async def test_a_refused_release_by_the_resync_is_not_counted() -> None:
+    cluster = MemoryCluster()
+    async with resyncing(cluster) as bot:
+        await pruned_uninstalled(cluster, bot)
+        cluster.fail_next("release", PermanentError("403 Forbidden: applications is forbidden"))
+        await bot.resync_once()  # said, and left for the next resync
+        assert "dex-pr-5" in cluster.objects
+        assert released(bot, "uninstalled") == 0
+        await bot.resync_once()
+        assert "dex-pr-5" not in cluster.objects
+        assert released(bot, "uninstalled") == 1
+
+
+async def test_a_resync_release_that_finds_the_application_gone_is_not_counted() -> None:
+    cluster = MemoryCluster()
+    async with resyncing(cluster) as bot:
+        await pruned_uninstalled(cluster, bot)
+        release = cluster.release
+
+        async def released_elsewhere(name: str) -> bool:
+            cluster.objects.pop(name)  # another replica let it go after the resync's list
+            return await release(name)
+
+        cluster.release = released_elsewhere  # type: ignore[method-assign]
+        await bot.resync_once()
+        assert cluster.calls[-1] == "release"
+        assert released(bot, "uninstalled") == 0
+
+
 # ---- supervision -----------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import pytest
 from bot.comment import COMMENT_MARKER, render_comment
 from bot.config import Settings
 from bot.errors import PermanentError, TemporaryError
+from bot.metrics import Metrics
 from bot.model import (
     A_COMMENT,
     A_DEPLOYMENT,
@@ -65,7 +66,24 @@ class World:
         self.repo = MemoryRepo(files=BASE)
         self.github = MemoryGitHub(self.repo)
         self.cluster = MemoryCluster()
-        self.syncer = Syncer(SETTINGS, self.github, self.cluster, clock=lambda: NOW)
+        self.metrics = Metrics()
+        self.syncer = Syncer(SETTINGS, self.github, self.cluster, self.metrics, clock=lambda: NOW)
+
+    def released(self, reason: str) -> float | None:
+        """preview_bot_applications_released_total{reason} as a scrape would read it."""
+        return self.metrics.registry.get_sample_value(
+            "preview_bot_applications_released_total", {"reason": reason}
+        )
+
+    async def pruned(self) -> None:
+        """PR 42 deployed, then closed, and its Application pruned by Argo CD: only the bot's
+        finalizer holds it, and the next sync releases it."""
+        self.repo.open_pull(42, SHA1)
+        await self.syncer.sync(WORK)
+        self.repo.change_pull(42, state="closed")
+        await self.syncer.sync(WORK)
+        self.cluster.finish_deletion("dex-pr-42")
+        assert (await self.app()).releasable
 
     def comment(self) -> str:
         (only,) = [c for c in self.repo.comments_on(42) if c.author == BOT_LOGIN]
@@ -210,6 +228,49 @@ async def test_a_temporary_failure_mid_sync_leaves_the_record_unwritten(world: W
     await world.syncer.sync(WORK)  # the retry converges
     (dep,) = world.repo.deployments.values()
     assert (await world.app()).record.deployment_id == dep.id
+
+
+# ---- releases --------------------------------------------------------------------------------
+
+
+async def test_a_teardown_release_is_counted_once(world: World) -> None:
+    await world.pruned()
+    assert world.released("teardown") == 0  # exported from the start
+    outcome = await world.syncer.sync(WORK)
+    assert outcome.executed[-1] == "ReleaseApplication"
+    assert "dex-pr-42" not in world.cluster.objects
+    assert world.released("teardown") == 1
+    assert world.released("uninstalled") == 0
+    again = await world.syncer.sync(WORK)  # gone: nothing left to release
+    assert "ReleaseApplication" not in again.executed
+    assert world.released("teardown") == 1
+
+
+async def test_a_failed_release_is_not_counted_and_its_retry_is(world: World) -> None:
+    await world.pruned()
+    world.cluster.fail_next("release", TemporaryError("the API server answered 503"))
+    with pytest.raises(TemporaryError):
+        await world.syncer.sync(WORK)
+    assert (await world.app()).releasable  # still held by the bot's finalizer
+    assert world.released("teardown") == 0
+    await world.syncer.sync(WORK)  # the retry releases it
+    assert "dex-pr-42" not in world.cluster.objects
+    assert world.released("teardown") == 1
+
+
+async def test_a_release_that_finds_the_application_gone_is_not_counted(world: World) -> None:
+    await world.pruned()
+    release = world.cluster.release
+
+    async def released_elsewhere(name: str) -> bool:
+        world.cluster.objects.pop(name)  # another replica let it go between observe and write
+        return await release(name)
+
+    world.cluster.release = released_elsewhere  # type: ignore[method-assign]
+    outcome = await world.syncer.sync(WORK)
+    assert outcome.executed[-1] == "ReleaseApplication"
+    assert world.cluster.calls[-1] == "release"
+    assert world.released("teardown") == 0
 
 
 # ---- the watch and the Bot -------------------------------------------------------------------
