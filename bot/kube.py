@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from bot.errors import ClusterUnavailable, PermanentError, TemporaryError
 from bot.kubeapi import ApiError, KubeApi, Resource, unavailable
-from bot.model import BOT, MANAGED_BY, TEARDOWN_FINALIZER, ObservedApp
+from bot.model import BOT, MANAGED_BY, ObservedApp, released_finalizers
 from bot.parse import app_from_object
 from bot.ports import OnAlive, OnEvent
 
@@ -128,10 +128,9 @@ class ArgoCD:
             if obj is None:
                 return False
             meta = obj.get("metadata") or {}
-            finalizers = list(meta.get("finalizers") or [])
-            if TEARDOWN_FINALIZER not in finalizers:
+            kept = released_finalizers(meta)
+            if kept is None:
                 return False
-            kept = [f for f in finalizers if f != TEARDOWN_FINALIZER]
             body = {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": kept}}
             try:
                 patched = await self._found(

@@ -639,6 +639,16 @@ class Plan:
     reason: str
 
 
+def released_finalizers(metadata: Mapping[str, Any]) -> list[str] | None:
+    """The finalizers an Application object keeps once the bot releases it (every one but
+    TEARDOWN_FINALIZER, in order), or None when it carries none of the bot's: nothing to
+    release. The one rule every ClusterPort's `release` writes."""
+    finalizers = list(metadata.get("finalizers") or [])
+    if TEARDOWN_FINALIZER not in finalizers:
+        return None
+    return [f for f in finalizers if f != TEARDOWN_FINALIZER]
+
+
 def git_blob_sha(content: str) -> str:
     """The git blob sha of `content`: lets us know what GitHub stores without asking it."""
     data = content.encode()

@@ -14,7 +14,6 @@ from typing import Any
 
 from bot.errors import Conflict
 from bot.model import (
-    TEARDOWN_FINALIZER,
     CheckReport,
     DeploymentStatus,
     IssueComment,
@@ -23,6 +22,7 @@ from bot.model import (
     ObservedApp,
     PullRequest,
     git_blob_sha,
+    released_finalizers,
 )
 from bot.parse import app_from_object, is_argocd_finalizer
 from bot.ports import OnAlive, OnEvent, RepoInfo
@@ -417,10 +417,10 @@ class MemoryCluster:
         if obj is None:
             return False
         meta = obj["metadata"]
-        finalizers = meta.get("finalizers") or []
-        if TEARDOWN_FINALIZER not in finalizers:
+        kept = released_finalizers(meta)
+        if kept is None:
             return False
-        meta["finalizers"] = [f for f in finalizers if f != TEARDOWN_FINALIZER]
+        meta["finalizers"] = kept
         if meta.get("deletionTimestamp"):
             self._let_go(name)
         else:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bot.local.layout import iso, now, write_atomic
-from bot.model import TEARDOWN_FINALIZER, ObservedApp
+from bot.model import ObservedApp, released_finalizers
 from bot.parse import app_from_object
 from bot.ports import OnAlive, OnEvent
 
@@ -140,10 +140,10 @@ class FileCluster:
             if obj is None:
                 return False
             meta = obj.get("metadata") or {}
-            finalizers = list(meta.get("finalizers") or [])
-            if TEARDOWN_FINALIZER not in finalizers:
+            kept = released_finalizers(meta)
+            if kept is None:
                 return False
-            meta["finalizers"] = [f for f in finalizers if f != TEARDOWN_FINALIZER]
+            meta["finalizers"] = kept
             if meta.get("deletionTimestamp") and not meta["finalizers"]:
                 path.unlink(missing_ok=True)
                 return True

@@ -327,3 +327,14 @@ async def test_a_release_that_finds_the_application_gone_at_its_write_is_false()
     api = _OneApplication([TEARDOWN_FINALIZER], vanish=True)
     assert await ArgoCD(api, "argocd").release("dex-pr-42") is False  # type: ignore[arg-type]
     assert len(api.patches) == 1  # the write was tried, and answered 404
+
+
+def test_released_finalizers_drop_only_the_bots_and_keep_the_order() -> None:
+    from bot.model import FINALIZER, TEARDOWN_FINALIZER, released_finalizers
+
+    other = "example.com/keep"
+    meta = {"finalizers": [FINALIZER, TEARDOWN_FINALIZER, other]}
+    assert released_finalizers(meta) == [FINALIZER, other]
+    assert released_finalizers({"finalizers": [FINALIZER, other]}) is None  # nothing to release
+    assert released_finalizers({}) is None
+    assert meta["finalizers"] == [FINALIZER, TEARDOWN_FINALIZER, other]  # the object untouched
