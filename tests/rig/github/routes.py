@@ -964,29 +964,22 @@ def create_deployment(call: Call) -> Reply:
             ],
         )
     environment = data.get("environment") or "production"
-    now = fake.now()
     # An object is kept as it is, and so is a string (GitHub answers a JSON string payload
     # with that string, not the object it encodes: octokit/octokit.net#2250).
     payload = data.get("payload", {})
-    deployment = Deployment(
-        id=fake.next_id("deployment"),
-        sha=sha,
-        ref=ref,
+    deployment = fake.store_deployment(
+        repo,
+        sha,
+        ref,
+        environment,
+        fake.actor(call),
         task=data.get("task") or "deploy",
         payload=payload if payload != "" else {},
-        environment=environment,
-        original_environment=environment,
         description=data.get("description") or "",
-        creator=fake.actor(call),
-        created_at=now,
-        updated_at=now,
-        transient_environment=bool(data.get("transient_environment", False)),
-        production_environment=bool(
-            data.get("production_environment", environment == "production")
-        ),
+        transient=bool(data.get("transient_environment", False)),
+        production=bool(data.get("production_environment", environment == "production")),
         via_app=call.token is not None,
     )
-    repo.deployments[deployment.id] = deployment
     shape = fake.shapes.deployment(repo, deployment)
     return Reply(201, shape, headers={"Location": shape["url"]})
 

@@ -1128,25 +1128,49 @@ class FakeGitHub:
         sha = self.resolve_commit(repo, ref)
         if sha is None:
             raise KeyError(f"{ref} is not a commit in {owner}/{name}")
-        now, creator = self.now(), self.user(user)
+        creator = self.user(user)
+        deployment = self.store_deployment(
+            repo, sha, ref, environment, creator, description="deployed by hand"
+        )
+        if state is not None:
+            self.add_deployment_status(repo, deployment, state, creator=creator)
+        return deployment
+
+    def store_deployment(
+        self,
+        repo: Repo,
+        sha: str,
+        ref: str,
+        environment: str,
+        creator: User,
+        *,
+        task: str = "deploy",
+        payload: Any = None,
+        description: str = "",
+        transient: bool = False,
+        production: bool = False,
+        via_app: bool = False,
+    ) -> Deployment:
+        """A new deployment in `repo`, created now: what POST /deployments and a hand-made
+        one (add_deployment) both store."""
+        now = self.now()
         deployment = Deployment(
             id=self.next_id("deployment"),
             sha=sha,
             ref=ref,
-            task="deploy",
-            payload={},
+            task=task,
+            payload={} if payload is None else payload,
             environment=environment,
             original_environment=environment,
-            description="deployed by hand",
+            description=description,
             creator=creator,
             created_at=now,
             updated_at=now,
-            transient_environment=False,
-            production_environment=False,
+            transient_environment=transient,
+            production_environment=production,
+            via_app=via_app,
         )
         repo.deployments[deployment.id] = deployment
-        if state is not None:
-            self.add_deployment_status(repo, deployment, state, creator=creator)
         return deployment
 
     def add_deployment_status(
