@@ -47,8 +47,10 @@ class Watcher:
         # Application that names a repository out of scope is never queued, so never patched
         # or deleted by a sync.
         self.repositories = repositories
-        # One entry per managed Application: bounded by the previews that exist.
-        self._seen: dict[str, Verdict] = {}
+        # One entry per managed Application, dropped at its DELETED event. One deleted while
+        # the watch was down never gets that event, so the entries are bounded (an LRU): one
+        # forgotten costs at most one more sync, at that Application's next change.
+        self._seen: LRUCache[str, Verdict] = LRUCache(SEEN_REMEMBERED)
         self._foreign: set[str] = set()  # logged once each; cleared past FOREIGN_LOGGED
 
     async def on_event(self, kind: str, app: ObservedApp) -> None:
@@ -108,6 +110,7 @@ class Elector(Protocol):
 
 
 FOREIGN_LOGGED = 1024  # names of out-of-scope Applications remembered (to log each once)
+SEEN_REMEMBERED = 10_000  # Applications whose last verdict the watch remembers
 WATCH_STALL_SECONDS = 600.0  # 2x the watch's server-side timeout: no event or bookmark by then
 PROBE_SECONDS = 30.0
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -338,6 +339,32 @@ async def test_watcher_queues_only_news() -> None:
     unmanaged["metadata"]["labels"] = {}  # type: ignore[index]
     await watcher.on_event("MODIFIED", app_from_object(unmanaged))
     assert len(queue) == 1
+
+
+async def test_the_watch_remembers_a_bounded_number_of_applications(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Applications deleted while the watch was down never get their DELETED event: what the
+    # watch remembers of them is bounded, and one forgotten costs one sync at its next change.
+    monkeypatch.setattr("bot.service.SEEN_REMEMBERED", 3)
+    queue = KeyedQueue(10)
+    watcher = Watcher(queue)
+
+    def numbered(n: int, health: str) -> dict[str, object]:
+        obj = _app_object(health=health)
+        meta: dict[str, Any] = obj["metadata"]  # type: ignore[assignment]
+        meta["name"] = f"dex-pr-{n}"
+        meta["annotations"]["preview-bot.io/pr"] = str(n)
+        return obj
+
+    for n in range(1, 6):
+        await watcher.on_event("MODIFIED", app_from_object(numbered(n, "Healthy")))
+        queue.done((await queue.get()).key)
+    assert len(watcher._seen) == 3
+    await watcher.on_event("MODIFIED", app_from_object(numbered(5, "Healthy")))
+    assert len(queue) == 0  # remembered: the echo is no news
+    await watcher.on_event("MODIFIED", app_from_object(numbered(1, "Healthy")))
+    assert len(queue) == 1  # forgotten: one more sync, no more
 
 
 async def test_watcher_queues_the_end_of_pruning_and_not_the_echo_of_its_own_release() -> None:
